@@ -1,0 +1,184 @@
+"""Redis Streams carry messages between the gateway and the workers, at least once.
+
+One stream per stage (`{prefix}:asr`, `{prefix}:mt`, ...), one consumer group per stage. A worker reads
+with XREADGROUP, acknowledges with XACK only after its outputs are written, and takes over messages
+that another (dead) worker left pending past `claim_idle_ms` with XAUTOCLAIM. Outputs are emitted
+through a Lua script that sets a dedup key and XADDs in one step, so a redelivered input never yields
+a second copy downstream. Messages that fail too often go to the `dead` stream with their error.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from pipeline.config import BusOptions
+from pipeline.messages import Message, MessageError, StageFailure, decode, dedup_key, encode
+from pipeline.routes import DEAD, destinations
+
+log = logging.getLogger(__name__)
+
+FIELD = b"m"  # each stream entry holds one encoded message under this field
+
+# KEYS: dedup key, stream...; ARGV: ttl seconds, maxlen, payload. Returns 1 when emitted, 0 when a duplicate.
+_EMIT_ONCE = """
+if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) == false then return 0 end
+for i = 2, #KEYS do
+  redis.call('XADD', KEYS[i], 'MAXLEN', '~', ARGV[2], '*', 'm', ARGV[3])
+end
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One stream entry handed to a consumer. `message` is None when the bytes could not be decoded."""
+
+    stream: str
+    entry_id: bytes
+    raw: bytes
+    message: Message | None
+    error: str = ""  # why decoding failed
+    deliveries: int = 1
+
+
+class Bus:
+    def __init__(self, client: aioredis.Redis, options: BusOptions) -> None:
+        self.client = client
+        self.options = options
+        self._emit_once = client.register_script(_EMIT_ONCE)
+
+    @classmethod
+    def connect(cls, options: BusOptions) -> Bus:
+        if not options.redis_url:
+            raise ValueError("no Redis URL: set REDIS_URL, or run `babelroom up`, which starts its own redis-server")
+        # Retrying on a dropped connection makes a Redis restart cost a reconnect, not an error.
+        client = aioredis.Redis.from_url(
+            options.redis_url,
+            retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=5),
+            retry_on_error=[RedisConnectionError, RedisTimeoutError],
+            health_check_interval=30,
+        )
+        return cls(client, options)
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    def stream(self, name: str) -> str:
+        return f"{self.options.prefix}:{name}"
+
+    def key(self, *parts: str) -> str:
+        return ":".join((self.options.prefix, *parts))
+
+    # --- producing -------------------------------------------------------------------------------
+
+    async def publish(self, message: Message, stream: str | None = None) -> None:
+        """XADD to the message's routed streams (or one named stream), capped at approximately maxlen."""
+        payload = encode(message)
+        for name in (stream,) if stream else destinations(message):
+            await self.client.xadd(self.stream(name), {FIELD: payload}, maxlen=self.options.maxlen, approximate=True)
+
+    async def emit_once(self, message: Message, stage: str) -> bool:
+        """Publish `message` to its routed streams unless this stage already emitted its identity."""
+        keys = [self.key("emitted", dedup_key(message, stage))]
+        keys += [self.stream(name) for name in destinations(message)]
+        emitted = await self._emit_once(
+            keys=keys, args=[self.options.dedup_ttl_s, self.options.maxlen, encode(message)]
+        )
+        return bool(emitted)
+
+    async def dead_letter(self, delivery: Delivery, stage: str, error: str, attempts: int) -> None:
+        original = delivery.message
+        failure = StageFailure(
+            room=original.room if original else "",
+            speaker=original.speaker if original else "",
+            seq=original.seq if original else -1,
+            stamps=original.stamps if original else (),
+            stage=stage,
+            error=error,
+            attempts=attempts,
+            original=delivery.raw,
+        )
+        await self.publish(failure, DEAD)
+        log.warning("dead-lettered %s entry %s after %d attempt(s): %s", stage, delivery.entry_id, attempts, error)
+
+    # --- consuming -------------------------------------------------------------------------------
+
+    async def ensure_group(self, name: str, group: str) -> None:
+        try:
+            await self.client.xgroup_create(self.stream(name), group, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def read_group(self, name: str, group: str, consumer: str, count: int, block_ms: int) -> list[Delivery]:
+        reply = await self.client.xreadgroup(group, consumer, {self.stream(name): ">"}, count=count, block=block_ms)
+        return [self._delivery(name, entry_id, fields) for entry_id, fields in _entries(reply)]
+
+    async def claim_stale(self, name: str, group: str, consumer: str, count: int) -> list[Delivery]:
+        """Take over entries pending on any consumer for longer than claim_idle_ms (a dead worker's)."""
+        _, claimed, _ = await self.client.xautoclaim(
+            self.stream(name), group, consumer, min_idle_time=self.options.claim_idle_ms, start_id="0-0", count=count
+        )
+        if not claimed:
+            return []
+        counts = await self._delivery_counts(name, group, [entry_id for entry_id, _ in claimed])
+        return [
+            self._delivery(name, entry_id, fields, counts.get(entry_id, 1))
+            for entry_id, fields in claimed
+            if fields  # an entry trimmed away by MAXLEN comes back empty: nothing left to do
+        ]
+
+    async def ack(self, name: str, group: str, entry_id: bytes) -> None:
+        await self.client.xack(self.stream(name), group, entry_id)
+
+    async def record_failure(self, name: str, group: str, entry_id: bytes, error: str) -> int:
+        """Count a failed attempt at an entry; returns the attempts so far."""
+        key = self.key("failures", name, group)
+        attempts = await self.client.hincrby(key, entry_id, 1)
+        await self.client.hset(self.key("errors", name, group), entry_id, error)
+        return int(attempts)
+
+    async def last_error(self, name: str, group: str, entry_id: bytes) -> str:
+        raw = await self.client.hget(self.key("errors", name, group), entry_id)
+        return raw.decode(errors="replace") if isinstance(raw, bytes) else ""
+
+    async def forget(self, name: str, group: str, entry_id: bytes) -> None:
+        await self.client.hdel(self.key("failures", name, group), entry_id)
+        await self.client.hdel(self.key("errors", name, group), entry_id)
+
+    async def tail(
+        self, name: str, last_id: bytes | str = "$", count: int = 100, block_ms: int | None = None
+    ) -> list[Delivery]:
+        """Plain XREAD (no group): every reader sees every entry, as each gateway must for its rooms."""
+        reply = await self.client.xread({self.stream(name): last_id}, count=count, block=block_ms)
+        return [self._delivery(name, entry_id, fields) for entry_id, fields in _entries(reply)]
+
+    async def _delivery_counts(self, name: str, group: str, ids: list[bytes]) -> dict[bytes, int]:
+        counts: dict[bytes, int] = {}
+        for entry_id in ids:
+            pending = await self.client.xpending_range(self.stream(name), group, min=entry_id, max=entry_id, count=1)
+            if pending:
+                counts[entry_id] = int(pending[0]["times_delivered"])
+        return counts
+
+    @staticmethod
+    def _delivery(name: str, entry_id: bytes, fields: dict[bytes, bytes], deliveries: int = 1) -> Delivery:
+        raw = fields.get(FIELD, b"")
+        try:
+            return Delivery(name, entry_id, raw, decode(raw), deliveries=deliveries)
+        except MessageError as exc:
+            return Delivery(name, entry_id, raw, None, error=str(exc), deliveries=deliveries)
+
+
+def _entries(reply: Any) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    """The (id, fields) pairs of an XREAD/XREADGROUP reply, across its streams."""
+    return [(entry_id, fields) for _, entries in reply or [] for entry_id, fields in entries]

@@ -1,0 +1,120 @@
+"""The `babelroom` command: the service's entry points. The environment is read here and only here."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from pipeline.config import DEFAULT_PORT, BusOptions, WorkerOptions
+from pipeline.routes import WORKER_KINDS
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=os.environ.get("BABELROOM_LOG_LEVEL", "INFO").upper(), format=LOG_FORMAT)
+    result: int = args.run(args, os.environ)
+    return result
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="babelroom", description="Real-time translation for video meetings.")
+    commands = top.add_subparsers(required=True, metavar="COMMAND")
+
+    up = commands.add_parser("up", help="run everything here: redis (unless REDIS_URL), gateway, one worker per kind")
+    add_listen_options(up)
+    up.set_defaults(run=run_up)
+
+    gateway = commands.add_parser("gateway", help="run the gateway (room page, WebRTC, playout)")
+    add_listen_options(gateway)
+    gateway.set_defaults(run=run_gateway)
+
+    worker = commands.add_parser("worker", help="run one worker")
+    worker.add_argument("kind", choices=WORKER_KINDS)
+    worker.set_defaults(run=run_worker)
+
+    translate = commands.add_parser("translate", help="translate a recorded WAV file with the same engines")
+    translate.add_argument("input", type=Path)
+    translate.add_argument("--from", dest="source", required=True, help="language spoken in the file, e.g. en")
+    translate.add_argument("--to", dest="target", required=True, help="language to translate into, e.g. es")
+    translate.add_argument("--out", type=Path, required=True, help="folder for result.json and speech.wav")
+    translate.set_defaults(run=run_translate)
+
+    bench = commands.add_parser("bench", help="run a benchmark and write its figures")
+    bench.add_argument("name", choices=("stages", "scaling"))
+    bench.add_argument("--out", type=Path, required=True)
+    bench.set_defaults(run=run_bench)
+    return top
+
+
+def add_listen_options(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--host", default=os.environ.get("HOST", "0.0.0.0"))
+    command.add_argument("--port", type=int, default=int(os.environ.get("PORT", DEFAULT_PORT)))
+
+
+def run_up(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    from pipeline.supervisor import up
+
+    up(env, args.host, args.port)
+    return 0
+
+
+def run_gateway(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    from aiohttp import web
+
+    from gateway.app import create_app
+    from pipeline.bus import Bus
+
+    async def build() -> web.Application:
+        return create_app(Bus.connect(BusOptions.from_env(env)))
+
+    web.run_app(build(), host=args.host, port=args.port, print=None)
+    return 0
+
+
+def run_worker(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    from pipeline.bus import Bus
+    from workers.base import serve
+    from workers.registry import build_stage
+
+    stage = build_stage(args.kind, env)
+
+    async def run() -> None:
+        await serve(stage, Bus.connect(BusOptions.from_env(env)), WorkerOptions.from_env(env))
+
+    asyncio.run(run())
+    return 0
+
+
+def run_translate(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    from workers.translate_file import translate_file
+
+    if not args.input.is_file():
+        print(f"babelroom translate: no such file: {args.input}", file=sys.stderr)
+        return 2
+    result = translate_file(args.input, args.source, args.target, args.out, env)
+    print(json.dumps(result, indent=2, ensure_ascii=False))
+    return 0
+
+
+def run_bench(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    if args.name == "stages":
+        from benchmarks.stages import run as run_stages
+
+        run_stages(args.out)
+    else:
+        from benchmarks.scaling import run as run_scaling
+
+        run_scaling(args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

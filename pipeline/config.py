@@ -1,0 +1,64 @@
+"""Options for the bus and the workers. Defaults are named constants; the environment is read only by
+`from_env` functions called at entry points (the CLI)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+DEFAULT_REDIS_URL = ""  # empty: `babelroom up` starts its own redis-server on a free port
+STREAM_PREFIX = "br"
+# Streams are capped (approximate MAXLEN) so a stalled consumer cannot fill Redis' memory.
+STREAM_MAXLEN = 10_000
+# A message pending this long on a consumer that stopped heartbeating is taken over by another.
+CLAIM_IDLE_MS = 15_000
+# After this many deliveries (crashes while holding it, or failures) a message is dead-lettered.
+MAX_DELIVERIES = 3
+BLOCK_MS = 1_000
+# How long an emitted output's identity is remembered, so a redelivery does not emit it again.
+DEDUP_TTL_S = 3_600
+
+WORKER_CONCURRENCY = 2
+MESSAGE_TIMEOUT_S = 60.0
+HEARTBEAT_INTERVAL_S = 2.0
+HEARTBEAT_TTL_S = 6.0
+DRAIN_TIMEOUT_S = 30.0
+
+DEFAULT_PORT = 8080
+
+
+@dataclass(frozen=True)
+class BusOptions:
+    redis_url: str = DEFAULT_REDIS_URL
+    prefix: str = STREAM_PREFIX
+    maxlen: int = STREAM_MAXLEN
+    claim_idle_ms: int = CLAIM_IDLE_MS
+    max_deliveries: int = MAX_DELIVERIES
+    block_ms: int = BLOCK_MS
+    dedup_ttl_s: int = DEDUP_TTL_S
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> BusOptions:
+        return cls(
+            redis_url=env.get("REDIS_URL", DEFAULT_REDIS_URL),
+            prefix=env.get("BABELROOM_STREAM_PREFIX", STREAM_PREFIX),
+            maxlen=int(env.get("BABELROOM_STREAM_MAXLEN", STREAM_MAXLEN)),
+            claim_idle_ms=int(env.get("BABELROOM_CLAIM_IDLE_MS", CLAIM_IDLE_MS)),
+            max_deliveries=int(env.get("BABELROOM_MAX_DELIVERIES", MAX_DELIVERIES)),
+        )
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    concurrency: int = WORKER_CONCURRENCY
+    message_timeout_s: float = MESSAGE_TIMEOUT_S
+    heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S
+    heartbeat_ttl_s: float = HEARTBEAT_TTL_S
+    drain_timeout_s: float = DRAIN_TIMEOUT_S
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> WorkerOptions:
+        return cls(
+            concurrency=int(env.get("BABELROOM_WORKER_CONCURRENCY", WORKER_CONCURRENCY)),
+            message_timeout_s=float(env.get("BABELROOM_MESSAGE_TIMEOUT_S", MESSAGE_TIMEOUT_S)),
+        )

@@ -1,0 +1,267 @@
+"""The messages that travel between the gateway and the workers.
+
+Every message is a frozen dataclass that names its room, speaker, segment sequence number and
+carries `stamps`: (stage, unix time) pairs appended as it moves, so end-to-end and per-stage latency
+come from the messages themselves.
+
+Wire format (compact, raw bytes, never base64):
+
+    b"BR" | u16 schema version | u8 kind length | kind (ascii) | u32 header length | header (JSON)
+    | for each bytes field: u32 length | raw bytes
+
+Scalar fields go to the JSON header; `bytes` fields (audio, video frames) go after it untouched.
+A message written by a newer schema is refused with `SchemaVersionError`, never guessed at.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import struct
+import time
+from dataclasses import dataclass
+from typing import Any, ClassVar, TypeVar, get_type_hints
+
+SCHEMA_VERSION = 1
+MAGIC = b"BR"
+SAMPLE_RATE = 16_000  # every speech segment is 16 kHz mono PCM16
+
+Stamps = tuple[tuple[str, float], ...]
+
+
+class MessageError(ValueError):
+    """Bytes that are not a BabelRoom message."""
+
+
+class SchemaVersionError(MessageError):
+    """A message from a schema this build does not understand."""
+
+
+@dataclass(frozen=True)
+class Word:
+    text: str
+    start_s: float
+    end_s: float
+    probability: float = 1.0
+
+
+@dataclass(frozen=True)
+class Message:
+    """Fields every message shares. `kind` names the concrete type on the wire."""
+
+    kind: ClassVar[str] = "message"
+
+    room: str
+    speaker: str
+    seq: int
+    stamps: Stamps = ()
+
+    def stamped(self, stage: str, at: float | None = None) -> Any:
+        """A copy with one more (stage, time) stamp."""
+        return dataclasses.replace(self, stamps=(*self.stamps, (stage, time.time() if at is None else at)))
+
+    def stamp(self, stage: str) -> float | None:
+        return next((t for s, t in reversed(self.stamps) if s == stage), None)
+
+    @property
+    def log_context(self) -> str:
+        return f"room={self.room} speaker={self.speaker} seq={self.seq}"
+
+
+@dataclass(frozen=True)
+class SpeechSegment(Message):
+    """A cut of one speaker's audio, closed at a natural pause."""
+
+    kind: ClassVar[str] = "segment"
+
+    language: str = ""  # what the speaker declared they speak
+    targets: tuple[str, ...] = ()  # distinct listening languages to translate into
+    start_sample: int = 0  # sample-accurate position in the speaker's 16 kHz stream
+    end_sample: int = 0
+    pcm: bytes = b""  # 16 kHz mono signed 16-bit little-endian
+
+    @property
+    def duration_s(self) -> float:
+        return (self.end_sample - self.start_sample) / SAMPLE_RATE
+
+
+@dataclass(frozen=True)
+class Transcript(Message):
+    kind: ClassVar[str] = "transcript"
+
+    language: str = ""
+    targets: tuple[str, ...] = ()
+    text: str = ""
+    words: tuple[Word, ...] = ()
+    start_sample: int = 0
+    end_sample: int = 0
+    speaker_f0_hz: float = 0.0  # median pitch of the speaker, 0 when unknown or not consented
+
+
+@dataclass(frozen=True)
+class Translation(Message):
+    kind: ClassVar[str] = "translation"
+
+    source_language: str = ""
+    language: str = ""  # the target language of this translation
+    source_text: str = ""
+    text: str = ""
+    note: str = ""  # shown beside the caption, e.g. "no en->de translation available"
+    start_sample: int = 0
+    end_sample: int = 0
+    speaker_f0_hz: float = 0.0
+
+
+@dataclass(frozen=True)
+class SynthesizedSpeech(Message):
+    kind: ClassVar[str] = "speech"
+
+    language: str = ""
+    text: str = ""
+    source_text: str = ""
+    sample_rate: int = SAMPLE_RATE
+    pcm: bytes = b""  # mono signed 16-bit little-endian at sample_rate
+    words: tuple[Word, ...] = ()  # word timings in the synthetic audio, when the engine knows them
+    start_sample: int = 0
+    end_sample: int = 0
+
+
+@dataclass(frozen=True)
+class VideoClip(Message):
+    kind: ClassVar[str] = "video"
+
+    language: str = ""
+    width: int = 0
+    height: int = 0
+    pixel_format: str = "rgb24"
+    frames: bytes = b""  # frame_count frames of width*height*channels bytes, back to back
+    timestamps_s: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
+class ControlEvent(Message):
+    """Floor control and cancellation: `action` is e.g. "request", "grant", "release", "cancel"."""
+
+    kind: ClassVar[str] = "control"
+
+    action: str = ""
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class StageFailure(Message):
+    """What the dead-letter stream holds: the stage, the error, and the original bytes untouched."""
+
+    kind: ClassVar[str] = "failure"
+
+    stage: str = ""
+    error: str = ""
+    attempts: int = 0
+    original: bytes = b""
+
+
+MESSAGE_TYPES: dict[str, type[Message]] = {
+    cls.kind: cls
+    for cls in (SpeechSegment, Transcript, Translation, SynthesizedSpeech, VideoClip, ControlEvent, StageFailure)
+}
+
+M = TypeVar("M", bound=Message)
+
+_U16 = struct.Struct(">H")
+_U32 = struct.Struct(">I")
+
+
+def encode(message: Message) -> bytes:
+    header: dict[str, Any] = {}
+    blobs: list[bytes] = []
+    for f in dataclasses.fields(message):
+        value = getattr(message, f.name)
+        if isinstance(value, bytes):
+            blobs.append(value)
+        else:
+            header[f.name] = _to_json(value)
+    head = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    kind = message.kind.encode("ascii")
+    parts = [MAGIC, _U16.pack(SCHEMA_VERSION), bytes([len(kind)]), kind, _U32.pack(len(head)), head]
+    for blob in blobs:
+        parts += [_U32.pack(len(blob)), blob]
+    return b"".join(parts)
+
+
+def decode(data: bytes) -> Message:
+    """Parse bytes written by `encode`; raises MessageError or SchemaVersionError."""
+    view = memoryview(data)
+    if bytes(view[:2]) != MAGIC:
+        raise MessageError("not a BabelRoom message (bad magic)")
+    try:
+        (version,) = _U16.unpack_from(view, 2)
+        if version != SCHEMA_VERSION:
+            raise SchemaVersionError(
+                f"message schema version {version} is not supported by this build "
+                f"(speaks version {SCHEMA_VERSION}); upgrade the worker or the sender"
+            )
+        kind_len = view[4]
+        kind = bytes(view[5 : 5 + kind_len]).decode("ascii")
+        cls = MESSAGE_TYPES.get(kind)
+        if cls is None:
+            raise MessageError(f"unknown message kind {kind!r}")
+        offset = 5 + kind_len
+        (head_len,) = _U32.unpack_from(view, offset)
+        offset += 4
+        header = json.loads(bytes(view[offset : offset + head_len]))
+        offset += head_len
+        values: dict[str, Any] = {}
+        hints = get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if hints[f.name] is bytes:
+                (blob_len,) = _U32.unpack_from(view, offset)
+                offset += 4
+                values[f.name] = bytes(view[offset : offset + blob_len])
+                if len(values[f.name]) != blob_len:
+                    raise MessageError(f"{kind}: field {f.name} is truncated")
+                offset += blob_len
+            elif f.name in header:
+                values[f.name] = _from_json(hints[f.name], header[f.name])
+        return cls(**values)
+    except (struct.error, UnicodeDecodeError, json.JSONDecodeError, TypeError, IndexError) as exc:
+        raise MessageError(f"malformed message: {exc}") from exc
+
+
+def decode_as(data: bytes, expected: type[M]) -> M:
+    message = decode(data)
+    if not isinstance(message, expected):
+        raise MessageError(f"expected a {expected.kind} message, got {message.kind}")
+    return message
+
+
+def _to_json(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return [_to_json(getattr(value, f.name)) for f in dataclasses.fields(value)]
+    if isinstance(value, tuple | list):
+        return [_to_json(v) for v in value]
+    return value
+
+
+def _from_json(hint: Any, value: Any) -> Any:
+    """Rebuild tuples and nested dataclasses that JSON flattened to lists."""
+    origin = getattr(hint, "__origin__", None)
+    if origin is tuple:
+        args = hint.__args__
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_from_json(args[0], v) for v in value)
+        return tuple(_from_json(a, v) for a, v in zip(args, value, strict=True))
+    if dataclasses.is_dataclass(hint) and isinstance(hint, type):
+        inner = get_type_hints(hint)
+        return hint(*(_from_json(inner[f.name], v) for f, v in zip(dataclasses.fields(hint), value, strict=True)))
+    return value
+
+
+def dedup_key(message: Message, stage: str) -> str:
+    """Identity of one stage's output for one segment: a redelivered input yields the same key."""
+    language = getattr(message, "language", "")
+    return f"{stage}:{message.room}:{message.speaker}:{message.seq}:{language}"
+
+
+def latency_s(message: Message, since: str, until: str) -> float | None:
+    start, end = message.stamp(since), message.stamp(until)
+    return None if start is None or end is None else end - start

@@ -1,0 +1,176 @@
+"""`babelroom up`: the whole service on one machine.
+
+Starts a private redis-server on a free port when REDIS_URL is unset, then the gateway and one worker
+of each kind as child processes. A child that dies is restarted with exponential backoff; Ctrl-C or
+SIGTERM stops every child (SIGTERM, then SIGKILL after a grace period) and leaves no process behind.
+Children also get SIGTERM from the kernel should this supervisor itself be killed (PR_SET_PDEATHSIG).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import FrameType
+
+import redis
+
+from pipeline.routes import WORKER_KINDS
+
+log = logging.getLogger("babelroom.up")
+
+RESTART_BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
+HEALTHY_AFTER_S = 60.0  # a child that ran this long without dying starts its backoff afresh
+STOP_GRACE_S = 35.0  # a little over the workers' drain timeout
+POLL_S = 0.5
+_PR_SET_PDEATHSIG = 1
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    process: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
+    failures: int = 0
+    restart_at: float | None = None
+    history: list[int] = field(default_factory=list)
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(self.argv, env=self.env, preexec_fn=_die_with_parent)
+        self.started_at = time.monotonic()
+        self.restart_at = None
+        log.info("started %s (pid %d)", self.name, self.process.pid)
+
+
+def _die_with_parent() -> None:
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def redis_child(env: dict[str, str]) -> tuple[Child, str]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise SystemExit(
+            "redis-server is not installed: run `make up` (it installs it) or `apt-get install redis-server`"
+        )
+    port = free_port()
+    workdir = tempfile.mkdtemp(prefix="babelroom-redis-")
+    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", workdir]
+    return Child("redis", argv, env), f"redis://127.0.0.1:{port}/0"
+
+
+def wait_for_redis(url: str, timeout_s: float = 15.0) -> None:
+    client = redis.Redis.from_url(url)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            client.ping()
+            return
+        except redis.ConnectionError:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"redis at {url} did not answer within {timeout_s:.0f} s") from None
+            time.sleep(0.1)
+
+
+class Supervisor:
+    def __init__(self, children: list[Child]) -> None:
+        self.children = children
+        self.stopping = False
+
+    def request_stop(self, signum: int, frame: FrameType | None) -> None:
+        self.stopping = True
+
+    def run(self) -> None:
+        for child in self.children:
+            if child.process is None:
+                child.start()
+        while not self.stopping:
+            self.check_children()
+            time.sleep(POLL_S)
+        self.stop_all()
+
+    def check_children(self) -> None:
+        now = time.monotonic()
+        for child in self.children:
+            if child.restart_at is not None:
+                if now >= child.restart_at:
+                    child.start()
+                continue
+            assert child.process is not None
+            code = child.process.poll()
+            if code is None:
+                continue
+            if now - child.started_at > HEALTHY_AFTER_S:
+                child.failures = 0
+            delay = RESTART_BACKOFF_S[min(child.failures, len(RESTART_BACKOFF_S) - 1)]
+            child.failures += 1
+            child.history.append(code)
+            child.restart_at = now + delay
+            log.warning("%s exited with code %s; restarting in %.0f s", child.name, code, delay)
+
+    def stop_all(self) -> None:
+        running = [c.process for c in reversed(self.children) if c.process and c.process.poll() is None]
+        redis_proc = next((c.process for c in self.children if c.name == "redis"), None)
+        others = [p for p in running if p is not redis_proc]
+        for proc in others:
+            proc.send_signal(signal.SIGTERM)
+        _wait_all(others, STOP_GRACE_S)
+        if redis_proc is not None and redis_proc.poll() is None:  # last, so workers can drain into it
+            redis_proc.send_signal(signal.SIGTERM)
+            _wait_all([redis_proc], 10.0)
+        log.info("stopped")
+
+
+def _wait_all(processes: list[subprocess.Popen[bytes]], grace_s: float) -> None:
+    deadline = time.monotonic() + grace_s
+    for proc in processes:
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            log.warning("pid %d did not stop within %.0f s; killing it", proc.pid, grace_s)
+            proc.kill()
+            proc.wait()
+
+
+def babelroom_argv(*args: str) -> list[str]:
+    return [sys.executable, "-m", "pipeline.cli", *args]
+
+
+def up(env: Mapping[str, str], host: str, port: int) -> None:
+    child_env = dict(env)
+    children: list[Child] = []
+    if not child_env.get("REDIS_URL"):
+        redis_process, url = redis_child(child_env)
+        redis_process.start()
+        wait_for_redis(url)
+        child_env["REDIS_URL"] = url
+        children.append(redis_process)
+        log.info("started a private redis-server at %s", url)
+    child_env.setdefault("BABELROOM_OPEN_ROOMS", "1")  # local use: anyone on this machine may join
+    children.append(Child("gateway", babelroom_argv("gateway", "--host", host, "--port", str(port)), child_env))
+    children += [Child(f"worker-{kind}", babelroom_argv("worker", kind), child_env) for kind in WORKER_KINDS]
+    supervisor = Supervisor(children)
+    signal.signal(signal.SIGTERM, supervisor.request_stop)
+    signal.signal(signal.SIGINT, supervisor.request_stop)
+    shown_host = "localhost" if host in ("0.0.0.0", "127.0.0.1", "::") else host
+    print(
+        f"BabelRoom is starting: open http://{shown_host}:{port}/room/demo  (health: http://{shown_host}:{port}/healthz)",
+        flush=True,
+    )
+    supervisor.run()

@@ -1,0 +1,32 @@
+"""Real speech for tests, synthesized on the spot with espeak-ng or the bundled Piper voice."""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.audio import Samples, read_wav
+from pipeline.messages import SAMPLE_RATE
+
+
+def espeak(text: str, voice: str = "en", words_per_minute: int = 150) -> Samples:
+    """16 kHz mono float32 speech from espeak-ng."""
+    with tempfile.TemporaryDirectory() as tmp:
+        wav = Path(tmp) / "speech.wav"
+        subprocess.run(["espeak-ng", "-v", voice, "-s", str(words_per_minute), "-w", str(wav), text], check=True)
+        return read_wav(wav)
+
+
+def silence(seconds: float) -> Samples:
+    return np.zeros(round(seconds * SAMPLE_RATE), dtype=np.float32)
+
+
+def with_noise(samples: Samples, snr_db: float, seed: int = 0) -> Samples:
+    """White noise added at `snr_db` below the speech's RMS."""
+    rng = np.random.default_rng(seed)
+    speech_rms = float(np.sqrt(np.mean(samples[np.abs(samples) > 1e-4] ** 2)))
+    noise = rng.standard_normal(samples.size).astype(np.float32) * speech_rms * 10 ** (-snr_db / 20)
+    return (samples + noise).astype(np.float32)

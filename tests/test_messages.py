@@ -1,0 +1,112 @@
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from pipeline.messages import (
+    MESSAGE_TYPES,
+    ControlEvent,
+    MessageError,
+    SchemaVersionError,
+    SpeechSegment,
+    StageFailure,
+    SynthesizedSpeech,
+    Transcript,
+    Translation,
+    VideoClip,
+    Word,
+    decode,
+    decode_as,
+    dedup_key,
+    encode,
+    latency_s,
+)
+
+PCM = bytes(range(256)) * 40
+
+EXAMPLES = [
+    SpeechSegment(
+        room="r",
+        speaker="ana",
+        seq=3,
+        language="en",
+        targets=("es", "ca"),
+        start_sample=160,
+        end_sample=160 + len(PCM) // 2,
+        pcm=PCM,
+        stamps=(("captured", 1.5), ("segmented", 2.0)),
+    ),
+    Transcript(
+        room="r",
+        speaker="ana",
+        seq=3,
+        language="en",
+        text="hello there",
+        targets=("es",),
+        words=(Word("hello", 0.0, 0.4, 0.9), Word("there", 0.5, 0.9, 0.8)),
+        speaker_f0_hz=180.5,
+    ),
+    Translation(
+        room="r",
+        speaker="ana",
+        seq=3,
+        source_language="en",
+        language="es",
+        source_text="hello",
+        text="hola ñandú",
+        note="",
+    ),
+    SynthesizedSpeech(room="r", speaker="ana", seq=3, language="es", text="hola", sample_rate=22050, pcm=PCM),
+    VideoClip(room="r", speaker="ana", seq=3, width=4, height=2, frames=b"\x00" * 48, timestamps_s=(0.0, 0.04)),
+    ControlEvent(room="r", speaker="ana", seq=0, action="grant"),
+    StageFailure(room="r", speaker="ana", seq=3, stage="asr", error="boom", attempts=3, original=b"\x01\x02"),
+]
+
+
+@pytest.mark.parametrize("message", EXAMPLES, ids=lambda m: m.kind)
+def test_round_trip_keeps_every_field(message: object) -> None:
+    assert decode(encode(message)) == message  # type: ignore[arg-type]
+
+
+def test_every_message_type_has_an_example() -> None:
+    assert {m.kind for m in EXAMPLES} == set(MESSAGE_TYPES)
+
+
+def test_audio_travels_as_raw_bytes_not_base64() -> None:
+    data = encode(EXAMPLES[0])
+    assert PCM in data
+    assert len(data) < len(PCM) + 400
+
+
+def test_newer_schema_version_is_a_clear_error() -> None:
+    data = bytearray(encode(EXAMPLES[0]))
+    struct.pack_into(">H", data, 2, 99)
+    with pytest.raises(SchemaVersionError, match="schema version 99 is not supported"):
+        decode(bytes(data))
+
+
+@pytest.mark.parametrize(
+    "data", [b"", b"XX\x00\x01", encode(EXAMPLES[0])[:-10], b"BR\x00\x01\x05nope!\x00\x00\x00\x02{}"]
+)
+def test_malformed_bytes_raise_message_error(data: bytes) -> None:
+    with pytest.raises(MessageError):
+        decode(data)
+
+
+def test_decode_as_checks_the_kind() -> None:
+    with pytest.raises(MessageError, match="expected a transcript"):
+        decode_as(encode(EXAMPLES[0]), Transcript)
+
+
+def test_stamps_give_latency() -> None:
+    segment = EXAMPLES[0].stamped("asr", at=2.75)
+    assert latency_s(segment, "captured", "asr") == pytest.approx(1.25)
+    assert latency_s(segment, "captured", "tts") is None
+
+
+def test_dedup_key_separates_languages_and_stages() -> None:
+    es, ca = EXAMPLES[2], Translation(room="r", speaker="ana", seq=3, language="ca")
+    assert dedup_key(es, "mt") != dedup_key(ca, "mt")
+    assert dedup_key(es, "mt") != dedup_key(es, "tts")
+    assert dedup_key(es, "mt") == dedup_key(Translation(room="r", speaker="ana", seq=3, language="es"), "mt")

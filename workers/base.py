@@ -1,0 +1,218 @@
+"""The worker runtime: one process serves one stage from its stream.
+
+Lifecycle (after arq's Worker): load the engine at start (off the event loop), then read from the
+stage's consumer group with bounded concurrency, run each message in a thread with a timeout,
+emit outputs exactly once, acknowledge. A heartbeat key with a TTL says the worker is alive.
+Messages left pending by a dead worker are claimed after `claim_idle_ms`. A failing message is
+retried by redelivery until `max_deliveries`, then dead-lettered with its error. SIGTERM stops
+reading and drains what is in flight. A lost Redis connection is retried with backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import time
+from typing import Any
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from pipeline.bus import Bus, Delivery
+from pipeline.config import WorkerOptions
+from workers.stage import PermanentError, Stage
+
+log = logging.getLogger(__name__)
+
+RECONNECT_BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
+REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError)
+
+
+def heartbeat_key(bus: Bus, kind: str, consumer: str) -> str:
+    return bus.key("hb", kind, consumer)
+
+
+async def alive_workers(bus: Bus) -> dict[str, int]:
+    """How many workers of each kind have a live heartbeat."""
+    counts: dict[str, int] = {}
+    async for key in bus.client.scan_iter(match=bus.key("hb", "*"), count=500):
+        kind = key.decode().split(":")[-2]
+        counts[kind] = counts.get(kind, 0) + 1
+    return counts
+
+
+class Worker:
+    def __init__(self, stage: Stage, bus: Bus, options: WorkerOptions, consumer: str | None = None) -> None:
+        self.stage = stage
+        self.bus = bus
+        self.options = options
+        self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
+        self.group = stage.kind
+        self.processed = 0
+        self._stopping = asyncio.Event()
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._last_claim = 0.0
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> None:
+        """Load, serve until stopped, then drain in-flight messages."""
+        started = time.monotonic()
+        await asyncio.to_thread(self.stage.load)
+        log.info("%s worker %s loaded in %.1f s", self.stage.kind, self.consumer, time.monotonic() - started)
+        heartbeat = asyncio.create_task(self._heartbeat())
+        try:
+            await self._serve()
+        finally:
+            await self._drain()
+            heartbeat.cancel()
+            await self._forget_heartbeat()
+
+    async def _serve(self) -> None:
+        failures = 0
+        while not self._stopping.is_set():
+            try:
+                await self.bus.ensure_group(self.stage.kind, self.group)
+                while not self._stopping.is_set():
+                    await self._poll_once()
+                    failures = 0
+            except REDIS_DOWN as exc:
+                delay = RECONNECT_BACKOFF_S[min(failures, len(RECONNECT_BACKOFF_S) - 1)]
+                failures += 1
+                log.warning("redis unavailable (%s); retrying in %.1f s", exc, delay)
+                await self._sleep_unless_stopping(delay)
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc):  # a restarted Redis lost the group: create it again
+                    raise
+                log.warning("consumer group vanished (Redis restarted?); recreating it")
+
+    async def _poll_once(self) -> None:
+        if len(self._in_flight) >= self.options.concurrency:  # bounded concurrency: wait for a free slot
+            await asyncio.wait(set(self._in_flight), return_when=asyncio.FIRST_COMPLETED)
+        free = self.options.concurrency - len(self._in_flight)
+        deliveries = await self._claim_if_due(free)
+        if not deliveries:
+            deliveries = await self.bus.read_group(
+                self.stage.kind, self.group, self.consumer, count=free, block_ms=self.bus.options.block_ms
+            )
+        for delivery in deliveries:
+            task = asyncio.create_task(self._handle_logged(delivery))
+            self._in_flight.add(task)
+            task.add_done_callback(self._in_flight.discard)
+
+    async def _claim_if_due(self, count: int) -> list[Delivery]:
+        # Checking for stale entries a few times per claim window keeps takeover time bounded by
+        # about 1.5 x claim_idle_ms without scanning the pending list on every poll.
+        interval = self.bus.options.claim_idle_ms / 2000
+        if time.monotonic() - self._last_claim < interval:
+            return []
+        self._last_claim = time.monotonic()
+        claimed = await self.bus.claim_stale(self.stage.kind, self.group, self.consumer, count)
+        for delivery in claimed:
+            log.info("claimed entry %s (delivery %d) from a stalled consumer", delivery.entry_id, delivery.deliveries)
+        return claimed
+
+    async def _handle_logged(self, delivery: Delivery) -> None:
+        try:
+            await self.handle(delivery)
+        except Exception:  # a Redis error mid-message: left pending, so it is claimed again later
+            log.exception("error handling entry %s; it stays pending", delivery.entry_id)
+
+    async def handle(self, delivery: Delivery) -> None:
+        message = delivery.message
+        if message is None:
+            await self._give_up(delivery, f"undecodable message: {delivery.error}", attempts=delivery.deliveries)
+            return
+        if delivery.deliveries > self.bus.options.max_deliveries:
+            last = await self.bus.last_error(self.stage.kind, self.group, delivery.entry_id)
+            reason = last or "its worker died or timed out while processing it"
+            await self._give_up(
+                delivery,
+                f"delivered {delivery.deliveries} times without success: {reason}",
+                attempts=delivery.deliveries,
+            )
+            return
+        started = time.monotonic()
+        try:
+            outputs = await asyncio.wait_for(
+                asyncio.to_thread(self.stage.process, message), timeout=self.options.message_timeout_s
+            )
+        except PermanentError as exc:
+            await self._give_up(delivery, str(exc), attempts=1)
+            return
+        except Exception as exc:
+            await self._record_failure(delivery, exc)
+            return
+        for output in outputs:
+            await self.bus.emit_once(output, self.stage.kind)
+        await self.bus.ack(self.stage.kind, self.group, delivery.entry_id)
+        await self.bus.forget(self.stage.kind, self.group, delivery.entry_id)
+        self.processed += 1
+        log.info(
+            "%s %s -> %d output(s) in %.2f s",
+            self.stage.kind,
+            message.log_context,
+            len(outputs),
+            time.monotonic() - started,
+        )
+
+    async def _record_failure(self, delivery: Delivery, exc: BaseException) -> None:
+        error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        attempts = await self.bus.record_failure(self.stage.kind, self.group, delivery.entry_id, error)
+        context = delivery.message.log_context if delivery.message else ""
+        if attempts >= self.bus.options.max_deliveries:
+            await self._give_up(delivery, error, attempts)
+        else:
+            # Left unacknowledged: it is redelivered (here or elsewhere) once idle past claim_idle_ms.
+            log.warning("%s %s failed (attempt %d): %s", self.stage.kind, context, attempts, error)
+
+    async def _give_up(self, delivery: Delivery, error: str, attempts: int) -> None:
+        await self.bus.dead_letter(delivery, self.stage.kind, error, attempts)
+        await self.bus.ack(self.stage.kind, self.group, delivery.entry_id)
+        await self.bus.forget(self.stage.kind, self.group, delivery.entry_id)
+
+    async def _drain(self) -> None:
+        if not self._in_flight:
+            return
+        log.info("draining %d in-flight message(s)", len(self._in_flight))
+        _, pending = await asyncio.wait(set(self._in_flight), timeout=self.options.drain_timeout_s)
+        for task in pending:  # left unacknowledged: another worker claims them
+            task.cancel()
+
+    async def _heartbeat(self) -> None:
+        key = heartbeat_key(self.bus, self.stage.kind, self.consumer)
+        ttl_ms = int(self.options.heartbeat_ttl_s * 1000)
+        while True:
+            with contextlib.suppress(*REDIS_DOWN):  # the serve loop reports and retries the connection
+                await self.bus.client.set(key, json.dumps(self._status()), px=ttl_ms)
+            await asyncio.sleep(self.options.heartbeat_interval_s)
+
+    def _status(self) -> dict[str, Any]:
+        return {"pid": os.getpid(), "processed": self.processed, "in_flight": len(self._in_flight)}
+
+    async def _forget_heartbeat(self) -> None:
+        with contextlib.suppress(*REDIS_DOWN):
+            await self.bus.client.delete(heartbeat_key(self.bus, self.stage.kind, self.consumer))
+
+    async def _sleep_unless_stopping(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
+
+
+async def serve(stage: Stage, bus: Bus, options: WorkerOptions) -> None:
+    """Run a worker until SIGTERM or SIGINT, then drain and close the bus."""
+    worker = Worker(stage, bus, options)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, worker.stop)
+    try:
+        await worker.run()
+    finally:
+        await bus.close()
