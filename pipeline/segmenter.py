@@ -1,0 +1,479 @@
+"""Streaming, silence-adaptive speech segmenter: one per speaker, audio in, whole phrases out.
+
+Audio at any rate from 8 to 48 kHz is resampled, exactly as a one-shot `resample_poly` would, to the
+speaker's 16 kHz timeline; every position below is a sample index in that timeline.
+
+Algorithm, per frame of FRAME_MS (20 ms; 32 ms with Silero):
+
+1. Voiced = the VAD (webrtcvad at VAD_AGGRESSIVENESS, or Silero at SILERO_THRESHOLD) says speech AND
+   the frame's energy is at least NOISE_GATE_DB above the noise floor. The noise floor is the
+   NOISE_PERCENTILE-th percentile of frame energies over the last NOISE_WINDOW_S: it follows steady
+   noise up and down, so a fan or hiss that fools the VAD is never speech.
+2. Onset: ONSET_FRAMES voiced frames within the last ONSET_WINDOW_FRAMES. Speech starts at the first
+   of them, extended back over frames EXTEND_GATE_DB above the floor; the segment starts PRE_ROLL_S
+   earlier still (never before the previous segment's end), so first syllables are never clipped.
+3. End: the segment closes once the silence since the last voiced frame reaches the closing pause
+   = clamp(PAUSE_FACTOR x the PAUSE_PERCENTILE-th percentile of this speaker's last PAUSE_HISTORY
+   pauses inside speech (each at least MIN_COUNTED_PAUSE_S), MIN_END_PAUSE_S, MAX_END_PAUSE_S);
+   DEFAULT_END_PAUSE_S until MIN_PAUSES_TO_ADAPT pauses are known. A speaker who hesitates long
+   mid-phrase gets a longer closing pause; a brisk one gets cut sooner, so MT receives whole phrases.
+   Noise adapts it too: where the gate hides soft sounds, the gaps it leaves enter the history.
+   Speech is then extended over adjacent frames still EXTEND_GATE_DB above the floor (unvoiced
+   fricatives such as a final "s", which the VAD misses; gaps up to EXTEND_BRIDGE_S are bridged, as
+   before a final "k" burst), and the segment ends POST_ROLL_S later.
+4. A segment with less than MIN_SPEECH_S of speech (a click, a cough) is dropped.
+5. At MAX_SEGMENT_S the segment is cut at the quietest QUIET_WINDOW_S of its last CUT_SEARCH_S
+   (between words, not mid-word); the next segment continues from that sample without a gap.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from math import ceil, gcd
+from typing import Literal, Protocol
+
+import numpy as np
+import numpy.typing as npt
+from scipy.signal import resample_poly
+
+from pipeline.audio import Samples, float_to_pcm16, pcm16_to_float, rms_dbfs
+from pipeline.messages import SAMPLE_RATE, SpeechSegment
+
+FRAME_MS = 20  # webrtcvad accepts 10, 20 or 30 ms
+SILERO_FRAME_SAMPLES = 512  # the Silero model's window at 16 kHz (32 ms)
+SILERO_CONTEXT_SAMPLES = 64  # samples of the previous window the model sees
+VAD_AGGRESSIVENESS = 2  # webrtcvad 0 (lenient) .. 3 (strict)
+SILERO_THRESHOLD = 0.5  # speech probability above which a Silero frame is speech
+
+NOISE_WINDOW_S = 8.0  # long enough to hold some pauses even in fluent speech
+NOISE_PERCENTILE = 10.0
+NOISE_GATE_DB = 8.0  # a voiced frame stands this far above the noise floor
+EXTEND_GATE_DB = 4.0  # unvoiced sounds next to speech: weaker than voice, still clearly above the noise
+EXTEND_BRIDGE_S = 0.06
+NOISE_FLOOR_MIN_DBFS = -70.0  # digital silence: keeps the gate meaningful when the floor is ~ -120
+
+ONSET_WINDOW_FRAMES = 5
+ONSET_FRAMES = 3  # 60 ms of voice within 100 ms starts a segment; a single click does not
+
+PRE_ROLL_S = 0.25
+POST_ROLL_S = 0.1
+MIN_SPEECH_S = 0.25
+MAX_SEGMENT_S = 10.0
+CUT_SEARCH_S = 1.0
+QUIET_WINDOW_S = 0.02
+
+DEFAULT_END_PAUSE_S = 0.5
+MIN_END_PAUSE_S = 0.3
+MAX_END_PAUSE_S = 1.2
+PAUSE_FACTOR = 1.5
+PAUSE_PERCENTILE = 90.0
+PAUSE_HISTORY = 20
+MIN_PAUSES_TO_ADAPT = 3
+MIN_COUNTED_PAUSE_S = 0.1  # shorter gaps are stop closures inside words, not pauses
+
+MIN_INPUT_RATE = 8_000
+MAX_INPUT_RATE = 48_000
+
+VadEngine = Literal["webrtc", "silero"]
+CutReason = Literal["pause", "max_length", "flush"]
+
+
+@dataclass(frozen=True)
+class SegmenterOptions:
+    vad: VadEngine = "webrtc"
+    frame_ms: int = FRAME_MS
+    vad_aggressiveness: int = VAD_AGGRESSIVENESS
+    silero_threshold: float = SILERO_THRESHOLD
+    noise_window_s: float = NOISE_WINDOW_S
+    noise_percentile: float = NOISE_PERCENTILE
+    noise_gate_db: float = NOISE_GATE_DB
+    extend_gate_db: float = EXTEND_GATE_DB
+    onset_window_frames: int = ONSET_WINDOW_FRAMES
+    onset_frames: int = ONSET_FRAMES
+    pre_roll_s: float = PRE_ROLL_S
+    post_roll_s: float = POST_ROLL_S
+    min_speech_s: float = MIN_SPEECH_S
+    max_segment_s: float = MAX_SEGMENT_S
+    cut_search_s: float = CUT_SEARCH_S
+    default_end_pause_s: float = DEFAULT_END_PAUSE_S
+    min_end_pause_s: float = MIN_END_PAUSE_S
+    max_end_pause_s: float = MAX_END_PAUSE_S
+    pause_factor: float = PAUSE_FACTOR
+    pause_percentile: float = PAUSE_PERCENTILE
+    pause_history: int = PAUSE_HISTORY
+    min_pauses_to_adapt: int = MIN_PAUSES_TO_ADAPT
+    min_counted_pause_s: float = MIN_COUNTED_PAUSE_S
+
+    def __post_init__(self) -> None:
+        if self.vad == "webrtc" and self.frame_ms not in (10, 20, 30):
+            raise ValueError(f"webrtcvad frames must be 10, 20 or 30 ms, got {self.frame_ms}")
+        if not 0 < self.onset_frames <= self.onset_window_frames:
+            raise ValueError("onset_frames must be in 1..onset_window_frames")
+        if self.cut_search_s >= self.max_segment_s:
+            raise ValueError("cut_search_s must be shorter than max_segment_s")
+        if not self.min_end_pause_s <= self.max_end_pause_s:
+            raise ValueError("min_end_pause_s must not exceed max_end_pause_s")
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A cut of one speaker's audio. Positions are sample indices in the speaker's 16 kHz timeline:
+    [start_sample, end_sample) includes pre- and post-roll; speech_* bound the detected speech."""
+
+    samples: Samples
+    start_sample: int
+    end_sample: int
+    speech_start_sample: int
+    speech_end_sample: int
+    reason: CutReason
+
+    @property
+    def start_s(self) -> float:
+        return self.start_sample / SAMPLE_RATE
+
+    @property
+    def end_s(self) -> float:
+        return self.end_sample / SAMPLE_RATE
+
+    @property
+    def duration_s(self) -> float:
+        return (self.end_sample - self.start_sample) / SAMPLE_RATE
+
+    def to_message(
+        self, room: str, speaker: str, seq: int, language: str, targets: tuple[str, ...] = ()
+    ) -> SpeechSegment:
+        return SpeechSegment(
+            room=room,
+            speaker=speaker,
+            seq=seq,
+            language=language,
+            targets=targets,
+            start_sample=self.start_sample,
+            end_sample=self.end_sample,
+            pcm=float_to_pcm16(self.samples),
+        )
+
+
+class StreamResampler:
+    """Chunked resampling whose output equals `resample_poly` on the whole stream, sample for sample.
+
+    Each call filters only the new input plus a margin of the filter's reach, on a slice that starts at
+    a multiple of `down` so the slice's output grid coincides with the whole stream's."""
+
+    def __init__(self, rate_in: int, rate_out: int = SAMPLE_RATE) -> None:
+        g = gcd(rate_in, rate_out)
+        self.up, self.down = rate_out // g, rate_in // g
+        # resample_poly's FIR reaches 10 * max(up, down) samples of the upsampled signal each side
+        self.margin = ceil(10 * max(self.up, self.down) / self.up) + 2
+        self._buffer = np.zeros(0, dtype=np.float32)
+        self._buffer_start = 0
+        self._total_in = 0
+        self._done_out = 0
+
+    def feed(self, samples: Samples) -> Samples:
+        if self.up == self.down:
+            return samples
+        self._buffer = np.concatenate([self._buffer, samples])
+        self._total_in += samples.size
+        settled = (self._total_in - self.margin) * self.up // self.down
+        return self._produce(max(settled, self._done_out))
+
+    def flush(self) -> Samples:
+        if self.up == self.down:
+            return np.zeros(0, dtype=np.float32)
+        return self._produce(-(-self._total_in * self.up // self.down))
+
+    def _produce(self, end_out: int) -> Samples:
+        if end_out <= self._done_out:
+            return np.zeros(0, dtype=np.float32)
+        start_in = self._slice_start(self._done_out)
+        out = resample_poly(self._buffer[start_in - self._buffer_start :], self.up, self.down)
+        first = self._done_out - start_in * self.up // self.down
+        result: Samples = np.asarray(out[first : first + end_out - self._done_out], dtype=np.float32)
+        self._done_out = end_out
+        keep_from = self._slice_start(end_out)
+        self._buffer = self._buffer[keep_from - self._buffer_start :]
+        self._buffer_start = keep_from
+        return result
+
+    def _slice_start(self, out_index: int) -> int:
+        reach = out_index * self.down // self.up - self.margin
+        return max(0, reach // self.down * self.down)
+
+
+class FrameClassifier(Protocol):
+    frame_samples: int
+
+    def is_speech(self, frame: Samples) -> bool: ...
+
+
+class WebRtcClassifier:
+    def __init__(self, frame_ms: int, aggressiveness: int) -> None:
+        import webrtcvad
+
+        self.frame_samples = SAMPLE_RATE * frame_ms // 1000
+        self._vad = webrtcvad.Vad(aggressiveness)
+
+    def is_speech(self, frame: Samples) -> bool:
+        return bool(self._vad.is_speech(float_to_pcm16(frame), SAMPLE_RATE))
+
+
+class SileroClassifier:
+    """Silero VAD v6 (the ONNX model bundled with faster-whisper), run frame by frame with its state."""
+
+    frame_samples = SILERO_FRAME_SAMPLES
+
+    def __init__(self, threshold: float) -> None:
+        import os
+
+        import onnxruntime
+        from faster_whisper.vad import get_assets_path
+
+        opts = onnxruntime.SessionOptions()
+        opts.inter_op_num_threads = opts.intra_op_num_threads = 1
+        opts.log_severity_level = 4
+        path = os.path.join(get_assets_path(), "silero_vad_v6.onnx")
+        self._session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"], sess_options=opts)
+        self._threshold = threshold
+        self._h = np.zeros((1, 1, 128), dtype=np.float32)
+        self._c = np.zeros((1, 1, 128), dtype=np.float32)
+        self._context = np.zeros(SILERO_CONTEXT_SAMPLES, dtype=np.float32)
+
+    def is_speech(self, frame: Samples) -> bool:
+        window = np.concatenate([self._context, frame])[None, :]
+        prob, self._h, self._c = self._session.run(None, {"input": window, "h": self._h, "c": self._c})
+        self._context = frame[-SILERO_CONTEXT_SAMPLES:]
+        return float(np.asarray(prob).ravel()[0]) >= self._threshold
+
+
+class NoiseFloor:
+    """A low percentile of recent frame energies: tracks steady noise, ignores the speech above it."""
+
+    def __init__(self, window_frames: int, percentile: float) -> None:
+        self._energies: deque[float] = deque(maxlen=window_frames)
+        self._percentile = percentile
+
+    @property
+    def dbfs(self) -> float | None:
+        if not self._energies:
+            return None
+        return max(float(np.percentile(self._energies, self._percentile)), NOISE_FLOOR_MIN_DBFS)
+
+    def add(self, energy_dbfs: float) -> None:
+        self._energies.append(energy_dbfs)
+
+
+class Segmenter:
+    """Feed one speaker's audio as it arrives; get back segments closed at natural pauses."""
+
+    def __init__(self, options: SegmenterOptions | None = None, input_rate: int = SAMPLE_RATE) -> None:
+        if not MIN_INPUT_RATE <= input_rate <= MAX_INPUT_RATE:
+            raise ValueError(f"input rate must be {MIN_INPUT_RATE}..{MAX_INPUT_RATE} Hz, got {input_rate}")
+        self.options = options or SegmenterOptions()
+        self.input_rate = input_rate
+        self._resampler = StreamResampler(input_rate)
+        self._classifier = self._make_classifier()
+        self._frame = self._classifier.frame_samples
+        o = self.options
+        self._noise = NoiseFloor(max(1, round(o.noise_window_s * SAMPLE_RATE / self._frame)), o.noise_percentile)
+        self._onset: deque[tuple[int, bool]] = deque(maxlen=o.onset_window_frames)
+        self._pauses: deque[float] = deque(maxlen=o.pause_history)
+        self._audio = np.zeros(0, dtype=np.float32)
+        self._audio_start = 0  # timeline index of self._audio[0]
+        self._framed = 0  # timeline index up to which frames were classified
+        self._in_segment = False
+        self._segment_start = 0
+        self._speech_start = 0
+        self._last_voiced_end: int | None = None
+        self._silence = 0  # samples of silence since the last voiced frame, inside a segment
+        self._previous_end = 0
+        self._flushed = False
+
+    # -- what the gateway reads ------------------------------------------------------------------
+    @property
+    def speaking(self) -> bool:
+        """True from a speech onset until its segment closes: the speaker holds the turn."""
+        return self._in_segment
+
+    @property
+    def last_speech_sample(self) -> int | None:
+        """End of the last voiced frame in the 16 kHz timeline, None before any speech."""
+        return self._last_voiced_end
+
+    @property
+    def last_speech_s(self) -> float | None:
+        return None if self._last_voiced_end is None else self._last_voiced_end / SAMPLE_RATE
+
+    @property
+    def position_sample(self) -> int:
+        """How much of the 16 kHz timeline has been analysed."""
+        return self._framed
+
+    @property
+    def noise_floor_dbfs(self) -> float | None:
+        return self._noise.dbfs
+
+    @property
+    def end_pause_s(self) -> float:
+        """The silence that closes the current segment, adapted to this speaker's pauses."""
+        o = self.options
+        if len(self._pauses) < o.min_pauses_to_adapt:
+            return o.default_end_pause_s
+        typical = float(np.percentile(self._pauses, o.pause_percentile))
+        return min(max(o.pause_factor * typical, o.min_end_pause_s), o.max_end_pause_s)
+
+    # -- input ------------------------------------------------------------------------------------
+    def feed(self, audio: npt.NDArray[np.floating] | bytes) -> list[Segment]:
+        """Audio at `input_rate`: float32 samples in [-1, 1] or PCM16 little-endian bytes."""
+        if self._flushed:
+            raise RuntimeError("the segmenter was flushed: start a new one for a new stream")
+        samples = pcm16_to_float(audio) if isinstance(audio, bytes) else np.asarray(audio, dtype=np.float32)
+        return self._consume(self._resampler.feed(samples.ravel()))
+
+    def flush(self) -> list[Segment]:
+        """End of stream: analyse what is left and close the open segment."""
+        if self._flushed:
+            return []
+        segments = self._consume(self._resampler.flush())
+        self._flushed = True
+        if self._in_segment and self._last_voiced_end is not None:
+            stream_end = self._audio_start + self._audio.size
+            end = min(self._last_voiced_end + self._seconds(self.options.post_roll_s), stream_end)
+            segments += self._close(end, self._last_voiced_end, "flush")
+        return segments
+
+    # -- internals --------------------------------------------------------------------------------
+    def _make_classifier(self) -> FrameClassifier:
+        if self.options.vad == "silero":
+            return SileroClassifier(self.options.silero_threshold)
+        return WebRtcClassifier(self.options.frame_ms, self.options.vad_aggressiveness)
+
+    @staticmethod
+    def _seconds(seconds: float) -> int:
+        return round(seconds * SAMPLE_RATE)
+
+    def _consume(self, samples: Samples) -> list[Segment]:
+        self._audio = np.concatenate([self._audio, samples])
+        segments: list[Segment] = []
+        end = self._audio_start + self._audio.size
+        while self._framed + self._frame <= end:
+            start = self._framed
+            frame = self._audio[start - self._audio_start : start - self._audio_start + self._frame]
+            self._framed += self._frame
+            segments += self._on_frame(start, frame)
+        self._trim()
+        return segments
+
+    def _on_frame(self, start: int, frame: Samples) -> list[Segment]:
+        voiced = self._is_voiced(frame)
+        end = start + self._frame
+        if not self._in_segment:
+            self._onset.append((start, voiced))
+            if sum(v for _, v in self._onset) >= self.options.onset_frames:
+                self._open(next(s for s, v in self._onset if v), end)
+            return []
+        if voiced:
+            self._on_voiced(end)
+            if end - self._segment_start >= self._seconds(self.options.max_segment_s):
+                return self._cut_at_quiet_point(end)
+            return []
+        self._silence += self._frame
+        if self._silence >= self._seconds(self.end_pause_s):
+            assert self._last_voiced_end is not None
+            speech_end = self._extend(self._last_voiced_end, self._frame, end)
+            closing = min(speech_end + self._seconds(self.options.post_roll_s), end)
+            return self._close(closing, speech_end, "pause")
+        if end - self._segment_start >= self._seconds(self.options.max_segment_s):
+            return self._cut_at_quiet_point(end)
+        return []
+
+    def _is_voiced(self, frame: Samples) -> bool:
+        energy = rms_dbfs(frame)
+        floor = self._noise.dbfs
+        self._noise.add(energy)
+        if floor is None or energy < floor + self.options.noise_gate_db:
+            return False
+        return self._classifier.is_speech(frame)
+
+    def _open(self, voice_start: int, frame_end: int) -> None:
+        earliest = max(self._previous_end, self._audio_start)
+        speech_start = self._extend(voice_start, -self._frame, earliest)
+        self._segment_start = max(speech_start - self._seconds(self.options.pre_roll_s), earliest)
+        self._speech_start = speech_start
+        self._in_segment = True
+        self._onset.clear()
+        self._last_voiced_end = frame_end  # the onset fires on a voiced frame
+        self._silence = 0
+
+    def _extend(self, edge: int, step: int, limit: int) -> int:
+        """Move a speech edge by whole frames (step < 0: backwards) over audio above the extension gate,
+        bridging gaps up to EXTEND_BRIDGE_S (the closure before a final "k" or "t" burst)."""
+        floor = self._noise.dbfs
+        if floor is None:
+            return edge
+        gate = floor + self.options.extend_gate_db
+        bridge = self._seconds(EXTEND_BRIDGE_S) // self._frame
+        probe, gap = edge, 0
+        while gap <= bridge:
+            nxt = probe + step
+            if (nxt > limit) if step > 0 else (nxt < limit):
+                break
+            frame = self._slice(min(probe, nxt), max(probe, nxt))
+            if frame.size < self._frame:
+                break
+            probe, gap = nxt, gap + 1
+            if rms_dbfs(frame) >= gate:
+                edge, gap = probe, 0
+        return edge
+
+    def _on_voiced(self, frame_end: int) -> None:
+        if self._silence >= self._seconds(self.options.min_counted_pause_s):
+            self._pauses.append(self._silence / SAMPLE_RATE)
+        self._silence = 0
+        self._last_voiced_end = frame_end
+
+    def _close(self, end: int, speech_end: int, reason: CutReason) -> list[Segment]:
+        self._in_segment = False
+        self._silence = 0
+        if speech_end - self._speech_start < self._seconds(self.options.min_speech_s):
+            return []
+        self._previous_end = end
+        return [self._segment(self._segment_start, end, self._speech_start, speech_end, reason)]
+
+    def _cut_at_quiet_point(self, frame_end: int) -> list[Segment]:
+        """At the maximum length: cut at the quietest instant of the last CUT_SEARCH_S, not mid-word."""
+        limit = min(frame_end, self._segment_start + self._seconds(self.options.max_segment_s))
+        search_from = limit - self._seconds(self.options.cut_search_s)
+        cut = search_from + quietest_point(self._slice(search_from, limit), self._seconds(QUIET_WINDOW_S))
+        assert self._last_voiced_end is not None
+        speech_end = min(self._last_voiced_end, cut)
+        segment = self._segment(self._segment_start, cut, self._speech_start, speech_end, "max_length")
+        self._previous_end = cut
+        self._segment_start = self._speech_start = cut
+        return [segment]
+
+    def _segment(self, start: int, end: int, speech_start: int, speech_end: int, reason: CutReason) -> Segment:
+        return Segment(self._slice(start, end).copy(), start, end, speech_start, speech_end, reason)
+
+    def _slice(self, start: int, end: int) -> Samples:
+        return self._audio[start - self._audio_start : end - self._audio_start]
+
+    def _trim(self) -> None:
+        """Keep only what a segment may still need: the open segment, or the pre-roll before an onset."""
+        if self._in_segment:
+            keep_from = self._segment_start
+        else:
+            lookback = self._seconds(self.options.pre_roll_s) + self.options.onset_window_frames * self._frame
+            keep_from = max(self._framed - lookback, self._audio_start)
+        self._audio = self._audio[keep_from - self._audio_start :]
+        self._audio_start = keep_from
+
+
+def quietest_point(samples: Samples, window: int) -> int:
+    """Index of the centre of the lowest-energy `window` in `samples` (a cut there splits no word)."""
+    if samples.size <= window:
+        return samples.size // 2
+    power = np.concatenate([[0.0], np.cumsum(np.square(samples, dtype=np.float64))])
+    energy = power[window:] - power[:-window]
+    return int(np.argmin(energy)) + window // 2
