@@ -8,7 +8,10 @@ PORT ?= 8080
 APT_RUNTIME := redis-server espeak-ng sox apertium apertium-eng-spa apertium-eng-cat apertium-en-gl \
 	apertium-es-pt apertium-fr-es
 APT_TEST := chromium chromium-driver
-PIP_EXTRAS := all,test
+PIP_EXTRAS := all,gpu,test
+# The CPU build of torch (a local wheel on these machines); a bare `torch` would pull a multi-GB CUDA
+# build. GPU hosts install their own CUDA torch instead (see compose.yaml).
+TORCH_SPEC ?= torch==2.13.0
 
 .PHONY: up test lint bench system-deps system-test-deps venv clean
 
@@ -37,6 +40,7 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q '$(TORCH_SPEC)'
 	$(PY) -m pip install -q -e '.[$(PIP_EXTRAS)]'
 	touch $@
 

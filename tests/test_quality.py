@@ -1,0 +1,121 @@
+"""Quality on a small fixed set (tests/data/quality.json): ASR word error rate for en (Piper voice) and es
+(espeak-ng voice) with Whisper base, and MT chrF for en->es with Apertium against human references."""
+
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from pipeline.audio import float_to_pcm16, resample
+from pipeline.messages import SAMPLE_RATE, SpeechSegment
+from workers.engines.asr import AsrOptions, FasterWhisperRecognizer
+from workers.engines.mt import ApertiumTranslator, translate_all
+from workers.engines.tts import EspeakSynthesizer, PiperSynthesizer, Synthesizer
+
+DATA: dict[str, Any] = json.loads((Path(__file__).parent / "data" / "quality.json").read_text())
+# Thresholds: measured on this machine (WER en 0.00, es 0.22 at 130 wpm; chrF 67.4), with headroom.
+MAX_WER_EN = 0.15  # clear neural voice
+MAX_WER_ES = 0.30  # robotic espeak-ng voice, slowed to 130 wpm (at 165 wpm: 0.37)
+MIN_CHRF_EN_ES = 55.0
+
+
+def normalize(text: str) -> list[str]:
+    text = unicodedata.normalize("NFC", text.lower())
+    return re.sub(r"[^\w\s']", " ", text).split()
+
+
+def wer(reference: str, hypothesis: str) -> tuple[int, int]:
+    """(word edits, reference words): Levenshtein distance over words."""
+    ref, hyp = normalize(reference), normalize(hypothesis)
+    row = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        prev, row[0] = row[0], i
+        for j, h in enumerate(hyp, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
+    return row[-1], len(ref)
+
+
+def chrf(hypotheses: list[str], references: list[str], max_n: int = 6, beta: float = 2.0) -> float:
+    """Corpus chrF (Popović 2015, sacreBLEU's defaults): character n-grams 1..6 without spaces, precision
+    and recall averaged over n, F-beta with recall weighted beta=2; 0..100."""
+    matches, hyp_total, ref_total = np.zeros(max_n), np.zeros(max_n), np.zeros(max_n)
+    for hyp, ref in zip(hypotheses, references, strict=True):
+        h, r = "".join(hyp.split()), "".join(ref.split())
+        for n in range(1, max_n + 1):
+            hc, rc = (
+                Counter(h[i : i + n] for i in range(len(h) - n + 1)),
+                Counter(r[i : i + n] for i in range(len(r) - n + 1)),
+            )
+            matches[n - 1] += sum((hc & rc).values())
+            hyp_total[n - 1] += sum(hc.values())
+            ref_total[n - 1] += sum(rc.values())
+    precision = float(np.mean(matches / np.maximum(hyp_total, 1)))
+    recall = float(np.mean(matches / np.maximum(ref_total, 1)))
+    if precision + recall == 0:
+        return 0.0
+    return 100 * (1 + beta**2) * precision * recall / (beta**2 * precision + recall)
+
+
+def test_metrics_are_right() -> None:
+    assert wer("the cat sat", "the cat sat") == (0, 3) and wer("the cat sat", "a cat sat down") == (2, 3)
+    assert chrf(["hola mundo"], ["hola mundo"]) == pytest.approx(100.0)
+    assert chrf(["xyz"], ["hola"]) == 0.0
+    assert 0 < chrf(["hola mundos"], ["hola mundo"]) < 100
+
+
+@pytest.fixture(scope="module")
+def base() -> FasterWhisperRecognizer:
+    return FasterWhisperRecognizer(AsrOptions())
+
+
+def corpus_wer(asr: FasterWhisperRecognizer, synth: Synthesizer, language: str, sentences: list[str]) -> float:
+    edits = words = 0
+    for i, sentence in enumerate(sentences):
+        audio = synth.synthesize(sentence, language)
+        clip = np.concatenate(
+            [np.zeros(SAMPLE_RATE // 5, np.float32), resample(audio.samples, audio.sample_rate, SAMPLE_RATE)]
+        )
+        segment = SpeechSegment(
+            room="q",
+            speaker="q",
+            seq=i,
+            language=language,
+            start_sample=0,
+            end_sample=clip.size,
+            pcm=float_to_pcm16(clip),
+        )
+        text = asr.transcribe(segment).text
+        e, n = wer(sentence, text)
+        print(f"  [{language}] {e}/{n} {text!r}")
+        edits, words = edits + e, words + n
+    return edits / words
+
+
+@pytest.mark.slow
+def test_asr_word_error_rate(base: FasterWhisperRecognizer) -> None:
+    print()
+    wer_en = corpus_wer(base, PiperSynthesizer(), "en", DATA["asr_en"])
+    wer_es = corpus_wer(base, EspeakSynthesizer(words_per_minute=130), "es", DATA["asr_es"])
+    print(f"WER {base.name}: en (piper voice) {wer_en:.3f}, es (espeak-ng voice) {wer_es:.3f}")
+    assert wer_en <= MAX_WER_EN and wer_es <= MAX_WER_ES
+
+
+def test_mt_chrf_en_es() -> None:
+    translator = ApertiumTranslator()
+    try:
+        sources, references = zip(*DATA["mt_en_es"], strict=True)
+        hypotheses = [translate_all(translator, s, "en", ["es"])["es"].text for s in sources]
+    finally:
+        translator.close()
+    for h, r in zip(hypotheses, references, strict=True):
+        print(f"\n  {h!r}\n  {r!r} (reference)")
+    score = chrf(hypotheses, list(references))
+    print(f"chrF {translator.name} en->es: {score:.1f} over {len(hypotheses)} sentences")
+    assert score >= MIN_CHRF_EN_ES

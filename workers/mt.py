@@ -1,0 +1,56 @@
+"""The mt stage: Transcript -> one Translation per target language (untranslatable pairs keep the source
+text and say so in `note`)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from pipeline.messages import Message, Transcript, Translation
+from workers.engines.mt import MtOptions, Translator, check_language, load_translator, translate_all
+from workers.stage import PermanentError
+
+
+class MtStage:
+    kind = "mt"
+
+    def __init__(self, options: MtOptions | None = None, translator: Translator | None = None) -> None:
+        self.options = options or MtOptions()
+        self.translator = translator
+
+    @property
+    def engine_name(self) -> str:
+        return self.translator.name if self.translator else self.options.engine
+
+    def load(self) -> None:
+        if self.translator is None:
+            self.translator = load_translator(self.options)
+
+    def process(self, message: Message) -> Sequence[Message]:
+        if not isinstance(message, Transcript):
+            raise PermanentError(f"mt takes transcripts, got a {message.kind} message")
+        if self.translator is None:
+            self.load()
+        assert self.translator is not None
+        check_language(message.language)
+        results = translate_all(self.translator, message.text, message.language, message.targets)
+        return [
+            Translation(
+                room=message.room,
+                speaker=message.speaker,
+                seq=message.seq,
+                stamps=message.stamps,
+                source_language=message.language,
+                language=target,
+                source_text=message.text,
+                text=results[target].text,
+                note=results[target].note,
+                start_sample=message.start_sample,
+                end_sample=message.end_sample,
+                speaker_f0_hz=message.speaker_f0_hz,
+            ).stamped(self.kind)
+            for target in message.targets
+        ]
+
+
+def build_stage(env: Mapping[str, str]) -> MtStage:
+    return MtStage(MtOptions.from_env(env))
