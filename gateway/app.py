@@ -1,25 +1,217 @@
-"""The gateway's aiohttp application."""
+"""The gateway's aiohttp application: the room page, the join API, and health.
+
+    GET  /                        the join form (pick a room)
+    GET  /room/{room}             the room page; ?name=&speak=&hear=[&token=] joins directly
+    GET  /api/config              languages this deployment supports, whether tokens are required
+    POST /api/rooms/{room}/join   {name, speak, hear, token?, options, sdp} -> {id, sdp, type: answer}
+    POST /api/sessions/{id}/leave
+    GET  /api/rooms/{room}        roster, floor and playout counters
+    GET  /healthz                 workers alive per kind
+
+Every /api error is JSON: {"error": "..."} with a 4xx status. Renegotiation, captions, floor and
+playout notices then travel over the participant's WebRTC data channel.
+"""
 
 from __future__ import annotations
+
+import json
+import re
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
 from gateway.health import BUS_KEY, healthz
+from gateway.options import MAX_NAME_CHARS, GatewayOptions
+from gateway.rooms import Profile
+from gateway.service import Gateway, JoinError
+from gateway.tokens import TokenClaims, TokenError, verify_token
 from pipeline.bus import Bus
 
+STATIC = Path(__file__).parent / "static"
+GATEWAY_KEY = web.AppKey("gateway", Gateway)
+ROOM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+LANGUAGE_NAMES = {
+    "en": "English", "es": "Español", "ca": "Català", "gl": "Galego", "pt": "Português",
+    "fr": "Français", "de": "Deutsch", "it": "Italiano", "eu": "Euskara", "nl": "Nederlands",
+}  # fmt: skip
 
-async def index(request: web.Request) -> web.Response:
-    return web.Response(text="<!doctype html><title>BabelRoom</title><h1>BabelRoom</h1>", content_type="text/html")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def create_app(bus: Bus) -> web.Application:
-    app = web.Application()
+def create_app(bus: Bus, options: GatewayOptions | None = None) -> web.Application:
+    options = options or GatewayOptions()
+    app = web.Application(client_max_size=options.client_max_size, middlewares=[json_errors])
+    gateway = Gateway(bus, options)
     app[BUS_KEY] = bus
+    app[GATEWAY_KEY] = gateway
+
+    async def start(app: web.Application) -> None:
+        await gateway.start()
+
+    async def stop(app: web.Application) -> None:
+        await gateway.stop()
 
     async def close_bus(app: web.Application) -> None:
         await bus.close()
 
+    app.on_startup.append(start)
+    app.on_shutdown.append(stop)
     app.on_cleanup.append(close_bus)
     app.router.add_get("/", index)
+    app.router.add_get("/room/{room}", room_page)
+    app.router.add_get("/api/config", config)
+    app.router.add_post("/api/rooms/{room}/join", join)
+    app.router.add_get("/api/rooms/{room}", room_state)
+    app.router.add_post("/api/sessions/{session}/leave", leave)
     app.router.add_get("/healthz", healthz)
+    app.router.add_static("/static", STATIC)
     return app
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """API errors as JSON with a clear message, whatever raised them (aiohttp's 413 included)."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if not request.path.startswith("/api/") or exc.status < 400 or exc.content_type == "application/json":
+            raise
+        message = exc.text if exc.text and not exc.text.startswith(str(exc.status)) else exc.reason
+        if exc.status == 413:
+            limit = request.app._client_max_size
+            message = f"request body too large: the limit is {limit} bytes"
+        return web.json_response({"error": message}, status=exc.status)
+
+
+ERRORS: dict[int, type[web.HTTPException]] = {
+    400: web.HTTPBadRequest,
+    401: web.HTTPUnauthorized,
+    404: web.HTTPNotFound,
+    409: web.HTTPConflict,
+    415: web.HTTPUnsupportedMediaType,
+}
+
+
+def api_error(status: int, message: str) -> web.HTTPException:
+    return ERRORS[status](text=json.dumps({"error": message}), content_type="application/json")
+
+
+# -- pages ------------------------------------------------------------------------------------------
+async def index(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(STATIC / "room.html")
+
+
+async def room_page(request: web.Request) -> web.StreamResponse:
+    room = request.match_info["room"]
+    if not ROOM_NAME.match(room):
+        return web.Response(status=400, text=f"invalid room name {room!r}", content_type="text/plain")
+    options = request.app[GATEWAY_KEY].options
+    token = request.query.get("token", "")
+    if token and options.tokens_required:
+        try:
+            verify_token(options.token_secret, token, room)
+        except TokenError as exc:
+            return web.Response(status=401, text=f"BabelRoom: cannot join {room}: {exc}", content_type="text/plain")
+    return web.FileResponse(STATIC / "room.html")
+
+
+# -- api --------------------------------------------------------------------------------------------
+async def config(request: web.Request) -> web.Response:
+    options = request.app[GATEWAY_KEY].options
+    languages = [{"code": code, "name": LANGUAGE_NAMES.get(code, code)} for code in options.languages]
+    ice = [{"urls": url} for url in options.ice_urls]
+    if ice and options.ice_username:
+        ice = [{**server, "username": options.ice_username, "credential": options.ice_credential} for server in ice]
+    return web.json_response({"languages": languages, "tokens_required": options.tokens_required, "ice_servers": ice})
+
+
+async def join(request: web.Request) -> web.Response:
+    gateway = request.app[GATEWAY_KEY]
+    room = valid_room(request.match_info["room"])
+    body = await json_body(request)
+    claims = authorize(gateway.options, room, str(body.get("token") or ""))
+    profile = parse_profile(gateway.options, body, claims)
+    sdp = parse_offer(body)
+    try:
+        participant, answer = await gateway.join(room, profile, sdp)
+    except JoinError as exc:
+        raise api_error(exc.status, str(exc)) from exc
+    return web.json_response({"id": participant.id, "name": profile.name, "type": "answer", "sdp": answer})
+
+
+async def leave(request: web.Request) -> web.Response:
+    gateway = request.app[GATEWAY_KEY]
+    if not await gateway.leave(request.match_info["session"]):
+        raise api_error(404, "no such session (already left?)")
+    return web.json_response({"left": True})
+
+
+async def room_state(request: web.Request) -> web.Response:
+    gateway = request.app[GATEWAY_KEY]
+    room = gateway.rooms.get(valid_room(request.match_info["room"]))
+    if room is None:
+        raise api_error(404, "no one is in this room")
+    timelines = {language: vars(t.stats) for language, t in room.timelines.items()}
+    return web.json_response({"participants": room.roster(), **room.floor_state(), "playout": timelines})
+
+
+# -- validation -------------------------------------------------------------------------------------
+def valid_room(room: str) -> str:
+    if not ROOM_NAME.match(room):
+        raise api_error(400, "invalid room name: use 1-64 letters, digits, '-' or '_'")
+    return room
+
+
+async def json_body(request: web.Request) -> dict[str, Any]:
+    if request.content_type != "application/json":
+        raise api_error(415, "send the join request as application/json")
+    try:
+        body = await request.json()
+    except ValueError as exc:
+        raise api_error(400, f"request body is not valid JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise api_error(400, "request body must be a JSON object")
+    return body
+
+
+def authorize(options: GatewayOptions, room: str, token: str) -> TokenClaims | None:
+    if not options.tokens_required:
+        return None
+    try:
+        return verify_token(options.token_secret, token, room)
+    except TokenError as exc:
+        raise api_error(401, str(exc)) from exc
+
+
+def parse_profile(options: GatewayOptions, body: dict[str, Any], claims: TokenClaims | None) -> Profile:
+    name = claims.name if claims else str(body.get("name") or "").strip()
+    if not name or len(name) > MAX_NAME_CHARS or any(ord(c) < 32 for c in name):
+        raise api_error(400, f"a display name of 1-{MAX_NAME_CHARS} printable characters is required")
+    speak, hear = str(body.get("speak") or ""), str(body.get("hear") or "")
+    for field, code in (("speak", speak), ("hear", hear)):
+        if code not in options.languages:
+            supported = ", ".join(options.languages)
+            raise api_error(400, f"unknown language code {code!r} for {field!r}; this deployment supports: {supported}")
+    toggles = body.get("options") or {}
+    if not isinstance(toggles, dict):
+        raise api_error(400, "options must be a JSON object")
+    return Profile(
+        name=name,
+        speak=speak,
+        hear=hear,
+        role=claims.role if claims else "participant",
+        hear_original=bool(toggles.get("hear_original", False)),
+        lipsync=bool(toggles.get("lipsync", True)),
+        consent=bool(toggles.get("consent", True)),
+    )
+
+
+def parse_offer(body: dict[str, Any]) -> str:
+    sdp = body.get("sdp")
+    if body.get("type", "offer") != "offer" or not isinstance(sdp, str):
+        raise api_error(400, "an SDP offer is required: {type: 'offer', sdp: '...'}")
+    if not sdp.startswith("v=0") or "\nm=" not in sdp:
+        raise api_error(400, "malformed SDP offer: it must start with 'v=0' and have media sections ('m=')")
+    return sdp

@@ -40,6 +40,16 @@ def parser() -> argparse.ArgumentParser:
     worker.add_argument("kind", choices=WORKER_KINDS)
     worker.set_defaults(run=run_worker)
 
+    token = commands.add_parser("token", help="issue a signed join link for a room (needs BABELROOM_TOKEN_SECRET)")
+    token.add_argument("room")
+    token.add_argument("--name", required=True, help="the participant's display name")
+    token.add_argument("--role", default="participant", choices=("participant", "host"))
+    token.add_argument("--ttl", type=float, default=4 * 3600, help="validity in seconds (default 4 h)")
+    token.add_argument(
+        "--base-url", default="", help="print a join link on this base URL, e.g. https://meet.example.org"
+    )
+    token.set_defaults(run=run_token)
+
     translate = commands.add_parser("translate", help="translate a recorded WAV file with the same engines")
     translate.add_argument("input", type=Path)
     translate.add_argument("--from", dest="source", required=True, help="language spoken in the file, e.g. en")
@@ -70,10 +80,11 @@ def run_gateway(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     from aiohttp import web
 
     from gateway.app import create_app
+    from gateway.options import GatewayOptions
     from pipeline.bus import Bus
 
     async def build() -> web.Application:
-        return create_app(Bus.connect(BusOptions.from_env(env)))
+        return create_app(Bus.connect(BusOptions.from_env(env)), GatewayOptions.from_env(env))
 
     web.run_app(build(), host=args.host, port=args.port, print=None)
     return 0
@@ -90,6 +101,24 @@ def run_worker(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         await serve(stage, Bus.connect(BusOptions.from_env(env)), WorkerOptions.from_env(env))
 
     asyncio.run(run())
+    return 0
+
+
+def run_token(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    from urllib.parse import quote, urlencode
+
+    from gateway.tokens import issue_token
+
+    secret = env.get("BABELROOM_TOKEN_SECRET", "")
+    if not secret:
+        print("babelroom token: set BABELROOM_TOKEN_SECRET (the gateway must share it)", file=sys.stderr)
+        return 2
+    token = issue_token(secret, args.room, args.name, args.role, args.ttl)
+    if args.base_url:
+        query = urlencode({"name": args.name, "token": token})
+        print(f"{args.base_url.rstrip('/')}/room/{quote(args.room)}?{query}")
+    else:
+        print(token)
     return 0
 
 

@@ -46,7 +46,8 @@ class Child:
     history: list[int] = field(default_factory=list)
 
     def start(self) -> None:
-        self.process = subprocess.Popen(self.argv, env=self.env, preexec_fn=_die_with_parent)
+        # Children log to stderr; stdout stays for what `up` prints (the room URL).
+        self.process = subprocess.Popen(self.argv, env=self.env, stdout=sys.stderr, preexec_fn=_die_with_parent)
         self.started_at = time.monotonic()
         self.restart_at = None
         log.info("started %s (pid %d)", self.name, self.process.pid)
@@ -71,7 +72,21 @@ def redis_child(env: dict[str, str]) -> tuple[Child, str]:
         )
     port = free_port()
     workdir = tempfile.mkdtemp(prefix="babelroom-redis-")
-    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", workdir]
+    argv = [
+        binary,
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        workdir,
+        "--loglevel",
+        "warning",
+    ]
     return Child("redis", argv, env), f"redis://127.0.0.1:{port}/0"
 
 

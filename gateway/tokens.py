@@ -1,0 +1,89 @@
+"""Signed join tokens: who may join which room, as whom, until when.
+
+A token is `base64url(claims JSON) "." base64url(HMAC-SHA256(secret, claims JSON))`. It is
+self-contained (no server state), so any gateway holding the secret can verify it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+from dataclasses import dataclass
+
+DEFAULT_TTL_S = 4 * 3600  # a meeting's length, with room to spare
+ROLES = ("participant", "host")
+MAX_TOKEN_CHARS = 2048
+
+
+class TokenError(ValueError):
+    """A token that does not admit its bearer; the message says why, for the 401 body."""
+
+
+@dataclass(frozen=True)
+class TokenClaims:
+    room: str
+    name: str
+    role: str
+    expires_at: float
+
+
+def issue_token(secret: str, room: str, name: str, role: str = "participant", ttl_s: float = DEFAULT_TTL_S) -> str:
+    if not secret:
+        raise ValueError("a token secret is required (BABELROOM_TOKEN_SECRET)")
+    if role not in ROLES:
+        raise ValueError(f"unknown role {role!r}; choose one of: {', '.join(ROLES)}")
+    if ttl_s <= 0:
+        raise ValueError("ttl_s must be positive")
+    claims = {"room": room, "name": name, "role": role, "exp": round(time.time() + ttl_s, 3)}
+    body = json.dumps(claims, separators=(",", ":"), ensure_ascii=False).encode()
+    return f"{_b64(body)}.{_b64(_sign(secret, body))}"
+
+
+def verify_token(secret: str, token: str, room: str, now: float | None = None) -> TokenClaims:
+    """The token's claims if it is authentic, unexpired and for `room`; raises TokenError otherwise."""
+    if not token:
+        raise TokenError("a join token is required for this room")
+    if len(token) > MAX_TOKEN_CHARS or token.count(".") != 1:
+        raise TokenError("malformed join token")
+    body_part, signature_part = token.split(".")
+    try:
+        body, signature = _unb64(body_part), _unb64(signature_part)
+    except ValueError as exc:
+        raise TokenError("malformed join token") from exc
+    if not secret or not hmac.compare_digest(signature, _sign(secret, body)):
+        raise TokenError("join token signature is invalid")
+    claims = _parse_claims(body)
+    if claims.expires_at <= (time.time() if now is None else now):
+        raise TokenError("join token has expired; ask the host for a new link")
+    if claims.room != room:
+        raise TokenError(f"join token is for room {claims.room!r}, not {room!r}")
+    return claims
+
+
+def _parse_claims(body: bytes) -> TokenClaims:
+    try:
+        raw = json.loads(body)
+        claims = TokenClaims(str(raw["room"]), str(raw["name"]), str(raw["role"]), float(raw["exp"]))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise TokenError("malformed join token claims") from exc
+    if claims.role not in ROLES:
+        raise TokenError(f"join token has an unknown role {claims.role!r}")
+    return claims
+
+
+def _sign(secret: str, body: bytes) -> bytes:
+    return hmac.new(secret.encode(), body, hashlib.sha256).digest()
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    try:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (ValueError, TypeError) as exc:
+        raise ValueError("not base64url") from exc

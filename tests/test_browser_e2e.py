@@ -1,0 +1,130 @@
+"""Real browsers in a real room: headless Chromium with a fake mic, the gateway, and the real asr, mt
+and tts workers on the test's own Redis streams. A speaks English; each listener reads a final caption
+in their language with the expected words and hears translated speech (measured in the page with a
+WebAudio analyser); A never gets its own translation. Latencies are measured from the end of A's
+speech, as A's page heard it, to the caption and the first translated sound at each listener (both
+pages run in one machine, so their clocks agree).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.sync_api import Browser, Page, sync_playwright
+
+from tests.browser import (
+    CHROMIUM,
+    CHROMIUM_FLAGS,
+    fake_mic_wav,
+    gateway_command,
+    processes,
+    service_env,
+    wait_ready,
+    worker_commands,
+)
+from tests.conftest import free_port
+
+SENTENCE = "the house is big and the dog is black"
+EXPECTED_WORDS = {"es": ("casa", "perro"), "ca": ("casa", "gos"), "gl": ("casa", "can")}
+JOIN_TIMEOUT_MS = 20_000
+RESULT_TIMEOUT_MS = 60_000
+SOUND_FRAMES = 10
+VIDEOS_PLAYING = (
+    "n => [...document.querySelectorAll('[data-participant] video')].filter(v => v.videoWidth > 0).length >= n"
+)
+
+pytestmark = pytest.mark.slow
+
+
+@dataclass(frozen=True)
+class Listener:
+    name: str
+    hear: str
+
+
+@pytest.fixture
+def service(redis_url: str, stream_prefix: str, tmp_path: Path) -> Iterator[str]:
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    env = service_env(redis_url, stream_prefix)
+    with processes([gateway_command(port), *worker_commands()], env, tmp_path) as procs:
+        wait_ready(base_url, procs)
+        yield base_url
+
+
+def chromium(playwright: Any, mic_wav: Path) -> Browser:
+    args = [*CHROMIUM_FLAGS, f"--use-file-for-fake-audio-capture={mic_wav}"]
+    browser: Browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=args)
+    return browser
+
+
+def enter(browser: Browser, base_url: str, room: str, name: str, speak: str, hear: str) -> Page:
+    page = browser.new_page()
+    page.set_default_timeout(JOIN_TIMEOUT_MS)
+    page.goto(f"{base_url}/room/{room}?name={name}&speak={speak}&hear={hear}")
+    page.wait_for_function("window.babelroom && window.babelroom.state.pc?.connectionState === 'connected'")
+    return page
+
+
+def wait_for_translation(page: Page, language: str) -> str:
+    selector = f'[data-caption][data-lang="{language}"][data-final="true"]'
+    page.wait_for_selector(selector, timeout=RESULT_TIMEOUT_MS)
+    # more than a click: at least SOUND_FRAMES analyser readings (20 ms apart) above the speech level
+    sounding = f"window.babelroom.metrics.translatedSoundAt.length > {SOUND_FRAMES}"
+    page.wait_for_function(sounding, timeout=RESULT_TIMEOUT_MS)
+    return page.inner_text(f"{selector} .text").lower()
+
+
+def latencies(speaker: Page, listener: Page, language: str) -> tuple[float, float]:
+    speaker.wait_for_function("window.babelroom.metrics.speechEnds.length > 0", timeout=RESULT_TIMEOUT_MS)
+    speech_end = speaker.evaluate("window.babelroom.metrics.speechEnds[0]")
+    shown: dict[str, float] = listener.evaluate("window.babelroom.metrics.captionsShownAt")
+    caption_at = min(at for key, at in shown.items() if key.endswith(f"|{language}"))
+    sound_at = min(listener.evaluate("window.babelroom.metrics.translatedSoundAt"))
+    return (caption_at - speech_end) / 1000, (sound_at - speech_end) / 1000
+
+
+def run_meeting(base_url: str, tmp_path: Path, listeners: list[Listener]) -> None:
+    speech = fake_mic_wav(tmp_path / "speech.wav", SENTENCE)
+    quiet = fake_mic_wav(tmp_path / "quiet.wav", None)
+    room = f"e2e{int(time.time() * 1000) % 10**8}"
+    with sync_playwright() as playwright:
+        browsers = [chromium(playwright, quiet) for _ in listeners]
+        pages = [
+            enter(b, base_url, room, who.name, who.hear, who.hear) for b, who in zip(browsers, listeners, strict=True)
+        ]
+        speaker_browser = chromium(playwright, speech)  # joins last: everyone hears the first utterance
+        speaker = enter(speaker_browser, base_url, room, "Alice", "en", "en")
+        try:
+            for page, listener in zip(pages, listeners, strict=True):
+                text = wait_for_translation(page, listener.hear)
+                for word in EXPECTED_WORDS[listener.hear]:
+                    assert word in text, f"{listener.name} read {text!r}, expected {word!r}"
+                caption_s, speech_s = latencies(speaker, page, listener.hear)
+                who = f"{listener.name} ({listener.hear})"
+                print(f"{who}: caption_latency_s={caption_s:.2f} speech_latency_s={speech_s:.2f}")
+                assert 0 < caption_s < 30 and 0 < speech_s < 30
+            # the speaker's own words come back as an English caption, never as a translation
+            speaker.wait_for_selector('[data-caption][data-lang="en"][data-final="true"]', timeout=RESULT_TIMEOUT_MS)
+            foreign = speaker.evaluate("document.querySelectorAll('[data-caption]:not([data-lang=\"en\"])').length")
+            assert foreign == 0, "the speaker received a translation of their own speech"
+            assert speaker.evaluate("window.babelroom.metrics.translatedSoundAt.length") == 0
+            # renegotiation gave each listener the speaker's camera in the grid
+            for page in pages:
+                page.wait_for_function(VIDEOS_PLAYING, arg=2, timeout=JOIN_TIMEOUT_MS)
+        finally:
+            for browser in [*browsers, speaker_browser]:
+                browser.close()
+
+
+def test_two_participants_english_to_spanish(service: str, tmp_path: Path) -> None:
+    run_meeting(service, tmp_path, [Listener("Bea", "es")])
+
+
+def test_three_participants_three_languages(service: str, tmp_path: Path) -> None:
+    run_meeting(service, tmp_path, [Listener("Bea", "es"), Listener("Carles", "ca")])

@@ -1,0 +1,89 @@
+"""`babelroom up` (what `make up` runs): the URL, /healthz with real workers alive, a clean stop."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+COLD_START_LIMIT_S = 180
+
+
+def children_of(pid: int) -> set[int]:
+    """Every live descendant of `pid`, read from /proc."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            parents[int(stat.parent.name)] = int(fields[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "State:\tZ" not in status
+
+
+def health(port: int) -> tuple[int, dict[str, object]]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as reply:
+            return reply.status, json.loads(reply.read())
+    except OSError:
+        return 0, {}
+
+
+@pytest.mark.slow
+def test_up_prints_the_url_serves_health_and_stops_cleanly() -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    started = time.monotonic()
+    descendants: set[int] = set()
+    up = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", "up", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert up.stdout is not None
+        first_line = up.stdout.readline()
+        assert f"http://localhost:{port}/room/" in first_line
+        status, body = 0, {}
+        while time.monotonic() - started < COLD_START_LIMIT_S:
+            status, body = health(port)
+            workers = body.get("workers", {})
+            if status == 200 and all(workers.get(kind, 0) >= 1 for kind in ("asr", "mt", "tts")):  # type: ignore[union-attr]
+                break
+            time.sleep(0.5)
+        cold_start_s = time.monotonic() - started
+        print(f"cold_start_s={cold_start_s:.1f} health={body}")
+        assert status == 200 and body.get("status") == "ok", body
+        descendants = children_of(up.pid)
+        assert len(descendants) >= 5  # redis, gateway, asr, mt, tts (plus engine helpers)
+    finally:
+        up.send_signal(signal.SIGTERM)
+        up.wait(timeout=60)
+    deadline = time.monotonic() + 10
+    while any(alive(pid) for pid in descendants) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [pid for pid in descendants if alive(pid)], "babelroom up left processes behind"
