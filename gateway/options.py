@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from pipeline.config import env_flag
+
 # Languages a participant may speak or hear unless the deployment says otherwise.
 DEFAULT_LANGUAGES = ("en", "es", "ca", "gl", "pt", "fr", "de", "it")
 # Translated speech starts this long after it is ready: enough to absorb jitter in the next segment's
@@ -51,7 +53,7 @@ class GatewayOptions:
         languages = _csv(env.get("BABELROOM_LANGUAGES", "")) or DEFAULT_LANGUAGES
         return cls(
             token_secret=env.get("BABELROOM_TOKEN_SECRET", ""),
-            open_rooms=env.get("BABELROOM_OPEN_ROOMS", "") in ("1", "true", "yes"),
+            open_rooms=env_flag(env, "BABELROOM_OPEN_ROOMS"),
             languages=languages,
             ice_urls=_csv(env.get("BABELROOM_ICE_URLS", "")),
             ice_username=env.get("BABELROOM_ICE_USERNAME", ""),

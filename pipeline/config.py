@@ -26,6 +26,19 @@ DRAIN_TIMEOUT_S = 30.0
 
 DEFAULT_PORT = 8080
 
+_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off", ""}
+
+
+def env_flag(env: Mapping[str, str], name: str, default: bool = False) -> bool:
+    """A yes/no setting: 1/true/yes/on or 0/false/no/off (any case); anything else is an error."""
+    value = env.get(name)
+    if value is None:
+        return default
+    word = value.strip().lower()
+    if word not in _TRUE | _FALSE:
+        raise ValueError(f"{name}={value!r}: expected one of 1/true/yes/on or 0/false/no/off")
+    return word in _TRUE
+
 
 @dataclass(frozen=True)
 class BusOptions:

@@ -28,6 +28,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from pipeline.audio import Samples, pcm16_to_float, rms_dbfs
+from pipeline.config import env_flag
 from pipeline.messages import SAMPLE_RATE, SpeechSegment, Transcript, Word
 from workers.stage import PermanentError
 
@@ -121,14 +122,10 @@ class AsrOptions:
             beam_size=int(env.get("BABELROOM_ASR_BEAM_SIZE", DEFAULT_BEAM_SIZE)),
             cpu_threads=int(env.get("BABELROOM_ASR_CPU_THREADS", DEFAULT_CPU_THREADS)),
             cache_dir=env.get("BABELROOM_MODEL_CACHE", DEFAULT_CACHE_DIR),
-            allow_download=_flag(env.get("BABELROOM_ALLOW_DOWNLOAD", "")),
-            speaker_pitch=_flag(env.get("BABELROOM_SPEAKER_PITCH", "")),
+            allow_download=env_flag(env, "BABELROOM_ALLOW_DOWNLOAD"),
+            speaker_pitch=env_flag(env, "BABELROOM_SPEAKER_PITCH"),
             guard=guard,
         )
-
-
-def _flag(value: str) -> bool:
-    return value.strip().lower() in {"1", "true", "yes", "on"}
 
 
 class EngineUnavailable(RuntimeError):

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from pipeline.config import env_flag
 from workers.engines.asr import EngineUnavailable, import_torch_transformers
 from workers.stage import PermanentError
 
@@ -112,7 +113,7 @@ class MtOptions:
             device=env.get("BABELROOM_MT_DEVICE", DEFAULT_DEVICE),
             modes_dirs=tuple(d for d in modes.split(os.pathsep) if d) or DEFAULT_MODES_DIRS,
             max_hops=int(env.get("BABELROOM_MT_MAX_HOPS", DEFAULT_MAX_HOPS)),
-            allow_download=env.get("BABELROOM_ALLOW_DOWNLOAD", "").strip().lower() in {"1", "true", "yes", "on"},
+            allow_download=env_flag(env, "BABELROOM_ALLOW_DOWNLOAD"),
         )
 
 

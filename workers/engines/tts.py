@@ -28,6 +28,7 @@ import soundfile as sf
 from scipy.signal import resample as fft_resample
 
 from pipeline.audio import Samples, resample
+from pipeline.config import env_flag
 from pipeline.messages import SAMPLE_RATE
 from workers.engines.asr import EngineUnavailable, import_torch_transformers
 
@@ -96,11 +97,11 @@ class TtsOptions:
             voices=env.get("BABELROOM_TTS_VOICES", DEFAULT_VOICES),
             device=env.get("BABELROOM_TTS_DEVICE", DEFAULT_DEVICE),
             espeak_wpm=int(env.get("BABELROOM_TTS_ESPEAK_WPM", DEFAULT_ESPEAK_WPM)),
-            fit_duration=env.get("BABELROOM_TTS_FIT_DURATION", "1").strip().lower() not in {"0", "false", "no", "off"},
+            fit_duration=env_flag(env, "BABELROOM_TTS_FIT_DURATION", default=True),
             min_tempo=float(env.get("BABELROOM_TTS_MIN_TEMPO", MIN_TEMPO)),
             max_tempo=float(env.get("BABELROOM_TTS_MAX_TEMPO", MAX_TEMPO)),
             pitch_strength=float(env.get("BABELROOM_TTS_PITCH_STRENGTH", PITCH_STRENGTH)),
-            allow_download=env.get("BABELROOM_ALLOW_DOWNLOAD", "").strip().lower() in {"1", "true", "yes", "on"},
+            allow_download=env_flag(env, "BABELROOM_ALLOW_DOWNLOAD"),
         )
 
 

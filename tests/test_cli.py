@@ -1,0 +1,48 @@
+"""The `babelroom` command's own paths: join links, a file translated end to end, argument errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+
+from gateway.tokens import verify_token
+from pipeline.audio import write_wav
+from pipeline.cli import main
+from tests.speech import espeak, silence
+
+
+def test_token_prints_a_join_link_that_verifies(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("BABELROOM_TOKEN_SECRET", "s3cret")
+    assert main(["token", "standup", "--name", "Ana María", "--base-url", "https://meet.example.org/"]) == 0
+    link = urlparse(capsys.readouterr().out.strip())
+    assert link.path == "/room/standup"
+    query = parse_qs(link.query)
+    claims = verify_token("s3cret", query["token"][0], "standup")
+    assert claims.name == "Ana María" and query["name"] == ["Ana María"]
+
+
+def test_token_without_a_secret_is_refused(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.delenv("BABELROOM_TOKEN_SECRET", raising=False)
+    assert main(["token", "standup", "--name", "Ana"]) == 2
+    assert "BABELROOM_TOKEN_SECRET" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_translate_writes_result_and_speech(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    wav = tmp_path / "in.wav"
+    write_wav(wav, [*silence(0.3), *espeak("the house is big"), *silence(0.3)])
+    assert main(["translate", str(wav), "--from", "en", "--to", "es", "--out", str(tmp_path / "out")]) == 0
+    result = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert "house" in result["transcript"].lower() and "casa" in result["translation"].lower()
+    assert set(result["timings"]) >= {"asr", "mt", "tts"}
+    assert (tmp_path / "out" / "speech.wav").stat().st_size > 10_000
+
+
+def test_translate_of_a_missing_file_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["translate", str(tmp_path / "nope.wav"), "--from", "en", "--to", "es", "--out", str(tmp_path)]) == 2
+    assert "no such file" in capsys.readouterr().err
