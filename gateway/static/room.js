@@ -191,7 +191,7 @@ function onMessage(message) {
 function onFloor(message) {
   const pill = $("floor");
   pill.hidden = !message.holder;
-  pill.textContent = message.holder ? `🎙 ${message.holder_name} has the floor` : "";
+  pill.textContent = message.holder ? `${message.holder_name} has the floor` : "";
   pill.dataset.holder = message.holder || "";
   for (const [id, tile] of state.tiles) tile.root.classList.toggle("speaking", id === message.holder);
 }
