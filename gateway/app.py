@@ -205,6 +205,7 @@ def parse_profile(options: GatewayOptions, body: dict[str, Any], claims: TokenCl
         hear_original=bool(toggles.get("hear_original", False)),
         lipsync=bool(toggles.get("lipsync", True)),
         consent=bool(toggles.get("consent", True)),
+        match_voice=bool(toggles.get("match_voice", False)),
     )
 
 

@@ -29,6 +29,7 @@ class Profile:
     hear_original: bool = False  # the original voice quietly under the translation
     lipsync: bool = True  # wants lip-synced video of the others
     consent: bool = True  # their voice and lips may be processed (translation, lip-sync)
+    match_voice: bool = False  # their pitch may be analysed so the translated voice sounds closer to theirs
 
 
 @dataclass

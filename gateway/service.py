@@ -283,7 +283,8 @@ class Gateway:
         self, room: Room, participant: Participant, segment: Segment, captured_at: float, targets: tuple[str, ...]
     ) -> None:
         seq = room.next_seq(participant.id)
-        message = segment.to_message(room.name, participant.id, seq, participant.profile.speak, targets)
+        profile = participant.profile
+        message = segment.to_message(room.name, participant.id, seq, profile.speak, targets, profile.match_voice)
         for language in targets:
             room.timeline(language).expect(participant.id, seq)
         try:

@@ -79,6 +79,7 @@ class SpeechSegment(Message):
     start_sample: int = 0  # sample-accurate position in the speaker's 16 kHz stream
     end_sample: int = 0
     pcm: bytes = b""  # 16 kHz mono signed 16-bit little-endian
+    match_voice: bool = False  # the speaker opted in to their pitch being matched in the translated voice
 
     @property
     def duration_s(self) -> float:

@@ -141,7 +141,7 @@ class Segment:
         return (self.end_sample - self.start_sample) / SAMPLE_RATE
 
     def to_message(
-        self, room: str, speaker: str, seq: int, language: str, targets: tuple[str, ...] = ()
+        self, room: str, speaker: str, seq: int, language: str, targets: tuple[str, ...] = (), match_voice: bool = False
     ) -> SpeechSegment:
         return SpeechSegment(
             room=room,
@@ -152,6 +152,7 @@ class Segment:
             start_sample=self.start_sample,
             end_sample=self.end_sample,
             pcm=float_to_pcm16(self.samples),
+            match_voice=match_voice,
         )
 
 

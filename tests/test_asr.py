@@ -3,6 +3,7 @@ and music, language handling, the model-join cache and the torch engine's loadin
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -213,3 +214,17 @@ def test_transformers_whisper_loads_and_decodes_a_tiny_random_model(tmp_path: Pa
     assert t.language in engine.languages
     with pytest.raises(PermanentError):
         engine.transcribe(segment(clip, "xx"))
+
+
+def test_speaker_pitch_travels_only_for_speakers_who_opted_in(
+    base: FasterWhisperRecognizer, piper_clip: Samples
+) -> None:
+    stage = AsrStage(AsrOptions(), recognizer=base)
+    opted_in = dataclasses.replace(segment(piper_clip), match_voice=True)
+    [with_pitch] = stage.process(opted_in)
+    [without] = stage.process(segment(piper_clip))
+    assert isinstance(with_pitch, Transcript) and isinstance(without, Transcript)
+    assert 60 < with_pitch.speaker_f0_hz < 300  # the Piper voice is a male voice
+    assert without.speaker_f0_hz == 0.0
+    [switched_off] = AsrStage(AsrOptions(speaker_pitch=False), recognizer=base).process(opted_in)
+    assert isinstance(switched_off, Transcript) and switched_off.speaker_f0_hz == 0.0

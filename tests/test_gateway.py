@@ -111,14 +111,20 @@ async def http(server: BaseTestServer) -> AsyncIterator[ClientSession]:
         yield session
 
 
-async def join(http: ClientSession, name: str, speak: str, hear: str, mic: MediaStreamTrack) -> Peer:
+async def join(http: ClientSession, name: str, speak: str, hear: str, mic: MediaStreamTrack, **toggles: bool) -> Peer:
     peer = Peer(RTCPeerConnection(RTCConfiguration(iceServers=[])))
     channel = peer.pc.createDataChannel("babelroom")
     channel.on("message", lambda text: peer.messages.append(json.loads(text)))
     translated = peer.pc.addTransceiver(mic, direction="sendrecv")
     peer.pc.addTransceiver("audio", direction="recvonly")
     await peer.pc.setLocalDescription(await peer.pc.createOffer())
-    body = {"token": issue_token(SECRET, ROOM, name), "speak": speak, "hear": hear, "sdp": peer.pc.localDescription.sdp}
+    body = {
+        "token": issue_token(SECRET, ROOM, name),
+        "speak": speak,
+        "hear": hear,
+        "sdp": peer.pc.localDescription.sdp,
+        "options": toggles,
+    }
     async with http.post(f"/api/rooms/{ROOM}/join", json=body) as response:
         reply = await response.json()
         assert response.status == 200, reply
@@ -145,12 +151,13 @@ async def test_speech_becomes_segments_and_results_become_captions_and_translate
     http: ClientSession, bus: Bus
 ) -> None:
     ana = await join(http, "Ana", "es", "es", SpeechTrack(silence(60)))
-    bob = await join(http, "Bob", "en", "en", SpeechTrack(speech_then_silence()))
+    bob = await join(http, "Bob", "en", "en", SpeechTrack(speech_then_silence()), match_voice=True)
     await eventually(lambda: any(m["type"] == "roster" and len(m["participants"]) == 2 for m in ana.messages), "roster")
 
     segment = await first_segment(bus)
     assert (segment.room, segment.speaker, segment.language, segment.targets) == (ROOM, bob.id, "en", ("es",))
     assert 1.0 < segment.duration_s < 4.0 and segment.stamp("captured") is not None
+    assert segment.match_voice  # Bob opted in to pitch matching
     captured = segment.stamp("captured") or 0.0
     assert abs(captured - time.time()) < 5.0
 

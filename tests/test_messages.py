@@ -34,6 +34,7 @@ EXAMPLES = [
         targets=("es", "ca"),
         start_sample=160,
         end_sample=160 + len(PCM) // 2,
+        match_voice=True,
         pcm=PCM,
         stamps=(("captured", 1.5), ("segmented", 2.0)),
     ),

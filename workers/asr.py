@@ -36,7 +36,7 @@ class AsrStage:
         transcript = self.recognizer.transcribe(message)
         if not transcript.text:
             return []
-        if self.options.speaker_pitch:  # opt-in: the speaker's pitch travels on so TTS can match it
+        if message.match_voice and self.options.speaker_pitch:  # the speaker's opt-in; the operator's switch
             f0 = median_f0_hz(pcm16_to_float(message.pcm))
             transcript = dataclasses.replace(transcript, speaker_f0_hz=f0)
         return [transcript.stamped(self.kind)]

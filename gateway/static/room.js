@@ -42,6 +42,7 @@ function prefill() {
   $("opt-original").checked = flag("original", false);
   $("opt-lipsync").checked = flag("lipsync", true);
   $("opt-consent").checked = flag("consent", true);
+  $("opt-voice").checked = flag("voice", false);
   return Boolean(q.get("name") && q.get("speak") && q.get("hear") && $("room").value);
 }
 
@@ -108,7 +109,8 @@ async function join(event) {
     headers: { "Content-Type": "application/json" },
     body: JSON.stringify({
       name: $("name").value.trim(), speak: state.speak, hear: state.hear, token: $("token").value,
-      options: { hear_original: $("opt-original").checked, lipsync: $("opt-lipsync").checked, consent: $("opt-consent").checked },
+      options: { hear_original: $("opt-original").checked, lipsync: $("opt-lipsync").checked, consent: $("opt-consent").checked,
+                 match_voice: $("opt-voice").checked },
       type: "offer", sdp: pc.localDescription.sdp,
     }),
   });

@@ -105,7 +105,7 @@ class AsrOptions:
     cache_dir: str = DEFAULT_CACHE_DIR
     allow_download: bool = DEFAULT_ALLOW_DOWNLOAD
     # Estimate the speaker's median F0 for speaker-adaptive TTS pitch. Opt-in: it is a voice trait.
-    speaker_pitch: bool = False
+    speaker_pitch: bool = True  # honour speakers who opt in to pitch matching (off: never analyse pitch)
     guard: GuardOptions = field(default_factory=GuardOptions)
 
     @classmethod
@@ -123,7 +123,7 @@ class AsrOptions:
             cpu_threads=int(env.get("BABELROOM_ASR_CPU_THREADS", DEFAULT_CPU_THREADS)),
             cache_dir=env.get("BABELROOM_MODEL_CACHE", DEFAULT_CACHE_DIR),
             allow_download=env_flag(env, "BABELROOM_ALLOW_DOWNLOAD"),
-            speaker_pitch=env_flag(env, "BABELROOM_SPEAKER_PITCH"),
+            speaker_pitch=env_flag(env, "BABELROOM_SPEAKER_PITCH", default=True),
             guard=guard,
         )
 
