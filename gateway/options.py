@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pipeline.config import env_flag
+from pipeline.turns import SILENCE_TIMEOUT_S, FloorOptions, OverlapPolicy
 
 # Languages a participant may speak or hear unless the deployment says otherwise.
 DEFAULT_LANGUAGES = ("en", "es", "ca", "gl", "pt", "fr", "de", "it")
@@ -43,6 +44,7 @@ class GatewayOptions:
     video_window_frames: int = VIDEO_WINDOW_FRAMES
     original_under_gain: float = ORIGINAL_UNDER_GAIN
     max_participants: int = MAX_PARTICIPANTS_PER_ROOM
+    floor: FloorOptions = field(default_factory=FloorOptions)
 
     @property
     def tokens_required(self) -> bool:
@@ -60,8 +62,20 @@ class GatewayOptions:
             ice_credential=env.get("BABELROOM_ICE_CREDENTIAL", ""),
             playout_delay_s=float(env.get("BABELROOM_PLAYOUT_DELAY_S", PLAYOUT_DELAY_S)),
             late_bound_s=float(env.get("BABELROOM_LATE_BOUND_S", LATE_BOUND_S)),
+            floor=FloorOptions(
+                silence_timeout_s=float(env.get("BABELROOM_FLOOR_SILENCE_S", SILENCE_TIMEOUT_S)),
+                overlap=_overlap_policy(env.get("BABELROOM_OVERLAP", OverlapPolicy.QUEUE.value)),
+            ),
         )
 
 
 def _csv(value: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def _overlap_policy(value: str) -> OverlapPolicy:
+    try:
+        return OverlapPolicy(value.strip().lower())
+    except ValueError:
+        choices = ", ".join(p.value for p in OverlapPolicy)
+        raise ValueError(f"BABELROOM_OVERLAP={value!r}: choose one of {choices}") from None

@@ -105,7 +105,7 @@ class Gateway:
 
     # -- joining and leaving ----------------------------------------------------------------------
     async def join(self, room_name: str, profile: Profile, offer_sdp: str) -> tuple[Participant, str]:
-        room = self.rooms.get(room_name) or Room(room_name, self.playout)
+        room = self.rooms.get(room_name) or Room(room_name, self.playout, self.options.floor)
         if len(room.participants) >= self.options.max_participants:
             raise JoinError(409, f"room {room_name!r} is full ({self.options.max_participants} participants)")
         pc = RTCPeerConnection(self.rtc_configuration())

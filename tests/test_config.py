@@ -2,7 +2,9 @@ from __future__ import annotations
 
 import pytest
 
+from gateway.options import GatewayOptions
 from pipeline.config import BusOptions, env_flag
+from pipeline.turns import OverlapPolicy
 
 
 @pytest.mark.parametrize(("value", "expected"), [("1", True), ("Yes", True), (" on ", True), ("0", False), ("", False)])
@@ -19,3 +21,11 @@ def test_env_flag_default_and_typos() -> None:
 def test_bus_options_from_env() -> None:
     options = BusOptions.from_env({"REDIS_URL": "redis://h:1/0", "BABELROOM_CLAIM_IDLE_MS": "500"})
     assert options.redis_url == "redis://h:1/0" and options.claim_idle_ms == 500 and options.max_deliveries == 3
+
+
+def test_gateway_floor_policy_from_env() -> None:
+    options = GatewayOptions.from_env({"BABELROOM_OVERLAP": "captions_only", "BABELROOM_FLOOR_SILENCE_S": "5"})
+    assert options.floor.overlap is OverlapPolicy.CAPTIONS_ONLY and options.floor.silence_timeout_s == 5.0
+    assert GatewayOptions.from_env({}).floor.overlap is OverlapPolicy.QUEUE
+    with pytest.raises(ValueError, match="choose one of queue, captions_only"):
+        GatewayOptions.from_env({"BABELROOM_OVERLAP": "shout"})
