@@ -14,6 +14,7 @@ import json
 import logging
 import secrets
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -30,7 +31,7 @@ from gateway.rooms import Participant, Profile, Room
 from pipeline import turns
 from pipeline.audio import resample
 from pipeline.bus import Bus
-from pipeline.messages import SAMPLE_RATE
+from pipeline.messages import SAMPLE_RATE, SpeechSegment
 from pipeline.routes import RESULTS
 from pipeline.segmenter import Segment, Segmenter, SegmenterOptions
 
@@ -40,6 +41,9 @@ TICK_S = 0.1  # floor timeouts, playout give-ups and "still playing" notices run
 TAIL_BLOCK_MS = 1_000
 TAIL_COUNT = 100
 REDIS_RETRY_S = 1.0
+# Segments that could not be published (Redis away) are held and retried in order; one older than
+# this is dropped and counted: by then its moment in the conversation has passed.
+OUTBOX_MAX_AGE_S = 30.0
 
 
 class JoinError(Exception):
@@ -55,6 +59,8 @@ class GatewayStats:
     joined: int = 0
     segments_published: int = 0
     segments_waiting: int = 0
+    segments_held: int = 0  # held while Redis was unavailable, published later
+    segments_dropped: int = 0  # held too long and given up
     results: int = 0
 
 
@@ -69,11 +75,13 @@ class Gateway:
         self.stats = GatewayStats()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._playing: dict[tuple[str, str], tuple[str, int] | None] = {}
+        self._outbox: deque[tuple[Room, SpeechSegment, float]] = deque()
 
     # -- lifecycle --------------------------------------------------------------------------------
     async def start(self) -> None:
         self._spawn(self.tail_results())
         self._spawn(self._tick_forever())
+        self._spawn(self._flush_outbox_forever())
 
     async def stop(self) -> None:
         for participant_id in list(self.sessions):
@@ -287,13 +295,43 @@ class Gateway:
         message = segment.to_message(room.name, participant.id, seq, profile.speak, targets, profile.match_voice)
         for language in targets:
             room.timeline(language).expect(participant.id, seq)
+        message = message.stamped("captured", captured_at)
+        if self._outbox:  # keep the order: earlier segments are still waiting for Redis
+            self._hold(room, message)
+            return
         try:
-            await self.bus.publish(message.stamped("captured", captured_at).stamped("published"))
+            await self.bus.publish(message.stamped("published"))
             self.stats.segments_published += 1
         except RedisError as exc:
-            log.error("could not publish %s: %s", message.log_context, exc)
-            for language in targets:
-                room.timeline(language).forget(participant.id, seq)
+            log.warning("redis unavailable (%s): holding segments until it is back", exc)
+            self._hold(room, message)
+
+    def _hold(self, room: Room, message: SpeechSegment) -> None:
+        self._outbox.append((room, message, time.monotonic()))
+        self.stats.segments_held += 1
+
+    async def _flush_outbox_forever(self) -> None:
+        while True:
+            await asyncio.sleep(REDIS_RETRY_S)
+            await self.flush_outbox()
+
+    async def flush_outbox(self) -> None:
+        """Publish held segments in order; stop at the first failure, drop the ones held too long."""
+        while self._outbox:
+            room, message, held_at = self._outbox[0]
+            if time.monotonic() - held_at > OUTBOX_MAX_AGE_S:
+                self._outbox.popleft()
+                self.stats.segments_dropped += 1
+                log.error("dropped %s: redis was unavailable for over %.0f s", message.log_context, OUTBOX_MAX_AGE_S)
+                for language in message.targets:
+                    room.timeline(language).forget(message.speaker, message.seq)
+                continue
+            try:
+                await self.bus.publish(message.stamped("published"))
+            except RedisError:
+                return
+            self._outbox.popleft()
+            self.stats.segments_published += 1
 
     async def _floor_events(self, room: Room, events: list[turns.FloorEvent]) -> None:
         if not events:

@@ -228,3 +228,10 @@ def test_speaker_pitch_travels_only_for_speakers_who_opted_in(
     assert without.speaker_f0_hz == 0.0
     [switched_off] = AsrStage(AsrOptions(speaker_pitch=False), recognizer=base).process(opted_in)
     assert isinstance(switched_off, Transcript) and switched_off.speaker_f0_hz == 0.0
+
+
+@pytest.mark.parametrize("pcm", [b"", b"\x01\x02\x03"])
+def test_broken_audio_is_a_permanent_error_not_a_retry(pcm: bytes) -> None:
+    broken = dataclasses.replace(segment(silence(0.1)), pcm=pcm)
+    with pytest.raises(PermanentError, match="broken audio"):
+        AsrStage().process(broken)

@@ -30,6 +30,8 @@ class AsrStage:
     def process(self, message: Message) -> Sequence[Message]:
         if not isinstance(message, SpeechSegment):
             raise PermanentError(f"asr takes speech segments, got a {message.kind} message")
+        if not message.pcm or len(message.pcm) % 2:
+            raise PermanentError(f"broken audio: {len(message.pcm)} bytes is not a whole number of 16-bit samples")
         if self.recognizer is None:
             self.load()
         assert self.recognizer is not None
