@@ -137,6 +137,12 @@ class Bus:
             if fields  # an entry trimmed away by MAXLEN comes back empty: nothing left to do
         ]
 
+    async def touch(self, name: str, group: str, consumer: str, entry_id: bytes) -> None:
+        """Reset a pending entry's idle time without counting a delivery (XCLAIM ... JUSTID)."""
+        await self.client.xclaim(
+            self.stream(name), group, consumer, min_idle_time=0, message_ids=[entry_id], justid=True
+        )
+
     async def ack(self, name: str, group: str, entry_id: bytes) -> None:
         await self.client.xack(self.stream(name), group, entry_id)
 

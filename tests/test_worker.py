@@ -271,3 +271,21 @@ async def _pings(bus: Bus) -> bool:
         return bool(await bus.client.ping())
     except Exception:
         return False
+
+
+async def test_a_slow_message_is_not_taken_from_a_live_worker(redis_url: str, stream_prefix: str) -> None:
+    """Processing longer than claim_idle_ms: the live worker keeps its claim; nobody redoes the work."""
+    bus = Bus.connect(bus_options(redis_url, stream_prefix, claim_idle_ms=300))
+    stages = [LengthStage("slow", slow_s=1.5), LengthStage("slow", slow_s=1.5)]
+    workers = [Worker(stage, bus, FAST, consumer=f"w{i}") for i, stage in enumerate(stages)]
+    tasks = [asyncio.create_task(w.run()) for w in workers]
+    try:
+        await bus.publish(segment(9))
+        await wait_for_entries(bus, "mt", 1, timeout_s=20)
+        await asyncio.sleep(0.5)
+    finally:
+        for w in workers:
+            w.stop()
+        await asyncio.gather(*tasks)
+        await bus.close()
+    assert sum(stage.calls for stage in stages) == 1

@@ -140,6 +140,7 @@ class Worker:
             )
             return
         started = time.monotonic()
+        keep_claimed = asyncio.create_task(self._keep_claimed(delivery))
         try:
             outputs = await asyncio.wait_for(
                 asyncio.to_thread(self.stage.process, message), timeout=self.options.message_timeout_s
@@ -150,6 +151,8 @@ class Worker:
         except Exception as exc:
             await self._record_failure(delivery, exc)
             return
+        finally:
+            keep_claimed.cancel()
         for output in outputs:
             await self.bus.emit_once(output, self.stage.kind)
         await self.bus.ack(self.stage.kind, self.group, delivery.entry_id)
@@ -162,6 +165,15 @@ class Worker:
             len(outputs),
             time.monotonic() - started,
         )
+
+    async def _keep_claimed(self, delivery: Delivery) -> None:
+        """While a message is processed, reset its idle time so no other worker claims it: only a
+        worker that stopped (crashed, hung without its event loop) lets its messages go idle."""
+        interval = self.bus.options.claim_idle_ms / 3000
+        while True:
+            await asyncio.sleep(interval)
+            with contextlib.suppress(*REDIS_DOWN):
+                await self.bus.touch(self.stage.kind, self.group, self.consumer, delivery.entry_id)
 
     async def _record_failure(self, delivery: Delivery, exc: BaseException) -> None:
         error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
