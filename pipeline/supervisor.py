@@ -64,29 +64,20 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def redis_child(env: dict[str, str]) -> tuple[Child, str]:
+def redis_argv(port: int, workdir: str) -> list[str]:
+    """A private, memory-only redis-server on loopback (the embedded default, and the tests')."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise SystemExit(
             "redis-server is not installed: run `make up` (it installs it) or `apt-get install redis-server`"
         )
+    options = {"port": str(port), "bind": "127.0.0.1", "save": "", "appendonly": "no", "dir": workdir}
+    return [binary, *(arg for key, value in options.items() for arg in (f"--{key}", value)), "--loglevel", "warning"]
+
+
+def redis_child(env: dict[str, str]) -> tuple[Child, str]:
     port = free_port()
-    workdir = tempfile.mkdtemp(prefix="babelroom-redis-")
-    argv = [
-        binary,
-        "--port",
-        str(port),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--dir",
-        workdir,
-        "--loglevel",
-        "warning",
-    ]
+    argv = redis_argv(port, tempfile.mkdtemp(prefix="babelroom-redis-"))
     return Child("redis", argv, env), f"redis://127.0.0.1:{port}/0"
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
+from pipeline.supervisor import free_port
 from tests.browser import (
     CHROMIUM,
     CHROMIUM_FLAGS,
@@ -27,7 +28,6 @@ from tests.browser import (
     wait_ready,
     worker_commands,
 )
-from tests.conftest import free_port
 
 SENTENCE = "the house is big and the dog is black"
 EXPECTED_WORDS = {"es": ("casa", "perro"), "ca": ("casa", "gos"), "gl": ("casa", "can")}

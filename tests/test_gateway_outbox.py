@@ -15,7 +15,7 @@ from gateway.service import Gateway
 from pipeline.bus import Bus
 from pipeline.config import BusOptions
 from pipeline.segmenter import Segment
-from tests.conftest import free_port
+from pipeline.supervisor import free_port, redis_argv
 
 
 def segment(index: int) -> Segment:
@@ -34,10 +34,7 @@ async def test_segments_published_during_a_redis_outage_arrive_in_order(tmp_path
         await gateway.publish(room, speaker, segment(index), captured_at=float(index), targets=("es",))
     assert gateway.stats.segments_held == 3 and gateway.stats.segments_published == 0
 
-    server = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(tmp_path)],
-        stdout=subprocess.DEVNULL,
-    )
+    server = subprocess.Popen(redis_argv(port, str(tmp_path)), stdout=subprocess.DEVNULL)
     try:
         for _ in range(100):
             await gateway.flush_outbox()

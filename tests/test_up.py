@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
+from pipeline.supervisor import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 COLD_START_LIMIT_S = 180

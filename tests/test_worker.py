@@ -18,7 +18,7 @@ from redis.exceptions import ResponseError
 from pipeline.bus import FIELD, Bus, Delivery
 from pipeline.config import BusOptions, WorkerOptions
 from pipeline.messages import SpeechSegment, StageFailure, Transcript, decode, encode
-from tests.conftest import free_port
+from pipeline.supervisor import free_port, redis_argv
 from tests.runtime_stage import LengthStage
 from workers.base import Worker, alive_workers
 
@@ -217,22 +217,7 @@ async def test_worker_survives_a_redis_restart(tmp_path: Path) -> None:
     port = free_port()
 
     def start_redis() -> subprocess.Popen[bytes]:
-        return subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(tmp_path),
-            ],
-            stdout=subprocess.DEVNULL,
-        )
+        return subprocess.Popen(redis_argv(port, str(tmp_path)), stdout=subprocess.DEVNULL)
 
     server = start_redis()
     bus = Bus.connect(bus_options(f"redis://127.0.0.1:{port}/0", "restart"))
