@@ -329,6 +329,8 @@ class TransformersTranslator:
             options.model, dtype=dtype, local_files_only=local_only
         )
         self.model.to(self.device).eval()
+        # src_lang is tokenizer state and the worker translates in concurrent threads: set and use it atomically.
+        self.tokenizer_lock = threading.Lock()
         self.family = model_family(self.model.config.model_type, type(self.tokenizer).__name__)
         self.marian_pair = marian_pair(options.model) if self.family == "marian" else None
         self.name = f"transformers-{self.family}:{options.model} ({self.device})"
@@ -347,12 +349,13 @@ class TransformersTranslator:
         return self.language_token(source) is not None and self.language_token(target) is not None
 
     def translate(self, text: str, source: str, targets: Sequence[str]) -> dict[str, TranslationResult]:
-        if self.family != "marian":
-            self.tokenizer.src_lang = NLLB_CODES[source] if self.family == "nllb" else source
         rows = [text] * len(targets)
         if self.family == "marian" and self.marian_pair is None:
             rows = [f">>{t}<< {text}" for t in targets]  # multi-target Marian picks the language by prefix
-        batch = self.tokenizer(rows, return_tensors="pt", padding=True).to(self.device)
+        with self.tokenizer_lock:
+            if self.family != "marian":
+                self.tokenizer.src_lang = NLLB_CODES[source] if self.family == "nllb" else source
+            batch = self.tokenizer(rows, return_tensors="pt", padding=True).to(self.device)
         kwargs: dict[str, Any] = {}
         if self.family != "marian":
             # One row per target, each decoder forced to start with its own language token: one batch.
