@@ -40,9 +40,13 @@ def caption(
 def on_transcript(room: Room, message: Transcript) -> None:
     """The original words: final for the speaker and same-language listeners; for the others an interim
     caption (original text, translation pending) when a translation into their language is on its way."""
+    if not message.text.strip():  # nothing was said: no caption, and no speech will follow
+        for language in message.targets:
+            room.timeline(language).forget(message.speaker, message.seq)
+        return
     for listener in list(room.participants.values()):
         hear = listener.profile.hear
-        pending = hear in message.targets and listener.id != message.speaker and bool(message.text.strip())
+        pending = hear in message.targets and listener.id != message.speaker
         listener.send(
             caption(
                 room,
@@ -54,12 +58,12 @@ def on_transcript(room: Room, message: Transcript) -> None:
                 final=not pending,
             )
         )
-    if not message.text.strip():  # nothing was said: no speech will follow, stop waiting for it
-        for language in message.targets:
-            room.timeline(language).forget(message.speaker, message.seq)
 
 
 def on_translation(room: Room, message: Translation) -> None:
+    if not message.text.strip():
+        room.timeline(message.language).forget(message.speaker, message.seq)
+        return
     for listener in room.listeners_for(message.language, except_id=message.speaker):
         listener.send(
             caption(
@@ -73,8 +77,6 @@ def on_translation(room: Room, message: Translation) -> None:
                 note=message.note,
             )
         )
-    if not message.text.strip():
-        room.timeline(message.language).forget(message.speaker, message.seq)
 
 
 def on_speech(room: Room, message: SynthesizedSpeech, now: float | None = None) -> str:

@@ -153,7 +153,7 @@ def test_no_captions_from_silence_noise_and_music(base: FasterWhisperRecognizer)
         out = stage.process(segment(np.clip(clip, -1, 1).astype(np.float32), "en", i))
         speech_s = base.guard.speech_seconds(clip)
         print(f"  {name:<30} vad speech {speech_s:4.2f} s  caption {out[0].text if out else ''!r}")  # type: ignore[attr-defined]
-        captions += [(name, m) for m in out]
+        captions += [(name, m.text) for m in out if isinstance(m, Transcript) and m.text]
     assert captions == [], f"captions from non-speech: {captions}"
 
 

@@ -132,11 +132,13 @@ def test_stage_moves_pitch_toward_speaker_when_opted_in(router: VoiceRouter) -> 
     assert f0_plain * 1.4 < f0_adapted < 205
 
 
-def test_stage_skips_untranslated_and_refuses_unknown_language() -> None:
+def test_stage_sends_empty_speech_for_untranslated_text_and_refuses_unknown_language() -> None:
+    """Nothing to voice still gets an answer, so the gateway's playout does not wait for it."""
     stage = TtsStage(voices=VoiceRouter(TtsOptions(voices="")))
     untranslated = translation("The house is very big.", "de", note="no en->de translation available")
-    assert stage.process(untranslated) == []
-    assert stage.process(translation("", "es")) == []
+    for message in (untranslated, translation("", "es")):
+        (speech,) = stage.process(message)
+        assert isinstance(speech, SynthesizedSpeech) and speech.pcm == b"" and speech.seq == message.seq
     with pytest.raises(PermanentError, match="'xx'"):
         stage.process(translation("hola", "xx"))
 

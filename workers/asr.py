@@ -1,4 +1,5 @@
-"""The asr stage: SpeechSegment -> [Transcript], or [] when the guard finds no speech (no caption)."""
+"""The asr stage: SpeechSegment -> [Transcript]. When the guard finds no speech the transcript is empty:
+no caption is shown, and it tells the gateway's playout to stop waiting for this segment's speech."""
 
 from __future__ import annotations
 
@@ -36,9 +37,8 @@ class AsrStage:
             self.load()
         assert self.recognizer is not None
         transcript = self.recognizer.transcribe(message)
-        if not transcript.text:
-            return []
-        if message.match_voice and self.options.speaker_pitch:  # the speaker's opt-in; the operator's switch
+        # Pitch only for words, and only with the speaker's opt-in and the operator's switch both on.
+        if transcript.text and message.match_voice and self.options.speaker_pitch:
             f0 = median_f0_hz(pcm16_to_float(message.pcm))
             transcript = dataclasses.replace(transcript, speaker_f0_hz=f0)
         return [transcript.stamped(self.kind)]
