@@ -7,7 +7,7 @@ PORT ?= 8080
 # Debian packages: Redis for the bus, espeak-ng for speech, Apertium and its pairs for offline MT.
 APT_RUNTIME := redis-server espeak-ng sox apertium apertium-eng-spa apertium-eng-cat apertium-en-gl \
 	apertium-es-pt apertium-fr-es
-APT_TEST := chromium chromium-driver
+APT_TEST := chromium chromium-driver firefox-esr
 PIP_EXTRAS := all,gpu,test
 # The CPU build of torch (a local wheel on these machines); a bare `torch` would pull a multi-GB CUDA
 # build. GPU hosts install their own CUDA torch instead (see compose.yaml).

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -30,3 +31,17 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def stream_prefix(request: pytest.FixtureRequest) -> str:
     """A prefix of this test's own, so tests sharing the redis-server never see each other's streams."""
     return f"t{abs(hash(request.node.nodeid)) % 10**10}"
+
+
+@pytest.fixture
+def service(redis_url: str, stream_prefix: str, tmp_path: Path) -> Iterator[str]:
+    """The gateway and one real asr, mt and tts worker, as processes on this test's streams; yields the URL."""
+    from tests.browser import gateway_command, processes, service_env, wait_ready, worker_commands
+
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    with processes(
+        [gateway_command(port), *worker_commands()], service_env(redis_url, stream_prefix), tmp_path
+    ) as procs:
+        wait_ready(base_url, procs)
+        yield base_url

@@ -9,7 +9,6 @@ pages run in one machine, so their clocks agree).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,16 +16,10 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
-from pipeline.supervisor import free_port
 from tests.browser import (
     CHROMIUM,
     CHROMIUM_FLAGS,
     fake_mic_wav,
-    gateway_command,
-    processes,
-    service_env,
-    wait_ready,
-    worker_commands,
 )
 
 SENTENCE = "the house is big and the dog is black"
@@ -45,16 +38,6 @@ pytestmark = pytest.mark.slow
 class Listener:
     name: str
     hear: str
-
-
-@pytest.fixture
-def service(redis_url: str, stream_prefix: str, tmp_path: Path) -> Iterator[str]:
-    port = free_port()
-    base_url = f"http://127.0.0.1:{port}"
-    env = service_env(redis_url, stream_prefix)
-    with processes([gateway_command(port), *worker_commands()], env, tmp_path) as procs:
-        wait_ready(base_url, procs)
-        yield base_url
 
 
 def chromium(playwright: Any, mic_wav: Path) -> Browser:
