@@ -8,20 +8,22 @@ PORT ?= 8080
 APT_RUNTIME := redis-server espeak-ng sox apertium apertium-eng-spa apertium-eng-cat apertium-en-gl \
 	apertium-es-pt apertium-fr-es
 APT_TEST := chromium chromium-driver firefox-esr
-PIP_EXTRAS := all,gpu,test
-# The CPU build of torch (a local wheel on these machines); a bare `torch` would pull a multi-GB CUDA
-# build. GPU hosts install their own CUDA torch instead (see compose.yaml).
+# `make up` needs no torch. The tests load the torch engines on tiny random models, so `make test`
+# adds the CPU build of torch (a local wheel on the CI machines; elsewhere add
+# TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu", or a bare `torch` pulls a
+# multi-GB CUDA build) and transformers.
 TORCH_SPEC ?= torch==2.13.0
+TORCH_PIP_ARGS ?=
 
-.PHONY: up test lint bench system-deps system-test-deps venv clean
+.PHONY: up test lint bench system-deps system-test-deps venv test-venv clean
 
 up: system-deps venv
 	$(VENV)/bin/babelroom up --port $(PORT)
 
-test: system-deps system-test-deps venv
+test: system-deps system-test-deps test-venv
 	$(PY) -m pytest -ra
 
-lint: venv
+lint: test-venv
 	$(VENV)/bin/ruff check gateway pipeline workers benchmarks tests
 	$(VENV)/bin/mypy gateway pipeline workers benchmarks
 
@@ -37,11 +39,17 @@ system-test-deps:
 
 venv: $(VENV)/.installed
 
+test-venv: $(VENV)/.installed-test
+
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q '$(TORCH_SPEC)'
-	$(PY) -m pip install -q -e '.[$(PIP_EXTRAS)]'
+	$(PY) -m pip install -q -e '.[all]'
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(PY) -m pip install -q $(TORCH_PIP_ARGS) '$(TORCH_SPEC)'
+	$(PY) -m pip install -q -e '.[all,gpu,test]'
 	touch $@
 
 clean:
