@@ -1,4 +1,5 @@
-"""GET /healthz: the gateway is up, and how many workers of each kind are alive."""
+"""GET /healthz: the gateway is up, how many workers of each kind are alive, and each stage's backlog
+(segments waiting to be read, and being processed): what an operator watches to add workers."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ async def healthz(request: web.Request) -> web.Response:
     bus = request.app[BUS_KEY]
     try:
         counts = await alive_workers(bus)
+        backlog = {kind: await bus.backlog(kind, kind) for kind in WORKER_KINDS}
     except Exception as exc:  # Redis down: say so, with 503, rather than fail opaquely
         return web.json_response({"status": "redis unavailable", "error": str(exc)}, status=503)
     workers = {kind: counts.get(kind, 0) for kind in (*WORKER_KINDS, *sorted(set(counts) - set(WORKER_KINDS)))}
     ready = all(workers[kind] > 0 for kind in WORKER_KINDS)
-    return web.json_response({"status": "ok" if ready else "degraded", "workers": workers})
+    return web.json_response({"status": "ok" if ready else "degraded", "workers": workers, "backlog": backlog})

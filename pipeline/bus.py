@@ -143,6 +143,17 @@ class Bus:
             self.stream(name), group, consumer, min_idle_time=0, message_ids=[entry_id], justid=True
         )
 
+    async def backlog(self, name: str, group: str) -> dict[str, int]:
+        """Entries of a stage not yet read by its group (`waiting`) and read but not acknowledged (`in_progress`)."""
+        try:
+            groups = await self.client.xinfo_groups(self.stream(name))
+        except ResponseError:  # no such stream yet: nothing was ever sent to this stage
+            return {"waiting": 0, "in_progress": 0}
+        info = next((g for g in groups if g["name"] in (group, group.encode())), None)
+        if info is None:
+            return {"waiting": int(await self.client.xlen(self.stream(name))), "in_progress": 0}
+        return {"waiting": int(info.get("lag") or 0), "in_progress": int(info["pending"])}
+
     async def ack(self, name: str, group: str, entry_id: bytes) -> None:
         await self.client.xack(self.stream(name), group, entry_id)
 

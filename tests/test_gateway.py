@@ -225,7 +225,9 @@ async def test_bad_requests_get_a_clear_4xx_and_the_connected_session_carries_on
 async def test_healthz_and_the_room_page_are_served(http: ClientSession) -> None:
     async with http.get("/healthz") as response:
         assert response.status == 200
-        assert set((await response.json())["workers"]) >= {"asr", "mt", "tts"}
+        health = await response.json()
+        assert set(health["workers"]) >= {"asr", "mt", "tts"}
+        assert set(health["backlog"]["asr"]) == {"waiting", "in_progress"}
     async with http.get("/room/standup?name=Ana&speak=es&hear=es") as response:
         page = await response.text()
         assert response.status == 200 and "data-translated-audio" in page and "/static/room.js" in page

@@ -274,3 +274,13 @@ async def test_a_slow_message_is_not_taken_from_a_live_worker(redis_url: str, st
         await asyncio.gather(*tasks)
         await bus.close()
     assert sum(stage.calls for stage in stages) == 1
+
+
+async def test_backlog_counts_waiting_and_in_progress_entries(bus: Bus) -> None:
+    assert await bus.backlog("asr", "asr") == {"waiting": 0, "in_progress": 0}
+    for seq in range(3):
+        await bus.publish(segment(seq))
+    assert await bus.backlog("asr", "asr") == {"waiting": 3, "in_progress": 0}
+    await bus.ensure_group("asr", "asr")
+    await bus.read_group("asr", "asr", "busy", count=1, block_ms=100)
+    assert await bus.backlog("asr", "asr") == {"waiting": 2, "in_progress": 1}
