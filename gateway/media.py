@@ -20,13 +20,18 @@ MIX_BUFFER_FRAMES = 10
 
 
 def mono_samples(frame: AudioFrame) -> Samples:
-    """Float mono samples of an aiortc audio frame (decoded Opus: interleaved stereo s16 at 48 kHz)."""
+    """Float mono samples of an aiortc audio frame (decoded Opus is interleaved stereo s16 at 48 kHz;
+    float frames are taken too). Raises ValueError for any other sample format."""
     channels = len(frame.layout.channels)
     data = frame.to_ndarray()
-    if data.dtype != np.int16:
-        raise ValueError(f"expected s16 audio from the decoder, got {frame.format.name}")
+    if data.dtype == np.int16:
+        scale = 1 / 32768.0
+    elif data.dtype == np.float32:
+        scale = 1.0
+    else:
+        raise ValueError(f"unsupported audio sample format {frame.format.name!r}")
     interleaved = data.reshape(-1, channels) if frame.format.is_packed else data.T
-    mono: Samples = (interleaved.astype(np.float32).mean(axis=1) / 32768.0).astype(np.float32)
+    mono: Samples = (interleaved.astype(np.float32).mean(axis=1) * scale).astype(np.float32)
     return mono
 
 

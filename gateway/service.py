@@ -250,7 +250,11 @@ class Gateway:
                 return
             if not isinstance(frame, AudioFrame):
                 continue
-            samples = mono_samples(frame)
+            try:
+                samples = mono_samples(frame)
+            except ValueError as exc:  # one bad frame is skipped; the participant's audio carries on
+                log.warning("skipped an audio frame from %s: %s", participant.profile.name, exc)
+                continue
             if frame.sample_rate != OUTPUT_RATE:
                 samples = resample(samples, frame.sample_rate, OUTPUT_RATE)
             if participant.muted:
