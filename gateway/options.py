@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from pipeline.config import env_flag
+from pipeline.segmenter import MAX_SEGMENT_S, SegmenterOptions, VadEngine
 from pipeline.turns import SILENCE_TIMEOUT_S, FloorOptions, OverlapPolicy
 
 # Languages a participant may speak or hear unless the deployment says otherwise.
@@ -45,6 +46,7 @@ class GatewayOptions:
     original_under_gain: float = ORIGINAL_UNDER_GAIN
     max_participants: int = MAX_PARTICIPANTS_PER_ROOM
     floor: FloorOptions = field(default_factory=FloorOptions)
+    segmenter: SegmenterOptions = field(default_factory=SegmenterOptions)
 
     @property
     def tokens_required(self) -> bool:
@@ -66,6 +68,10 @@ class GatewayOptions:
                 silence_timeout_s=float(env.get("BABELROOM_FLOOR_SILENCE_S", SILENCE_TIMEOUT_S)),
                 overlap=_overlap_policy(env.get("BABELROOM_OVERLAP", OverlapPolicy.QUEUE.value)),
             ),
+            segmenter=SegmenterOptions(
+                vad=_vad_engine(env.get("BABELROOM_VAD", "webrtc")),
+                max_segment_s=float(env.get("BABELROOM_MAX_SEGMENT_S", MAX_SEGMENT_S)),
+            ),
         )
 
 
@@ -79,3 +85,11 @@ def _overlap_policy(value: str) -> OverlapPolicy:
     except ValueError:
         choices = ", ".join(p.value for p in OverlapPolicy)
         raise ValueError(f"BABELROOM_OVERLAP={value!r}: choose one of {choices}") from None
+
+
+def _vad_engine(value: str) -> VadEngine:
+    engines: dict[str, VadEngine] = {"webrtc": "webrtc", "silero": "silero"}
+    try:
+        return engines[value.strip().lower()]
+    except KeyError:
+        raise ValueError(f"BABELROOM_VAD={value!r}: choose one of webrtc, silero") from None

@@ -33,7 +33,7 @@ from pipeline.audio import resample
 from pipeline.bus import Bus
 from pipeline.messages import SAMPLE_RATE, SpeechSegment
 from pipeline.routes import RESULTS
-from pipeline.segmenter import Segment, Segmenter, SegmenterOptions
+from pipeline.segmenter import Segment, Segmenter
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +65,9 @@ class GatewayStats:
 
 
 class Gateway:
-    def __init__(self, bus: Bus, options: GatewayOptions, segmenter: SegmenterOptions | None = None) -> None:
+    def __init__(self, bus: Bus, options: GatewayOptions) -> None:
         self.bus = bus
         self.options = options
-        self.segmenter = segmenter or SegmenterOptions()
         self.playout = PlayoutOptions(options.playout_delay_s, options.late_bound_s, options.reorder_wait_s)
         self.rooms: dict[str, Room] = {}
         self.sessions: dict[str, Participant] = {}
@@ -242,7 +241,7 @@ class Gateway:
 
     # -- inbound audio: segment, floor, publish ---------------------------------------------------
     async def consume_audio(self, room: Room, participant: Participant, track: MediaStreamTrack) -> None:
-        segmenter = Segmenter(self.segmenter, input_rate=OUTPUT_RATE)
+        segmenter = Segmenter(self.options.segmenter, input_rate=OUTPUT_RATE)
         while True:
             try:
                 frame = await track.recv()

@@ -29,3 +29,11 @@ def test_gateway_floor_policy_from_env() -> None:
     assert GatewayOptions.from_env({}).floor.overlap is OverlapPolicy.QUEUE
     with pytest.raises(ValueError, match="choose one of queue, captions_only"):
         GatewayOptions.from_env({"BABELROOM_OVERLAP": "shout"})
+
+
+def test_gateway_segmenter_from_env() -> None:
+    options = GatewayOptions.from_env({"BABELROOM_VAD": "silero", "BABELROOM_MAX_SEGMENT_S": "6"})
+    assert options.segmenter.vad == "silero" and options.segmenter.max_segment_s == 6.0
+    assert GatewayOptions.from_env({}).segmenter.vad == "webrtc"
+    with pytest.raises(ValueError, match="choose one of webrtc, silero"):
+        GatewayOptions.from_env({"BABELROOM_VAD": "energy"})
