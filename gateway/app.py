@@ -6,7 +6,7 @@
     POST /api/rooms/{room}/join   {name, speak, hear, token?, options, sdp} -> {id, sdp, type: answer}
     POST /api/sessions/{id}/leave
     GET  /api/rooms/{room}        roster, floor and playout counters
-    GET  /healthz                 workers alive per kind
+    GET  /healthz                 workers alive per kind, backlog per stage
 
 Every /api error is JSON: {"error": "..."} with a 4xx status. Renegotiation, captions, floor and
 playout notices then travel over the participant's WebRTC data channel.
@@ -80,7 +80,7 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
             raise
         message = exc.text if exc.text and not exc.text.startswith(str(exc.status)) else exc.reason
         if exc.status == 413:
-            limit = request.app._client_max_size
+            limit = request.app[GATEWAY_KEY].options.client_max_size
             message = f"request body too large: the limit is {limit} bytes"
         return web.json_response({"error": message}, status=exc.status)
 
