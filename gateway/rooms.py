@@ -107,6 +107,7 @@ class Room:
             "holder": holder,
             "holder_name": self.names.get(holder, "") if holder else "",
             "queue": [self.names.get(i, i) for i in self.floor.queue],
+            "queue_ids": list(self.floor.queue),
         }
 
     def broadcast(self, message: dict[str, Any], except_id: str = "") -> None:

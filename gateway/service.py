@@ -210,11 +210,25 @@ class Gateway:
                 room = self.rooms.get(participant.room)
                 if room is not None:
                     self._announce_roster(room)
+            elif kind == "floor":
+                await self.floor_request(participant, str(message.get("action")))
             elif kind == "leave":
                 await self.leave(participant.id)
         except Exception as exc:  # one client's bad message must not disturb the room
             log.warning("bad message from %s: %s", participant.id, exc)
             participant.send({"type": "error", "error": f"could not handle message: {exc}"})
+
+    async def floor_request(self, participant: Participant, action: str) -> None:
+        """The page's floor button: ask for the floor (granted, or queued behind the holder) or give it up."""
+        room = self.rooms.get(participant.room)
+        if room is None:
+            return
+        if action == "request":
+            await self._floor_events(room, room.floor.request(participant.id))
+        elif action == "release":
+            await self._floor_events(room, room.floor.release(participant.id))
+        else:
+            raise ValueError(f"unknown floor action {action!r}: use request or release")
 
     async def renegotiate(self, participant: Participant, sdp: str, slots: dict[str, str]) -> None:
         """The client re-offers with a receive-only video section per other participant (`slots`: mid ->

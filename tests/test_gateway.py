@@ -69,6 +69,7 @@ class Peer:
 
     pc: RTCPeerConnection
     id: str = ""
+    channel: Any = None  # the data channel: signaling and controls, as the page uses it
     messages: list[dict[str, Any]] = field(default_factory=list)
     translated_peak: float = 0.0  # loudest 20 ms of the translated track, RMS in [0, 1]
 
@@ -113,7 +114,7 @@ async def http(server: BaseTestServer) -> AsyncIterator[ClientSession]:
 
 async def join(http: ClientSession, name: str, speak: str, hear: str, mic: MediaStreamTrack, **toggles: bool) -> Peer:
     peer = Peer(RTCPeerConnection(RTCConfiguration(iceServers=[])))
-    channel = peer.pc.createDataChannel("babelroom")
+    channel = peer.channel = peer.pc.createDataChannel("babelroom")
     channel.on("message", lambda text: peer.messages.append(json.loads(text)))
     translated = peer.pc.addTransceiver(mic, direction="sendrecv")
     peer.pc.addTransceiver("audio", direction="recvonly")
@@ -220,6 +221,34 @@ async def test_bad_requests_get_a_clear_4xx_and_the_connected_session_carries_on
     await eventually(lambda: bool(ana.captions(final=True, lang="es", text="hola")), "Ana's caption")
     assert ana.pc.connectionState == "connected"
     await ana.pc.close()
+
+
+async def test_the_floor_button_asks_for_the_floor_queues_and_gives_it_up(http: ClientSession) -> None:
+    ana = await join(http, "Ana", "es", "es", SpeechTrack(silence(60)))
+    bob = await join(http, "Bob", "en", "en", SpeechTrack(silence(60)))
+
+    def floor_is(holder: Peer | None, queue: list[Peer]) -> Callable[[], bool]:
+        def check() -> bool:
+            floors = [m for m in bob.messages if m["type"] == "floor"]
+            return (
+                bool(floors)
+                and floors[-1]["holder"] == (holder.id if holder else None)
+                and floors[-1]["queue_ids"] == [p.id for p in queue]
+            )
+
+        return check
+
+    await eventually(lambda: ana.channel.readyState == "open" and bob.channel.readyState == "open", "channels")
+    ana.channel.send(json.dumps({"type": "floor", "action": "request"}))
+    await eventually(floor_is(ana, []), "Ana granted the floor")
+    bob.channel.send(json.dumps({"type": "floor", "action": "request"}))
+    await eventually(floor_is(ana, [bob]), "Bob queued behind Ana")
+    ana.channel.send(json.dumps({"type": "floor", "action": "release"}))
+    await eventually(floor_is(bob, []), "the floor passed to Bob")
+    bob.channel.send(json.dumps({"type": "floor", "action": "grab"}))
+    await eventually(lambda: any(m["type"] == "error" and "grab" in m["error"] for m in bob.messages), "an error")
+    for peer in (ana, bob):
+        await peer.pc.close()
 
 
 async def test_healthz_and_the_room_page_are_served(http: ClientSession) -> None:

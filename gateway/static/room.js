@@ -193,8 +193,13 @@ function onMessage(message) {
 function onFloor(message) {
   const pill = $("floor");
   pill.hidden = !message.holder;
-  pill.textContent = message.holder ? `${message.holder_name} has the floor` : "";
+  const next = message.queue.length ? ` · next: ${message.queue.join(", ")}` : "";
+  pill.textContent = message.holder ? `${message.holder_name} has the floor${next}` : "";
   pill.dataset.holder = message.holder || "";
+  const mine = message.holder === state.me?.id || message.queue_ids.includes(state.me?.id);
+  $("floor-button").dataset.action = mine ? "release" : "request";
+  $("floor-button").textContent = message.holder === state.me?.id ? "Give up the floor"
+    : mine ? "Leave the queue" : "Ask for the floor";
   for (const [id, tile] of state.tiles) tile.root.classList.toggle("speaking", id === message.holder);
 }
 
@@ -316,6 +321,11 @@ function toggleMute() {
   if (state.dc?.readyState === "open") state.dc.send(JSON.stringify({ type: "mute", muted: state.muted }));
 }
 
+function floorButton() {
+  const action = $("floor-button").dataset.action;
+  if (state.dc?.readyState === "open") state.dc.send(JSON.stringify({ type: "floor", action }));
+}
+
 async function leave() {
   if (state.me) {
     await fetch(`/api/sessions/${state.me.id}/leave`, { method: "POST" }).catch(() => {});
@@ -330,6 +340,7 @@ async function main() {
   $("speak").addEventListener("change", () => { $("hear").value = $("speak").value; });
   $("join-form").addEventListener("submit", join);
   $("mute").addEventListener("click", toggleMute);
+  $("floor-button").addEventListener("click", floorButton);
   $("leave").addEventListener("click", leave);
   $("show-original").addEventListener("change", (e) => $("captions").classList.toggle("hide-original", !e.target.checked));
   if (prefill()) join().catch((error) => showError(error.message));
