@@ -207,6 +207,17 @@ def resolve_model(model: str, cache_dir: str | Path = DEFAULT_CACHE_DIR) -> str:
     return str(path) if path.exists() else model
 
 
+def speech_audio(
+    segment: SpeechSegment, languages: Sequence[str], guard: HallucinationGuard
+) -> tuple[Samples, float] | None:
+    """What every engine does first: check the declared language, then the segment's audio and its
+    seconds of speech, or None when the guard hears no speech (nothing is decoded then)."""
+    check_language(segment.language, languages)
+    audio = pcm16_to_float(segment.pcm)
+    speech, speech_s = guard.has_speech(audio)
+    return (audio, speech_s) if speech else None
+
+
 # --- hallucination guard ----------------------------------------------------------------------------------
 
 
@@ -330,11 +341,10 @@ class FasterWhisperRecognizer:
         self.name = f"faster-whisper:{options.model} ({device}, {compute_type})"
 
     def transcribe(self, segment: SpeechSegment) -> Transcript:
-        check_language(segment.language, self.languages)
-        audio = pcm16_to_float(segment.pcm)
-        speech, speech_s = self.guard.has_speech(audio)
-        if not speech:
+        heard = speech_audio(segment, self.languages, self.guard)
+        if heard is None:
             return empty_transcript(segment)
+        audio, speech_s = heard
         pieces, info = self.model.transcribe(
             audio,
             language=segment.language or None,
@@ -411,11 +421,10 @@ class TransformersWhisperRecognizer:
         self.name = f"transformers-whisper:{options.model} ({self.device}, {str(self.dtype).removeprefix('torch.')})"
 
     def transcribe(self, segment: SpeechSegment) -> Transcript:
-        check_language(segment.language, self.languages)
-        audio = pcm16_to_float(segment.pcm)
-        speech, speech_s = self.guard.has_speech(audio)
-        if not speech:
+        heard = speech_audio(segment, self.languages, self.guard)
+        if heard is None:
             return empty_transcript(segment)
+        audio, speech_s = heard
         with self.torch.inference_mode():
             features = self.processor.feature_extractor(audio, sampling_rate=SAMPLE_RATE, return_tensors="pt")
             encoded = self.model.get_encoder()(features.input_features.to(self.device, self.dtype))
