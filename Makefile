@@ -24,8 +24,8 @@ test: system-deps system-test-deps test-venv
 	$(PY) -m pytest -ra
 
 lint: test-venv
-	$(VENV)/bin/ruff check gateway pipeline workers benchmarks tests
-	$(VENV)/bin/mypy gateway pipeline workers benchmarks
+	$(VENV)/bin/ruff check babelroom gateway pipeline workers benchmarks tests
+	$(VENV)/bin/mypy babelroom gateway pipeline workers benchmarks
 
 bench: system-deps venv
 	$(VENV)/bin/babelroom bench stages --out out/bench

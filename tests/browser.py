@@ -83,7 +83,7 @@ def gateway_command(port: int) -> list[str]:
 
 
 def worker_commands() -> list[list[str]]:
-    return [[sys.executable, "-m", "pipeline.cli", "worker", kind] for kind in ("asr", "mt", "tts")]
+    return [[sys.executable, "-m", "babelroom.cli", "worker", kind] for kind in ("asr", "mt", "tts")]
 
 
 def get_json(url: str) -> tuple[int, Any]:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.supervisor import free_port, redis_argv, wait_for_redis
+from babelroom.supervisor import free_port, redis_argv, wait_for_redis
 
 
 @pytest.fixture(scope="session")

@@ -8,9 +8,9 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 
+from babelroom.cli import main
 from gateway.tokens import verify_token
 from pipeline.audio import write_wav
-from pipeline.cli import main
 from tests.speech import espeak, silence
 
 

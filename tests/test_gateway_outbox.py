@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 from aiortc import RTCPeerConnection
 
+from babelroom.supervisor import free_port, redis_argv
 from gateway.options import GatewayOptions
 from gateway.rooms import Participant, Profile, Room
 from gateway.service import Gateway
 from pipeline.bus import Bus
 from pipeline.config import BusOptions
 from pipeline.segmenter import Segment
-from pipeline.supervisor import free_port, redis_argv
 
 
 def segment(index: int) -> Segment:

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from pipeline import supervisor
-from pipeline.supervisor import Child, Supervisor
+from babelroom import supervisor
+from babelroom.supervisor import Child, Supervisor
 
 
 def python_child(name: str, code: str) -> Child:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.audio import Samples, pcm16_to_float, resample
+from pipeline.audio import Samples, median_f0_hz, pcm16_to_float, resample
 from pipeline.messages import SAMPLE_RATE, SynthesizedSpeech, Translation
 from workers.engines.tts import (
     EspeakSynthesizer,
@@ -14,7 +14,6 @@ from workers.engines.tts import (
     TtsOptions,
     VoiceRouter,
     fit_tempo,
-    median_f0_hz,
     parse_voices,
     shift_pitch,
     time_stretch,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.supervisor import free_port
+from babelroom.supervisor import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 COLD_START_LIMIT_S = 180
@@ -58,7 +58,7 @@ def test_up_prints_the_url_serves_health_and_stops_cleanly() -> None:
     started = time.monotonic()
     descendants: set[int] = set()
     up = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", "up", "--port", str(port)],
+        [sys.executable, "-m", "babelroom.cli", "up", "--port", str(port)],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from redis.exceptions import ResponseError
 
+from babelroom.supervisor import free_port, redis_argv
 from pipeline.bus import FIELD, Bus, Delivery
 from pipeline.config import BusOptions, WorkerOptions
 from pipeline.messages import SpeechSegment, StageFailure, Transcript, decode, encode
-from pipeline.supervisor import free_port, redis_argv
 from tests.runtime_stage import LengthStage
 from workers.base import Worker, alive_workers
 

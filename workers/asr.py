@@ -6,10 +6,9 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 
-from pipeline.audio import pcm16_to_float
+from pipeline.audio import median_f0_hz, pcm16_to_float
 from pipeline.messages import Message, SpeechSegment
 from workers.engines.asr import AsrOptions, Recognizer, load_recognizer
-from workers.engines.tts import median_f0_hz
 from workers.stage import PermanentError
 
 

@@ -155,7 +155,7 @@ def _wait_all(processes: list[subprocess.Popen[bytes]], grace_s: float) -> None:
 
 
 def babelroom_argv(*args: str) -> list[str]:
-    return [sys.executable, "-m", "pipeline.cli", *args]
+    return [sys.executable, "-m", "babelroom.cli", *args]
 
 
 def up(env: Mapping[str, str], host: str, port: int) -> None:

@@ -70,7 +70,7 @@ def add_listen_options(command: argparse.ArgumentParser) -> None:
 
 
 def run_up(args: argparse.Namespace, env: Mapping[str, str]) -> int:
-    from pipeline.supervisor import up
+    from babelroom.supervisor import up
 
     up(env, args.host, args.port)
     return 0
