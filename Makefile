@@ -4,10 +4,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PORT ?= 8080
 
-# Debian packages: Redis for the bus, espeak-ng for speech, Apertium and its pairs for offline MT.
-APT_RUNTIME := redis-server espeak-ng sox apertium apertium-eng-spa apertium-eng-cat apertium-en-gl \
+# Debian packages: Redis for the bus, Janus (the SFU) with janus.js and its WebRTC adapter for the page,
+# espeak-ng for speech, Apertium and its pairs for offline MT.
+APT_RUNTIME := redis-server janus libjs-janus-gateway libjs-webrtc-adapter espeak-ng sox apertium apertium-eng-spa apertium-eng-cat apertium-en-gl \
 	apertium-es-pt apertium-fr-es
-APT_TEST := chromium chromium-driver firefox-esr docker-compose
+APT_TEST := chromium chromium-driver firefox-esr docker-compose iproute2
 # `make up` needs no torch. The tests load the torch engines on tiny random models, so `make test`
 # adds the CPU build of torch (a local wheel on the CI machines; elsewhere add
 # TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu", or a bare `torch` pulls a

@@ -28,7 +28,10 @@ def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="babelroom", description="Real-time translation for video meetings.")
     commands = top.add_subparsers(required=True, metavar="COMMAND")
 
-    up = commands.add_parser("up", help="run everything here: redis (unless REDIS_URL), gateway, one worker per kind")
+    up = commands.add_parser(
+        "up",
+        help="run everything here: redis and Janus (unless given by URL), the gateway, one worker per kind",
+    )
     add_listen_options(up)
     up.set_defaults(run=run_up)
 
@@ -83,8 +86,14 @@ def run_gateway(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     from gateway.options import GatewayOptions
     from pipeline.bus import Bus
 
+    options = GatewayOptions.from_env(env)
+    if not options.janus.url:
+        print("babelroom gateway: set BABELROOM_JANUS_URL (and its API secret and admin key), or run `babelroom up`",
+              file=sys.stderr)  # fmt: skip
+        return 2
+
     async def build() -> web.Application:
-        return create_app(Bus.connect(BusOptions.from_env(env)), GatewayOptions.from_env(env))
+        return create_app(Bus.connect(BusOptions.from_env(env)), options)
 
     web.run_app(build(), host=args.host, port=args.port, print=None)
     return 0

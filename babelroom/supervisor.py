@@ -19,10 +19,12 @@ import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import FrameType
 
 import redis
 
+from babelroom import janus
 from pipeline.routes import WORKER_KINDS
 
 log = logging.getLogger("babelroom.up")
@@ -158,6 +160,16 @@ def babelroom_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "babelroom.cli", *args]
 
 
+def janus_child(env: dict[str, str], folder: Path) -> tuple[Child, janus.JanusConfig]:
+    """A private Janus: the API on loopback, fresh secrets, the configuration written into `folder`."""
+    config = janus.config_from_env(env, free_port())
+    try:
+        janus.write_config(folder, config)
+        return Child("janus", janus.janus_argv(folder), env), config
+    except janus.JanusNotInstalled as exc:
+        raise SystemExit(str(exc)) from None
+
+
 def up(env: Mapping[str, str], host: str, port: int) -> None:
     child_env = dict(env)
     children: list[Child] = []
@@ -168,6 +180,18 @@ def up(env: Mapping[str, str], host: str, port: int) -> None:
         child_env["REDIS_URL"] = url
         children.append(redis_process)
         log.info("started a private redis-server at %s", url)
+    with tempfile.TemporaryDirectory(prefix="babelroom-janus-") as janus_folder:
+        if not child_env.get("BABELROOM_JANUS_URL"):
+            janus_process, config = janus_child(child_env, Path(janus_folder))
+            janus_process.start()
+            janus.wait_for_janus(config)
+            child_env.update(janus.gateway_env(config))
+            children.append(janus_process)
+            log.info("started a private Janus at %s", config.url)
+        run_children(children, child_env, host, port)
+
+
+def run_children(children: list[Child], child_env: dict[str, str], host: str, port: int) -> None:
     child_env.setdefault("BABELROOM_OPEN_ROOMS", "1")  # local use: anyone on this machine may join
     children.append(Child("gateway", babelroom_argv("gateway", "--host", host, "--port", str(port)), child_env))
     children += [Child(f"worker-{kind}", babelroom_argv("worker", kind), child_env) for kind in WORKER_KINDS]

@@ -1,41 +1,56 @@
-"""The gateway's aiohttp application: the room page, the join API, and health.
+"""The gateway's aiohttp application: the room page, the join API, the participant's two sockets, health.
 
-    GET  /                        the join form (pick a room)
-    GET  /room/{room}             the room page; ?name=&speak=&hear=[&token=] joins directly
-    GET  /api/config              languages this deployment supports, whether tokens are required
-    POST /api/rooms/{room}/join   {name, speak, hear, token?, options, sdp} -> {id, sdp, type: answer}
-    POST /api/sessions/{id}/leave
-    GET  /api/rooms/{room}        roster, floor and playout counters
-    GET  /healthz                 workers alive per kind, backlog per stage
+    GET  /                               the join form (pick a room)
+    GET  /room/{room}                    the room page; ?name=&speak=&hear=[&token=] joins directly
+    GET  /api/config                     languages, whether tokens are required, ICE servers, features
+    POST /api/rooms/{room}/join          {name, speak, hear, token?, options} -> {id, ticket, room_id, feed_id, ...}
+    GET  /api/sessions/{id}/events       WebSocket (?ticket=): captions, roster, floor, playout; mute/floor/leave back
+    GET  /api/sessions/{id}/janus        WebSocket (?ticket=), protocol janus-protocol: janus.js through the proxy
+    POST /api/sessions/{id}/leave        (?ticket=)
+    GET  /api/rooms/{room}               roster, floor and playout counters (open rooms, or ?token=)
+    GET  /healthz                        Janus, workers alive per kind, backlog per stage
+    GET  /static/vendor/janus.js, adapter.js   Debian's janus.js and webrtc-adapter: no CDN
 
-Every /api error is JSON: {"error": "..."} with a 4xx status. Renegotiation, captions, floor and
-playout notices then travel over the participant's WebRTC data channel.
+Every /api error is JSON: {"error": "..."} with a 4xx status (503 while the media server is away).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import html
 import json
+import logging
 import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
+from aiohttp import WSMsgType, web
 
-from gateway.health import BUS_KEY, healthz
+from gateway.health import BUS_KEY, GATEWAY_KEY, healthz
 from gateway.options import MAX_NAME_CHARS, GatewayOptions
-from gateway.rooms import Profile
+from gateway.proxy import MAX_FRAME_BYTES, Grant, relay
+from gateway.rooms import Participant, Profile
 from gateway.service import Gateway, JoinError
 from gateway.tokens import TokenClaims, TokenError, verify_token
 from pipeline.bus import Bus
 
+log = logging.getLogger(__name__)
+
 STATIC = Path(__file__).parent / "static"
-GATEWAY_KEY = web.AppKey("gateway", Gateway)
-ROOM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+# janus.js and its WebRTC adapter come from Debian (libjs-janus-gateway, libjs-webrtc-adapter).
+VENDOR = {
+    "janus.js": Path("/usr/share/javascript/janus-gateway/janus.js"),
+    "adapter.js": Path("/usr/share/javascript/webrtc-adapter/adapter.js"),
+}
+ROOM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+ROOM_RULE = "1 to 64 letters, digits, '-' or '_', starting with a letter or a digit"
 LANGUAGE_NAMES = {
     "en": "English", "es": "Español", "ca": "Català", "gl": "Galego", "pt": "Português",
     "fr": "Français", "de": "Deutsch", "it": "Italiano", "eu": "Euskara", "nl": "Nederlands",
 }  # fmt: skip
+SOCKET_HEARTBEAT_S = 20.0
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -64,8 +79,11 @@ def create_app(bus: Bus, options: GatewayOptions | None = None) -> web.Applicati
     app.router.add_get("/api/config", config)
     app.router.add_post("/api/rooms/{room}/join", join)
     app.router.add_get("/api/rooms/{room}", room_state)
+    app.router.add_get("/api/sessions/{session}/events", events_socket)
+    app.router.add_get("/api/sessions/{session}/janus", janus_socket)
     app.router.add_post("/api/sessions/{session}/leave", leave)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/static/vendor/{name}", vendor)
     app.router.add_static("/static", STATIC)
     return app
 
@@ -91,6 +109,7 @@ ERRORS: dict[int, type[web.HTTPException]] = {
     404: web.HTTPNotFound,
     409: web.HTTPConflict,
     415: web.HTTPUnsupportedMediaType,
+    503: web.HTTPServiceUnavailable,
 }
 
 
@@ -105,26 +124,50 @@ async def index(request: web.Request) -> web.FileResponse:
 
 async def room_page(request: web.Request) -> web.StreamResponse:
     room = request.match_info["room"]
-    if not ROOM_NAME.match(room):
-        return web.Response(status=400, text=f"invalid room name {room!r}", content_type="text/plain")
+    if not ROOM_NAME.fullmatch(room):
+        return error_page(400, "This is not a room name", f"{room!r} cannot name a room. A room name has {ROOM_RULE}.")
     options = request.app[GATEWAY_KEY].options
     token = request.query.get("token", "")
     if token and options.tokens_required:
         try:
             verify_token(options.token_secret, token, room)
         except TokenError as exc:
-            return web.Response(status=401, text=f"BabelRoom: cannot join {room}: {exc}", content_type="text/plain")
+            return error_page(401, f"You cannot join {room}", f"{exc}.")
     return web.FileResponse(STATIC / "room.html")
+
+
+def error_page(status: int, title: str, detail: str) -> web.Response:
+    body = (STATIC / "error.html").read_text()
+    body = body.replace("{title}", html.escape(title)).replace("{detail}", html.escape(detail))
+    return web.Response(status=status, text=body, content_type="text/html")
+
+
+async def vendor(request: web.Request) -> web.StreamResponse:
+    path = VENDOR.get(request.match_info["name"])
+    if path is None or not path.is_file():
+        raise web.HTTPNotFound(text="not found (janus.js comes from Debian: apt-get install libjs-janus-gateway)")
+    return web.FileResponse(path, headers={"Cache-Control": "max-age=3600"})
 
 
 # -- api --------------------------------------------------------------------------------------------
 async def config(request: web.Request) -> web.Response:
     options = request.app[GATEWAY_KEY].options
     languages = [{"code": code, "name": LANGUAGE_NAMES.get(code, code)} for code in options.languages]
+    return web.json_response(
+        {
+            "languages": languages,
+            "tokens_required": options.tokens_required,
+            "ice_servers": ice_servers(options),
+            "features": {"lipsync": False},  # lip-sync is not built yet: the page shows it as unavailable
+        }
+    )
+
+
+def ice_servers(options: GatewayOptions) -> list[dict[str, str]]:
     ice = [{"urls": url} for url in options.ice_urls]
     if ice and options.ice_username:
         ice = [{**server, "username": options.ice_username, "credential": options.ice_credential} for server in ice]
-    return web.json_response({"languages": languages, "tokens_required": options.tokens_required, "ice_servers": ice})
+    return ice
 
 
 async def join(request: web.Request) -> web.Response:
@@ -133,24 +176,98 @@ async def join(request: web.Request) -> web.Response:
     body = await json_body(request)
     claims = authorize(gateway.options, room, str(body.get("token") or ""))
     profile = parse_profile(gateway.options, body, claims)
-    sdp = parse_offer(body)
     try:
-        participant, answer = await gateway.join(room, profile, sdp)
+        participant = await gateway.join(room, profile)
     except JoinError as exc:
         raise api_error(exc.status, str(exc)) from exc
-    return web.json_response({"id": participant.id, "name": profile.name, "type": "answer", "sdp": answer})
+    base = f"/api/sessions/{participant.id}"
+    return web.json_response(
+        {
+            "id": participant.id,
+            "ticket": participant.ticket,
+            "name": profile.name,
+            "room": room,
+            "room_id": gateway.rooms[room].keys.room_id,
+            "feed_id": participant.feed_id,
+            "events": f"{base}/events",
+            "janus": f"{base}/janus",
+            "ice_servers": ice_servers(gateway.options),
+        }
+    )
+
+
+def session(request: web.Request) -> Participant:
+    gateway = request.app[GATEWAY_KEY]
+    try:
+        return gateway.authenticate(request.match_info["session"], request.query.get("ticket", ""))
+    except JoinError as exc:
+        raise api_error(exc.status, str(exc)) from exc
 
 
 async def leave(request: web.Request) -> web.Response:
-    gateway = request.app[GATEWAY_KEY]
-    if not await gateway.leave(request.match_info["session"]):
-        raise api_error(404, "no such session (already left?)")
+    participant = session(request)
+    await request.app[GATEWAY_KEY].leave(participant.id)
     return web.json_response({"left": True})
+
+
+async def events_socket(request: web.Request) -> web.StreamResponse:
+    gateway = request.app[GATEWAY_KEY]
+    participant = session(request)
+    socket = web.WebSocketResponse(heartbeat=SOCKET_HEARTBEAT_S, max_msg_size=gateway.options.client_max_size)
+    await socket.prepare(request)
+    participant.socket_opened()
+    await gateway.attach_events(participant, socket)
+    pump = asyncio.create_task(_pump_events(participant, socket))
+    try:
+        async for frame in socket:
+            if frame.type is WSMsgType.TEXT:
+                await gateway.on_client_message(participant, frame.data)
+    finally:
+        pump.cancel()
+        gateway.detach_events(participant, socket)
+        participant.socket_closed()
+    return socket
+
+
+async def _pump_events(participant: Participant, socket: web.WebSocketResponse) -> None:
+    while not socket.closed:
+        text = await participant.outbox.get()
+        try:
+            await socket.send_str(text)
+        except (ConnectionError, RuntimeError):
+            with contextlib.suppress(asyncio.QueueFull):  # keep it for the next socket
+                participant.outbox.put_nowait(text)
+            return
+
+
+async def janus_socket(request: web.Request) -> web.StreamResponse:
+    gateway = request.app[GATEWAY_KEY]
+    participant = session(request)
+    room = gateway.rooms.get(participant.room)
+    if room is None or not gateway.janus_ready.is_set():
+        raise api_error(503, "the media server is not available right now; rejoin in a moment")
+    socket = web.WebSocketResponse(
+        protocols=("janus-protocol",), heartbeat=SOCKET_HEARTBEAT_S, max_msg_size=MAX_FRAME_BYTES
+    )
+    await socket.prepare(request)
+    grant = Grant(room.keys.room_id, room.keys.pin, participant.feed_id, participant.profile.name, room.feed_ids)
+    participant.socket_opened()
+    try:
+        janus = gateway.options.janus
+        await relay(socket, janus.url, janus.api_secret, grant, lambda: gateway.media_up(participant))
+    except (OSError, ConnectionError) as exc:
+        log.warning("media socket of %s ended: %s", participant.profile.name, exc)
+    finally:
+        participant.socket_closed()
+        await socket.close()
+    return socket
 
 
 async def room_state(request: web.Request) -> web.Response:
     gateway = request.app[GATEWAY_KEY]
-    room = gateway.rooms.get(valid_room(request.match_info["room"]))
+    name = valid_room(request.match_info["room"])
+    authorize(gateway.options, name, request.query.get("token", ""))
+    room = gateway.rooms.get(name)
     if room is None:
         raise api_error(404, "no one is in this room")
     timelines = {language: vars(t.stats) for language, t in room.timelines.items()}
@@ -159,8 +276,8 @@ async def room_state(request: web.Request) -> web.Response:
 
 # -- validation -------------------------------------------------------------------------------------
 def valid_room(room: str) -> str:
-    if not ROOM_NAME.match(room):
-        raise api_error(400, "invalid room name: use 1-64 letters, digits, '-' or '_'")
+    if not ROOM_NAME.fullmatch(room):
+        raise api_error(400, f"invalid room name {room!r}: use {ROOM_RULE}")
     return room
 
 
@@ -189,7 +306,7 @@ def parse_profile(options: GatewayOptions, body: dict[str, Any], claims: TokenCl
     name = claims.name if claims else str(body.get("name") or "").strip()
     if not name or len(name) > MAX_NAME_CHARS or any(ord(c) < 32 for c in name):
         raise api_error(400, f"a display name of 1-{MAX_NAME_CHARS} printable characters is required")
-    speak, hear = str(body.get("speak") or ""), str(body.get("hear") or "")
+    speak, hear = body.get("speak"), body.get("hear")
     for field, code in (("speak", speak), ("hear", hear)):
         if code not in options.languages:
             supported = ", ".join(options.languages)
@@ -199,20 +316,12 @@ def parse_profile(options: GatewayOptions, body: dict[str, Any], claims: TokenCl
         raise api_error(400, "options must be a JSON object")
     return Profile(
         name=name,
-        speak=speak,
-        hear=hear,
+        speak=str(speak),
+        hear=str(hear),
         role=claims.role if claims else "participant",
-        hear_original=bool(toggles.get("hear_original", False)),
-        lipsync=bool(toggles.get("lipsync", True)),
-        consent=bool(toggles.get("consent", True)),
-        match_voice=bool(toggles.get("match_voice", False)),
+        hear_original=toggles.get("hear_original") is True,
+        lipsync=toggles.get("lipsync") is True,
+        consent=toggles.get("consent", True) is True,
+        face_consent=toggles.get("face_consent") is True,
+        match_voice=toggles.get("match_voice") is True,
     )
-
-
-def parse_offer(body: dict[str, Any]) -> str:
-    sdp = body.get("sdp")
-    if body.get("type", "offer") != "offer" or not isinstance(sdp, str):
-        raise api_error(400, "an SDP offer is required: {type: 'offer', sdp: '...'}")
-    if not sdp.startswith("v=0") or "\nm=" not in sdp:
-        raise api_error(400, "malformed SDP offer: it must start with 'v=0' and have media sections ('m=')")
-    return sdp

@@ -24,10 +24,31 @@ REORDER_WAIT_S = 4.0
 CLIENT_MAX_SIZE = 64 * 1024
 # Recent decoded video frames kept per participant for lip-sync (about 2 s at 15 fps).
 VIDEO_WINDOW_FRAMES = 30
-# Gain applied to the original voice when a listener asks to hear it quietly under the translation.
-ORIGINAL_UNDER_GAIN = 0.2
 MAX_NAME_CHARS = 64
 MAX_PARTICIPANTS_PER_ROOM = 16
+# A participant whose media never reaches Janus this long after joining is removed: a join that never
+# connects must not hold a place in the room.
+MEDIA_TIMEOUT_S = 30.0
+# A participant whose sockets all closed (tab closed, network lost) is removed after this grace; a page
+# that reconnects sooner keeps its place.
+DISCONNECT_GRACE_S = 10.0
+
+
+@dataclass(frozen=True)
+class JanusOptions:
+    """Where the SFU is, and the secrets only the gateway holds (see babelroom/janus.py)."""
+
+    url: str = ""  # the Janus WebSocket API, e.g. ws://127.0.0.1:8188; `babelroom up` starts its own
+    api_secret: str = ""
+    admin_key: str = ""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> JanusOptions:
+        return cls(
+            url=env.get("BABELROOM_JANUS_URL", ""),
+            api_secret=env.get("BABELROOM_JANUS_API_SECRET", ""),
+            admin_key=env.get("BABELROOM_JANUS_ADMIN_KEY", ""),
+        )
 
 
 @dataclass(frozen=True)
@@ -43,8 +64,10 @@ class GatewayOptions:
     reorder_wait_s: float = REORDER_WAIT_S
     client_max_size: int = CLIENT_MAX_SIZE
     video_window_frames: int = VIDEO_WINDOW_FRAMES
-    original_under_gain: float = ORIGINAL_UNDER_GAIN
     max_participants: int = MAX_PARTICIPANTS_PER_ROOM
+    media_timeout_s: float = MEDIA_TIMEOUT_S
+    disconnect_grace_s: float = DISCONNECT_GRACE_S
+    janus: JanusOptions = field(default_factory=JanusOptions)
     floor: FloorOptions = field(default_factory=FloorOptions)
     segmenter: SegmenterOptions = field(default_factory=SegmenterOptions)
 
@@ -64,6 +87,7 @@ class GatewayOptions:
             ice_credential=env.get("BABELROOM_ICE_CREDENTIAL", ""),
             playout_delay_s=float(env.get("BABELROOM_PLAYOUT_DELAY_S", PLAYOUT_DELAY_S)),
             late_bound_s=float(env.get("BABELROOM_LATE_BOUND_S", LATE_BOUND_S)),
+            janus=JanusOptions.from_env(env),
             floor=FloorOptions(
                 silence_timeout_s=float(env.get("BABELROOM_FLOOR_SILENCE_S", SILENCE_TIMEOUT_S)),
                 overlap=_overlap_policy(env.get("BABELROOM_OVERLAP", OverlapPolicy.QUEUE.value)),

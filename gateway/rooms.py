@@ -1,21 +1,25 @@
-"""Rooms and their participants: who speaks and hears what, and the per-language playout timelines."""
+"""Rooms and their participants: who speaks and hears what, their feeds in Janus, the per-language
+playout timelines, and each participant's queue of room events (captions, roster, floor, playout)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import secrets
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiortc import RTCDataChannel, RTCPeerConnection
-from aiortc.contrib.media import MediaRelay
-from aiortc.mediastreams import MediaStreamTrack
-
-from gateway.media import MixTrack, VideoWindow
 from gateway.playout import PlayoutOptions, PlayoutTimeline
+from gateway.videoroom import Feed, RoomKeys, new_id
 from pipeline import turns
 
 log = logging.getLogger(__name__)
+
+# Room events queued for a participant whose events socket is not open (yet, or for a moment); the
+# oldest give way first: by the time someone reconnects, the newest captions are the ones that matter.
+OUTBOX_LIMIT = 500
 
 
 @dataclass(frozen=True)
@@ -27,8 +31,9 @@ class Profile:
     hear: str
     role: str = "participant"
     hear_original: bool = False  # the original voice quietly under the translation
-    lipsync: bool = True  # wants lip-synced video of the others
-    consent: bool = True  # their voice and lips may be processed (translation, lip-sync)
+    lipsync: bool = False  # wants lip-synced video of the others (when the service has lip-sync)
+    consent: bool = True  # their speech may be processed for translation (else: others hear the original only)
+    face_consent: bool = False  # their face may be processed for lip-sync: an explicit choice, off by default
     match_voice: bool = False  # their pitch may be analysed so the translated voice sounds closer to theirs
 
 
@@ -37,44 +42,58 @@ class Participant:
     id: str
     room: str
     profile: Profile
-    pc: RTCPeerConnection
-    originals: MixTrack = field(default_factory=MixTrack)
-    channel: RTCDataChannel | None = None
-    outbox: list[str] = field(default_factory=list)  # messages queued until the data channel opens
+    feed_id: int = field(default_factory=new_id)  # their publisher id in Janus, assigned by the gateway
+    ticket: str = field(default_factory=lambda: secrets.token_urlsafe(24))  # proves a socket is theirs
+    joined_at: float = field(default_factory=time.monotonic)
+    feed: Feed | None = None  # what they publish in Janus, once they do
     muted: bool = False
-    camera: MediaStreamTrack | None = None
-    video_window: VideoWindow | None = None
-    video_slots: dict[str, Participant] = field(default_factory=dict)  # mid -> whose camera that section sends
+    camera: bool = True
+    media_up: bool = False  # Janus reported one of their peer connections up
+    sockets: int = 0  # open events and media (proxy) sockets
+    disconnected_at: float | None = None  # when the last socket closed
+    outbox: asyncio.Queue[str] = field(default_factory=lambda: asyncio.Queue(OUTBOX_LIMIT))
     waiting: list[Any] = field(default_factory=list)  # segments held until this speaker gets the floor
 
     def send(self, message: dict[str, Any]) -> None:
-        text = json.dumps(message, ensure_ascii=False)
-        if self.channel is not None and self.channel.readyState == "open":
-            self.channel.send(text)
-        else:
-            self.outbox.append(text)
+        if self.outbox.full():
+            self.outbox.get_nowait()
+        self.outbox.put_nowait(json.dumps(message, ensure_ascii=False))
 
-    def flush_outbox(self) -> None:
-        if self.channel is None:
-            return
-        for text in self.outbox:
-            self.channel.send(text)
-        self.outbox.clear()
+    def socket_opened(self) -> None:
+        self.sockets += 1
+        self.disconnected_at = None
+
+    def socket_closed(self) -> None:
+        self.sockets = max(0, self.sockets - 1)
+        if self.sockets == 0:
+            self.disconnected_at = time.monotonic()
 
     def public(self) -> dict[str, Any]:
         p = self.profile
-        return {"id": self.id, "name": p.name, "speak": p.speak, "hear": p.hear, "muted": self.muted}
+        streams = [{"mid": s.mid, "type": s.type} for s in self.feed.streams] if self.feed else []
+        return {
+            "id": self.id,
+            "name": p.name,
+            "speak": p.speak,
+            "hear": p.hear,
+            "muted": self.muted,
+            "camera": self.camera and any(s["type"] == "video" for s in streams),
+            "feed": self.feed_id if self.feed else None,
+            "streams": streams,
+        }
 
 
 class Room:
     def __init__(self, name: str, playout: PlayoutOptions, floor: turns.FloorOptions | None = None) -> None:
         self.name = name
+        self.keys = RoomKeys()
         self.playout = playout
         self.floor = turns.Room(name, floor or turns.FloorOptions())
         self.participants: dict[str, Participant] = {}
         self.names: dict[str, str] = {}  # participant id -> display name, kept after they leave for late captions
         self.timelines: dict[str, PlayoutTimeline] = {}
-        self.relay = MediaRelay()
+        self.feeds: dict[str, int] = {}  # listening language -> the feed id of its translated speech
+        self.pending_feeds: dict[int, str] = {}  # feeds published but not yet announced by Janus -> language
         self._seq: dict[str, int] = {}
 
     def add(self, participant: Participant) -> None:
@@ -86,6 +105,21 @@ class Room:
     def remove(self, participant_id: str) -> tuple[Participant | None, list[turns.FloorEvent]]:
         events = self.floor.leave(participant_id) if participant_id in self.floor.participants else []
         return self.participants.pop(participant_id, None), events
+
+    def by_feed(self, feed_id: int) -> Participant | None:
+        return next((p for p in self.participants.values() if p.feed_id == feed_id), None)
+
+    def feed_ids(self) -> set[int]:
+        """Feeds a participant of this room may subscribe to: the others' and the language feeds."""
+        return {p.feed_id for p in self.participants.values()} | set(self.feeds.values())
+
+    def languages_needing_a_feed(self) -> set[str]:
+        """A language needs a feed of translated speech when someone hears it and someone else speaks
+        another language: one feed per distinct listening language, whatever the number of listeners."""
+        people = list(self.participants.values())
+        return {
+            p.profile.hear for p in people if any(q.id != p.id and q.profile.speak != p.profile.hear for q in people)
+        }
 
     def next_seq(self, speaker: str) -> int:
         self._seq[speaker] = self._seq.get(speaker, -1) + 1

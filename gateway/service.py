@@ -1,49 +1,46 @@
-"""The gateway's core: rooms, joining and leaving, each participant's media, and the results tail.
+"""The gateway's core: the bridge between Janus (the media plane) and the translation pipeline.
 
-One segment's path through here: a participant's inbound audio track -> mono 48 kHz -> their
-Segmenter (16 kHz, closed at a natural pause) -> the room's floor control (translate, captions only,
-or wait for the floor) -> a SpeechSegment on the bus with targets = the listeners' distinct languages.
-The workers' results come back through `tail_results` -> captions.dispatch -> data channels and the
-per-language playout timelines that every listener's translated track reads.
+Janus forwards every camera and microphone between the browsers without decoding them. The gateway
+owns the rooms in Janus and plays two parts in each, kept apart in their own modules:
+- ingest (gateway/ingest.py): a subscriber to each participant's audio, their segmenter, the floor,
+  and SpeechSegments on the bus;
+- egress (gateway/egress.py): results from the bus as captions on each participant's events socket,
+  and translated speech on one feed per listening language that listeners subscribe to in Janus.
+
+A participant joins over HTTP (validated name, languages and token), then opens two sockets with the
+ticket they were given: the events socket (captions, roster, floor; mute and floor requests back) and
+the media socket, which carries their janus.js session through the filtering proxy (gateway/proxy.py).
+A participant whose media never connects, or whose sockets stay closed, is removed after a bound.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hmac
 import json
 import logging
 import secrets
 import time
-from collections import deque
-from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
-from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
-from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
-from av import AudioFrame
-from redis.exceptions import RedisError
+from aiortc import RTCConfiguration, RTCIceServer
 
-from gateway import captions
-from gateway.media import VideoWindow, mono_samples
+from gateway.egress import Egress
+from gateway.ingest import Ingest
+from gateway.janus import Handle, JanusClient, JanusClosed, JanusError
 from gateway.options import GatewayOptions
-from gateway.playout import OUTPUT_RATE, PlayoutOptions, TimelineTrack
+from gateway.playout import PlayoutOptions
 from gateway.rooms import Participant, Profile, Room
-from pipeline import turns
-from pipeline.audio import resample
+from gateway.videoroom import PLUGIN, Feed, Monitor, Subscriber, create_room, destroy_room, kick, new_id
 from pipeline.bus import Bus
-from pipeline.messages import SAMPLE_RATE, SpeechSegment
-from pipeline.routes import RESULTS
-from pipeline.segmenter import Segment, Segmenter
 
 log = logging.getLogger(__name__)
 
 TICK_S = 0.1  # floor timeouts, playout give-ups and "still playing" notices run at this pace
-TAIL_BLOCK_MS = 1_000
-TAIL_COUNT = 100
-REDIS_RETRY_S = 1.0
-# Segments that could not be published (Redis away) are held and retried in order; one older than
-# this is dropped and counted: by then its moment in the conversation has passed.
-OUTBOX_MAX_AGE_S = 30.0
+EXPIRY_EVERY_S = 1.0
+JANUS_RETRY_S = (0.5, 1.0, 2.0, 5.0)
+MONITOR_DISPLAY = "babelroom-monitor"
 
 
 class JoinError(Exception):
@@ -54,16 +51,6 @@ class JoinError(Exception):
         self.status = status
 
 
-@dataclass
-class GatewayStats:
-    joined: int = 0
-    segments_published: int = 0
-    segments_waiting: int = 0
-    segments_held: int = 0  # held while Redis was unavailable, published later
-    segments_dropped: int = 0  # held too long and given up
-    results: int = 0
-
-
 class Gateway:
     def __init__(self, bus: Bus, options: GatewayOptions) -> None:
         self.bus = bus
@@ -71,23 +58,33 @@ class Gateway:
         self.playout = PlayoutOptions(options.playout_delay_s, options.late_bound_s, options.reorder_wait_s)
         self.rooms: dict[str, Room] = {}
         self.sessions: dict[str, Participant] = {}
-        self.stats = GatewayStats()
+        self.ingest = Ingest(bus, options)
+        self.egress = Egress(bus, self.rooms)
+        self.joined = 0
+        self.janus: JanusClient | None = None
+        self.janus_ready = asyncio.Event()
+        self._control: Handle | None = None  # creates, destroys and kicks; never joins a room
+        self._monitors: dict[str, Monitor] = {}
+        self._listeners: dict[str, tuple[Subscriber, asyncio.Task[None]]] = {}  # participant id -> audio
+        self._events_sockets: dict[str, Any] = {}
+        self._rooms_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._playing: dict[tuple[str, str], tuple[str, int] | None] = {}
-        self._outbox: deque[tuple[Room, SpeechSegment, float]] = deque()
 
     # -- lifecycle --------------------------------------------------------------------------------
     async def start(self) -> None:
-        self._spawn(self.tail_results())
+        self._spawn(self._janus_forever())
+        self._spawn(self.egress.tail_results())
+        self._spawn(self.ingest.flush_outbox_forever())
         self._spawn(self._tick_forever())
-        self._spawn(self._flush_outbox_forever())
 
     async def stop(self) -> None:
         for participant_id in list(self.sessions):
-            await self.leave(participant_id)
+            await self.leave(participant_id, "the gateway is stopping")
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.janus is not None:
+            await self.janus.close()
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro)
@@ -101,8 +98,8 @@ class Gateway:
             log.error("gateway task failed", exc_info=task.exception())
 
     def rtc_configuration(self) -> RTCConfiguration:
-        # iceServers=[] matters: aiortc otherwise adds Google's STUN server, which a loopback or
-        # offline deployment cannot reach (and ICE gathering then waits for it).
+        # iceServers=[] matters: aiortc otherwise adds Google's STUN server, which an offline
+        # deployment cannot reach (and ICE gathering then waits for it).
         o = self.options
         servers = [
             RTCIceServer(urls=url, username=o.ice_username or None, credential=o.ice_credential or None)
@@ -110,110 +107,223 @@ class Gateway:
         ]
         return RTCConfiguration(iceServers=servers)
 
-    # -- joining and leaving ----------------------------------------------------------------------
-    async def join(self, room_name: str, profile: Profile, offer_sdp: str) -> tuple[Participant, str]:
-        room = self.rooms.get(room_name) or Room(room_name, self.playout, self.options.floor)
-        if len(room.participants) >= self.options.max_participants:
-            raise JoinError(409, f"room {room_name!r} is full ({self.options.max_participants} participants)")
-        pc = RTCPeerConnection(self.rtc_configuration())
-        participant = Participant(secrets.token_hex(6), room_name, profile, pc)
-        self._wire_peer(room, participant)
-        try:
-            await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
-            self._attach_outgoing_audio(room, participant)
-            await pc.setLocalDescription(await pc.createAnswer())
-        except JoinError:
-            await pc.close()
-            raise
-        except Exception as exc:  # aiortc raises ValueError, KeyError, ... on SDP it cannot use
-            await pc.close()
-            raise JoinError(400, f"malformed or unusable SDP offer: {exc or type(exc).__name__}") from exc
-        self.rooms[room_name] = room
-        room.add(participant)
-        self.sessions[participant.id] = participant
-        self.stats.joined += 1
-        log.info("%s joined room %s (speaks %s, hears %s)", profile.name, room_name, profile.speak, profile.hear)
-        participant.send({"type": "welcome", "id": participant.id, "room": room_name})
-        self._announce_roster(room)
-        return participant, pc.localDescription.sdp
+    # -- the connection to Janus ------------------------------------------------------------------
+    async def _janus_forever(self) -> None:
+        failures = 0
+        while True:
+            client = JanusClient(self.options.janus.url, self.options.janus.api_secret)
+            try:
+                await client.connect()
+                self._control = await client.attach(PLUGIN)
+            except (JanusClosed, JanusError, TimeoutError, OSError) as exc:
+                delay = JANUS_RETRY_S[min(failures, len(JANUS_RETRY_S) - 1)]
+                failures += 1
+                log.warning("Janus unavailable at %s (%s); retrying in %.1f s", client.url, exc, delay)
+                await client.close()
+                await asyncio.sleep(delay)
+                continue
+            failures = 0
+            self.janus = client
+            log.info("connected to Janus at %s", client.url)
+            for room in list(self.rooms.values()):
+                await self._open_in_janus(room)
+            self.janus_ready.set()
+            await client.closed.wait()
+            self.janus_ready.clear()
+            log.error("lost Janus; rooms are opened again when it is back, and pages rejoin by themselves")
+            for room in list(self.rooms.values()):
+                await self._close_in_janus(room)
+            await client.close()
 
-    async def leave(self, participant_id: str) -> bool:
+    async def _open_in_janus(self, room: Room) -> None:
+        """Create the room in Janus (again, after a Janus restart), watch its publishers, publish feeds."""
+        assert self.janus is not None and self._control is not None
+        publishers = self.options.max_participants + len(self.options.languages)
+        try:
+            await create_room(
+                self._control, self.options.janus.admin_key, room.keys, publishers, f"BabelRoom {room.name}"
+            )
+        except JanusError as exc:
+            if exc.code != 427:  # 427: the room exists already (only our connection to Janus was lost)
+                raise
+        monitor = Monitor(lambda feed: self._on_feed(room, feed), lambda feed_id: self._on_gone(room, feed_id))
+        self._monitors[room.name] = monitor
+        await monitor.start(self.janus, room.keys, new_id())
+        await self._update_feeds(room)
+
+    async def _close_in_janus(self, room: Room) -> None:
+        monitor = self._monitors.pop(room.name, None)
+        if monitor is not None:
+            await monitor.stop()
+        for participant in room.participants.values():
+            await self._stop_listening(participant)
+        await self.egress.close_room(room)
+
+    async def _update_feeds(self, room: Room) -> None:
+        if self.janus is None or not self.janus.connected:
+            return
+        if await self.egress.update_feeds(self.janus, room, self.rtc_configuration()):
+            self._announce_roster(room)
+
+    # -- joining and leaving ----------------------------------------------------------------------
+    async def join(self, room_name: str, profile: Profile) -> Participant:
+        if not self.janus_ready.is_set():
+            raise JoinError(503, "the media server is not available right now; try again in a moment")
+        async with self._rooms_lock:
+            room = self.rooms.get(room_name)
+            if room is None:
+                room = Room(room_name, self.playout, self.options.floor)
+                try:
+                    await self._open_in_janus(room)
+                except (JanusError, JanusClosed, TimeoutError) as exc:
+                    await self._close_in_janus(room)
+                    raise JoinError(503, f"the media server could not open the room: {exc}") from exc
+                self.rooms[room_name] = room
+            if len(room.participants) >= self.options.max_participants:
+                raise JoinError(409, f"room {room_name!r} is full ({self.options.max_participants} participants)")
+            participant = Participant(secrets.token_hex(6), room_name, profile)
+            room.add(participant)
+            self.sessions[participant.id] = participant
+        self.joined += 1
+        log.info("%s joined room %s (speaks %s, hears %s)", profile.name, room_name, profile.speak, profile.hear)
+        await self._update_feeds(room)
+        self._announce_roster(room)
+        return participant
+
+    async def leave(self, participant_id: str, reason: str = "left") -> bool:
         participant = self.sessions.pop(participant_id, None)
         if participant is None:
             return False
+        await self._stop_listening(participant)
+        socket = self._events_sockets.pop(participant.id, None)
+        if socket is not None:
+            await socket.close()
         room = self.rooms.get(participant.room)
         if room is not None:
             _, events = room.remove(participant_id)
-            for other in room.participants.values():
-                other.originals.drop(participant_id)
-            await self._floor_events(room, events)
-            self._announce_roster(room)
+            if self._control is not None and self.janus_ready.is_set():
+                await kick(self._control, room.keys, participant.feed_id)
+            await self.ingest.floor_events(room, events)
             if room.empty:
-                self.rooms.pop(room.name, None)
-        participant.originals.stop()
-        await participant.pc.close()
-        log.info("%s left room %s", participant.profile.name, participant.room)
+                await self._close_room(room)
+            else:
+                await self._update_feeds(room)
+                self._announce_roster(room)
+        log.info("%s left room %s (%s)", participant.profile.name, participant.room, reason)
         return True
 
-    def _wire_peer(self, room: Room, participant: Participant) -> None:
-        pc = participant.pc
+    async def _close_room(self, room: Room) -> None:
+        self.rooms.pop(room.name, None)
+        await self._close_in_janus(room)
+        if self._control is not None and self.janus_ready.is_set():
+            await destroy_room(self._control, room.keys)
 
-        @pc.on("datachannel")
-        def on_datachannel(channel: Any) -> None:
-            participant.channel = channel
-            channel.on("message", lambda text: self._spawn(self.on_client_message(participant, text)))
-            participant.flush_outbox()
+    def authenticate(self, participant_id: str, ticket: str) -> Participant:
+        participant = self.sessions.get(participant_id)
+        if participant is None or not hmac.compare_digest(participant.ticket.encode(), ticket.encode()):
+            raise JoinError(401, "no such session, or a wrong ticket: join the room again")
+        return participant
 
-        @pc.on("track")
-        def on_track(track: MediaStreamTrack) -> None:
-            if track.kind == "audio":
-                self._spawn(self.consume_audio(room, participant, track))
-            else:
-                self._receive_camera(room, participant, track)
+    def media_up(self, participant: Participant) -> None:
+        participant.media_up = True
 
-        @pc.on("connectionstatechange")
-        async def on_state() -> None:
-            if pc.connectionState in ("failed", "closed"):
-                await self.leave(participant.id)
+    async def attach_events(self, participant: Participant, socket: Any) -> None:
+        """A participant's (new) events socket: it replaces any older one, and starts with the room's state."""
+        old = self._events_sockets.get(participant.id)
+        self._events_sockets[participant.id] = socket
+        if old is not None:
+            await old.close()
+        room = self.rooms.get(participant.room)
+        if room is not None:
+            participant.send({"type": "welcome", "id": participant.id, "room": room.name})
+            participant.send(self._roster(room))
+            participant.send(room.floor_state())
 
-    def _attach_outgoing_audio(self, room: Room, participant: Participant) -> None:
-        """First audio section: mic up, translation down. Second (if offered): the others' own voices."""
-        audio = [t for t in participant.pc.getTransceivers() if t.kind == "audio"]
-        if not audio:
-            raise JoinError(400, "the SDP offer has no audio section: a microphone track is required")
-        audio[0].sender.replaceTrack(TimelineTrack(room.timeline(participant.profile.hear)))
-        audio[0].direction = "sendrecv"
-        if len(audio) > 1:
-            audio[1].sender.replaceTrack(participant.originals)
-            audio[1].direction = "sendonly"
+    def detach_events(self, participant: Participant, socket: Any) -> None:
+        if self._events_sockets.get(participant.id) is socket:
+            self._events_sockets.pop(participant.id, None)
 
-    def _receive_camera(self, room: Room, participant: Participant, track: MediaStreamTrack) -> None:
-        participant.camera = track
-        if participant.profile.consent:  # frames are kept for lip-sync only with consent
-            participant.video_window = VideoWindow(self.options.video_window_frames)
-            self._spawn(participant.video_window.fill(room.relay.subscribe(track, buffered=False)))
+    # -- what Janus tells us ----------------------------------------------------------------------
+    def _on_feed(self, room: Room, feed: Feed) -> None:
+        language = room.pending_feeds.pop(feed.id, None)
+        if language is not None:  # one of our language feeds is up: listeners may subscribe now
+            room.feeds[language] = feed.id
+            self._announce_roster(room)
+            return
+        participant = room.by_feed(feed.id)
+        if participant is None:
+            return  # someone already removed
+        participant.feed = feed
+        if participant.id not in self._listeners and feed.mids("audio"):
+            self._spawn(self._listen(room, participant, feed))
+        self._announce_roster(room)
+
+    def _on_gone(self, room: Room, feed_id: int) -> None:
+        participant = room.by_feed(feed_id)
+        if participant is None:
+            return
+        participant.feed = None
+        self._spawn(self._stop_listening(participant))
+        self._announce_roster(room)
+
+    async def _listen(self, room: Room, participant: Participant, feed: Feed) -> None:
+        """Take the participant's audio out of Janus (an aiortc subscriber) and segment it."""
+        if self.janus is None:
+            return
+        subscriber = Subscriber(self.rtc_configuration())
+        task = asyncio.current_task()
+        assert task is not None
+        self._listeners[participant.id] = (subscriber, task)
+        try:
+            await subscriber.start(self.janus, room.keys, feed.id, feed.mids("audio")[:1])
+            track = await subscriber.tracks.get()
+            await self.ingest.listen(room, participant, track)
+        except (JanusError, JanusClosed, TimeoutError) as exc:
+            log.warning("could not subscribe to %s's audio: %s", participant.profile.name, exc)
+        finally:
+            if self._listeners.get(participant.id, (None, None))[0] is subscriber:
+                self._listeners.pop(participant.id, None)
+            with contextlib.suppress(Exception):
+                await subscriber.stop()
+
+    async def _stop_listening(self, participant: Participant) -> None:
+        subscriber, task = self._listeners.pop(participant.id, (None, None))
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+        if subscriber is not None:
+            with contextlib.suppress(Exception):
+                await subscriber.stop()
+
+    # -- room state for the pages -----------------------------------------------------------------
+    def _roster(self, room: Room) -> dict[str, Any]:
+        return {"type": "roster", "participants": room.roster(), "feeds": dict(room.feeds)}
 
     def _announce_roster(self, room: Room) -> None:
-        roster = [{**p.public(), "video": p.camera is not None} for p in room.participants.values()]
-        room.broadcast({"type": "roster", "participants": roster})
+        room.broadcast(self._roster(room))
         room.broadcast(room.floor_state())
 
-    # -- signaling over the data channel ----------------------------------------------------------
+    # -- what the page asks over its events socket ------------------------------------------------
     async def on_client_message(self, participant: Participant, text: str) -> None:
         try:
             message = json.loads(text)
+            if not isinstance(message, dict):
+                raise ValueError("a message is a JSON object")
             kind = message.get("type")
-            if kind == "offer":
-                await self.renegotiate(participant, str(message["sdp"]), dict(message.get("slots", {})))
-            elif kind == "mute":
+            room = self.rooms.get(participant.room)
+            if kind == "mute":
                 participant.muted = bool(message.get("muted"))
-                room = self.rooms.get(participant.room)
-                if room is not None:
-                    self._announce_roster(room)
+            elif kind == "camera":
+                participant.camera = bool(message.get("on"))
             elif kind == "floor":
                 await self.floor_request(participant, str(message.get("action")))
+                return
             elif kind == "leave":
                 await self.leave(participant.id)
+                return
+            else:
+                raise ValueError(f"unknown message type {kind!r}")
+            if room is not None:
+                self._announce_roster(room)
         except Exception as exc:  # one client's bad message must not disturb the room
             log.warning("bad message from %s: %s", participant.id, exc)
             participant.send({"type": "error", "error": f"could not handle message: {exc}"})
@@ -224,199 +334,34 @@ class Gateway:
         if room is None:
             return
         if action == "request":
-            await self._floor_events(room, room.floor.request(participant.id))
+            await self.ingest.floor_events(room, room.floor.request(participant.id))
         elif action == "release":
-            await self._floor_events(room, room.floor.release(participant.id))
+            await self.ingest.floor_events(room, room.floor.release(participant.id))
         else:
             raise ValueError(f"unknown floor action {action!r}: use request or release")
 
-    async def renegotiate(self, participant: Participant, sdp: str, slots: dict[str, str]) -> None:
-        """The client re-offers with a receive-only video section per other participant (`slots`: mid ->
-        participant id, or "" for a free slot); each is answered with that participant's relayed camera."""
-        room = self.rooms.get(participant.room)
-        pc = participant.pc
-        if room is None:
-            return
-        await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
-        for transceiver in pc.getTransceivers():
-            if transceiver.kind != "video" or transceiver.mid not in slots:
-                continue
-            source = room.participants.get(slots[transceiver.mid])
-            current = participant.video_slots.get(transceiver.mid or "")
-            if source is None or source.camera is None:
-                transceiver.sender.replaceTrack(None)
-                participant.video_slots.pop(transceiver.mid or "", None)
-            elif current is None or current.id != source.id:
-                transceiver.sender.replaceTrack(room.relay.subscribe(source.camera, buffered=False))
-                participant.video_slots[transceiver.mid or ""] = source
-            transceiver.direction = "sendonly"
-        await pc.setLocalDescription(await pc.createAnswer())
-        participant.send({"type": "answer", "sdp": pc.localDescription.sdp})
-
-    # -- inbound audio: segment, floor, publish ---------------------------------------------------
-    async def consume_audio(self, room: Room, participant: Participant, track: MediaStreamTrack) -> None:
-        segmenter = Segmenter(self.options.segmenter, input_rate=OUTPUT_RATE)
-        while True:
-            try:
-                frame = await track.recv()
-            except MediaStreamError:
-                return
-            if not isinstance(frame, AudioFrame):
-                continue
-            try:
-                samples = mono_samples(frame)
-            except ValueError as exc:  # one bad frame is skipped; the participant's audio carries on
-                log.warning("skipped an audio frame from %s: %s", participant.profile.name, exc)
-                continue
-            if frame.sample_rate != OUTPUT_RATE:
-                samples = resample(samples, frame.sample_rate, OUTPUT_RATE)
-            if participant.muted:
-                samples = samples * 0.0
-            self._share_original(room, participant, samples)
-            segments = segmenter.feed(samples)
-            if participant.id not in room.participants:
-                continue  # still joining, or gone
-            now = time.time()
-            if segmenter.speaking:
-                await self._floor_events(room, room.floor.heard(participant.id))
-            for segment in segments:
-                captured_at = now - (segmenter.position_sample - segment.end_sample) / SAMPLE_RATE
-                await self.submit_segment(room, participant, segment, captured_at)
-
-    def _share_original(self, room: Room, speaker: Participant, samples: Any) -> None:
-        """The speaker's own voice: full level to listeners of their language, quietly to those who asked."""
-        for listener in room.participants.values():
-            if listener.id == speaker.id:
-                continue
-            if listener.profile.hear == speaker.profile.speak:
-                listener.originals.push(speaker.id, samples, 1.0)
-            elif listener.profile.hear_original:
-                listener.originals.push(speaker.id, samples, self.options.original_under_gain)
-
-    async def submit_segment(self, room: Room, participant: Participant, segment: Segment, captured_at: float) -> None:
-        if not participant.profile.consent:
-            return  # no consent to voice processing: the others hear the original voice only
-        plan = room.floor.submit(participant.id)
-        if plan.disposition is turns.Disposition.WAIT:
-            participant.waiting.append((segment, captured_at))
-            self.stats.segments_waiting += 1
-        else:
-            await self.publish(room, participant, segment, captured_at, plan.targets)
-        await self._floor_events(room, list(plan.events))
-
-    async def publish(
-        self, room: Room, participant: Participant, segment: Segment, captured_at: float, targets: tuple[str, ...]
-    ) -> None:
-        seq = room.next_seq(participant.id)
-        profile = participant.profile
-        message = segment.to_message(room.name, participant.id, seq, profile.speak, targets, profile.match_voice)
-        for language in targets:
-            room.timeline(language).expect(participant.id, seq)
-        message = message.stamped("captured", captured_at)
-        if self._outbox:  # keep the order: earlier segments are still waiting for Redis
-            self._hold(room, message)
-            return
-        try:
-            await self.bus.publish(message.stamped("published"))
-            self.stats.segments_published += 1
-        except RedisError as exc:
-            log.warning("redis unavailable (%s): holding segments until it is back", exc)
-            self._hold(room, message)
-
-    def _hold(self, room: Room, message: SpeechSegment) -> None:
-        self._outbox.append((room, message, time.monotonic()))
-        self.stats.segments_held += 1
-
-    async def _flush_outbox_forever(self) -> None:
-        while True:
-            await asyncio.sleep(REDIS_RETRY_S)
-            await self.flush_outbox()
-
-    async def flush_outbox(self) -> None:
-        """Publish held segments in order; stop at the first failure, drop the ones held too long."""
-        while self._outbox:
-            room, message, held_at = self._outbox[0]
-            if time.monotonic() - held_at > OUTBOX_MAX_AGE_S:
-                self._outbox.popleft()
-                self.stats.segments_dropped += 1
-                log.error("dropped %s: redis was unavailable for over %.0f s", message.log_context, OUTBOX_MAX_AGE_S)
-                for language in message.targets:
-                    room.timeline(language).forget(message.speaker, message.seq)
-                continue
-            try:
-                await self.bus.publish(message.stamped("published"))
-            except RedisError:
-                return
-            self._outbox.popleft()
-            self.stats.segments_published += 1
-
-    async def _floor_events(self, room: Room, events: list[turns.FloorEvent]) -> None:
-        if not events:
-            return
-        room.broadcast(room.floor_state())
-        for event in events:
-            speaker = room.participants.get(event.participant)
-            if event.action == "granted" and speaker is not None and speaker.waiting:
-                waiting, speaker.waiting = speaker.waiting, []
-                for segment, captured_at in waiting:
-                    await self.publish(room, speaker, segment, captured_at, turns.plan_targets(room.floor, speaker.id))
-
-    # -- results and timers -----------------------------------------------------------------------
-    async def tail_results(self) -> None:
-        last_id = await self._results_start_id()
-        while True:
-            try:
-                deliveries = await self.bus.tail(RESULTS, last_id, TAIL_COUNT, TAIL_BLOCK_MS)
-            except (RedisError, OSError) as exc:
-                log.warning("results tail failed (%s); retrying", exc)
-                await asyncio.sleep(REDIS_RETRY_S)
-                continue
-            for delivery in deliveries:
-                last_id = delivery.entry_id
-                if delivery.message is None:
-                    log.warning("undecodable result %s: %s", delivery.entry_id, delivery.error)
-                    continue
-                self.stats.results += 1
-                try:
-                    captions.dispatch(self.rooms, delivery.message)
-                except Exception:
-                    log.exception("dispatching %s failed", delivery.message.log_context)
-
-    async def _results_start_id(self) -> bytes | str:
-        """Start after the newest entry now in the stream: results from before this gateway are not ours."""
-        while True:
-            try:
-                newest = await self.bus.client.xrevrange(self.bus.stream(RESULTS), count=1)
-                return cast(bytes, newest[0][0]) if newest else "0-0"
-            except (RedisError, OSError) as exc:
-                log.warning("redis unavailable (%s); retrying", exc)
-                await asyncio.sleep(REDIS_RETRY_S)
-
+    # -- timers -----------------------------------------------------------------------------------
     async def _tick_forever(self) -> None:
+        last_expiry = 0.0
         while True:
             await asyncio.sleep(TICK_S)
             for room in list(self.rooms.values()):
                 try:
-                    await self._tick(room, time.time())
+                    await self.ingest.floor_events(room, room.floor.tick())
+                    self.egress.tick(room, time.time())
                 except Exception:
                     log.exception("tick failed for room %s", room.name)
+            if time.monotonic() - last_expiry >= EXPIRY_EVERY_S:
+                last_expiry = time.monotonic()
+                await self.expire_sessions(last_expiry)
 
-    async def _tick(self, room: Room, now: float) -> None:
-        await self._floor_events(room, room.floor.tick())
-        for language, timeline in room.timelines.items():
-            timeline.poll(now)
-            timeline.prune(now)
-            placement = timeline.playing(now)
-            current = (placement.clip.speaker, placement.clip.seq) if placement else None
-            if self._playing.get((room.name, language)) != current:
-                self._playing[(room.name, language)] = current
-                notice = {
-                    "type": "playout",
-                    "lang": language,
-                    "playing": current is not None,
-                    "id": f"{current[0]}:{current[1]}" if current else "",
-                    "speaker": room.names.get(current[0], "") if current else "",
-                    "stats": vars(timeline.stats),
-                }
-                for listener in room.listeners_for(language):
-                    listener.send(notice)
+    async def expire_sessions(self, now: float) -> None:
+        """Remove participants whose media never connected, or who have been gone past the grace."""
+        for participant in list(self.sessions.values()):
+            if not participant.media_up and now - participant.joined_at > self.options.media_timeout_s:
+                await self.leave(participant.id, f"media never connected within {self.options.media_timeout_s:.0f} s")
+            elif (
+                participant.disconnected_at is not None
+                and now - participant.disconnected_at > self.options.disconnect_grace_s
+            ):
+                await self.leave(participant.id, "disconnected")

@@ -50,7 +50,7 @@ def enter(browser: Browser, base_url: str, room: str, name: str, speak: str, hea
     page = browser.new_page()
     page.set_default_timeout(JOIN_TIMEOUT_MS)
     page.goto(f"{base_url}/room/{room}?name={name}&speak={speak}&hear={hear}")
-    page.wait_for_function("window.babelroom && window.babelroom.state.pc?.connectionState === 'connected'")
+    page.wait_for_function("window.babelroom && window.babelroom.state.connected === true")
     return page
 
 

@@ -8,7 +8,6 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
-from aiortc import RTCPeerConnection
 
 from gateway import captions
 from gateway.playout import Clip, PlayoutOptions
@@ -21,12 +20,14 @@ from pipeline.messages import Transcript, Translation
 def room() -> Iterator[Room]:
     room = Room("r", PlayoutOptions())
     for pid, name, speak, hear in (("ana", "Ana", "en", "en"), ("bea", "Bea", "es", "es")):
-        room.add(Participant(pid, "r", Profile(name, speak, hear), RTCPeerConnection()))
+        room.add(Participant(pid, "r", Profile(name, speak, hear)))
     yield room
 
 
 def sent(room: Room, pid: str) -> list[dict[str, object]]:
-    return [json.loads(text) for text in room.participants[pid].outbox]
+    """What was queued for this participant since the last look."""
+    outbox = room.participants[pid].outbox
+    return [json.loads(outbox.get_nowait()) for _ in range(outbox.qsize())]
 
 
 def clip(seq: int) -> Clip:
@@ -54,5 +55,6 @@ def test_words_reach_the_speaker_final_and_the_listener_pending_then_translated(
     translation = Translation(room="r", speaker="ana", seq=0, source_language="en", language="es",
                               source_text="The house.", text="La casa.")  # fmt: skip
     captions.dispatch({"r": room}, translation)
-    assert sent(room, "bea")[-1]["text"] == "La casa." and sent(room, "bea")[-1]["final"] is True
-    assert len(sent(room, "ana")) == 1  # the speaker never gets their own translation
+    [final] = sent(room, "bea")
+    assert final["text"] == "La casa." and final["final"] is True
+    assert sent(room, "ana") == []  # the speaker never gets their own translation

@@ -13,9 +13,10 @@ number of channels is 0"; the prefs media.cubeb.backend=alsa and media.cubeb.for
 Firefox keeps every AudioContext "suspended" (`resume()` does not settle), so the page's analyser reads nothing. The
 <audio> element still plays (its currentTime, and its track's totalSamplesDuration, advance in real time), and
 libwebrtc meters the audio it decodes for that track. So the test samples, in the page, the inbound-rtp stats of the
-translated-audio element's own track (`pc.getStats(track)`): the level over each ~50 ms is sqrt(Δ totalAudioEnergy /
-Δ totalSamplesDuration), counted as sound above the page's speech threshold. Where Firefox has a sound device and
-the page's AudioContext runs, the page's own analyser must hear the translation too.
+translated-audio element's own track (`pc.getStats(track)` on the subscription that carries it): the level over each
+~50 ms is sqrt(Δ totalAudioEnergy / Δ totalSamplesDuration), counted as sound above the page's speech threshold.
+Where Firefox has a sound device and the page's AudioContext runs, the page's own analyser must hear the
+translation too.
 
 Firefox's fake microphone is a steady tone, not speech, so B listens muted (the Chromium listeners send a silent WAV
 instead).
@@ -41,27 +42,30 @@ EXPECTED_WORDS = ("casa", "perro")
 JOIN_TIMEOUT_S = 20.0
 RESULT_TIMEOUT_S = 60.0
 SOUND_FRAMES = 10
-CONNECTED = "window.babelroom && window.babelroom.state.pc?.connectionState === 'connected'"
+CONNECTED = "window.babelroom && window.babelroom.state.connected === true"
 FINAL_CAPTION = '[data-caption][data-lang="es"][data-final="true"][data-speaker="Alice"]'
 SPEECH_LEVEL = 0.02  # the room page's SPEECH_RMS
 # Firefox: the level of decoded audio on the translated-audio element's track, from its inbound-rtp stats
 STATS_METER = f"""(() => {{
-  const pc = window.babelroom.state.pc;
-  const track = document.querySelector("[data-translated-audio]").srcObject.getAudioTracks()[0];
   const meter = window.statsMeter = {{ soundAt: [], level: 0, readings: 0 }};
   let last = null;
   const tick = async () => {{
-    for (const r of (await pc.getStats(track)).values()) {{
-      if (r.type !== "inbound-rtp" || r.totalSamplesDuration === undefined) continue;
-      const seconds = last ? r.totalSamplesDuration - last.totalSamplesDuration : 0;
-      if (seconds > 0) {{
-        meter.level = Math.sqrt(Math.max(0, r.totalAudioEnergy - last.totalAudioEnergy) / seconds);
-        meter.readings += 1;
-        if (meter.level > {SPEECH_LEVEL}) meter.soundAt.push(Date.now());
+    const pc = window.babelroom.state.translatedPc;
+    const stream = document.querySelector("[data-translated-audio]").srcObject;
+    const track = stream && stream.getAudioTracks()[0];
+    if (pc && track) {{
+      for (const r of (await pc.getStats(track)).values()) {{
+        if (r.type !== "inbound-rtp" || r.totalSamplesDuration === undefined) continue;
+        const seconds = last ? r.totalSamplesDuration - last.totalSamplesDuration : 0;
+        if (seconds > 0) {{
+          meter.level = Math.sqrt(Math.max(0, r.totalAudioEnergy - last.totalAudioEnergy) / seconds);
+          meter.readings += 1;
+          if (meter.level > {SPEECH_LEVEL}) meter.soundAt.push(Date.now());
+        }}
+        last = r;
       }}
-      last = r;
     }}
-    if (pc.connectionState !== "closed") setTimeout(tick, 50);
+    if (!window.babelroom.state.left) setTimeout(tick, 50);
   }};
   tick();
   return true;

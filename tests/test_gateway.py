@@ -1,31 +1,32 @@
-"""The gateway over real HTTP, real aiortc peers and a real Redis bus (no workers: the test plays them).
+"""The gateway over real HTTP, a real Janus, real aiortc participants and a real Redis bus (no workers:
+the test plays them).
 
-Shows: input validation answers 4xx with a clear JSON message while a connected session carries on;
-a participant's speech reaches the `asr` stream as a SpeechSegment for the listeners' languages;
-results published on the bus come back as captions in each listener's language and as translated
-audio on the listener's track, never to the speaker.
+Shows: a participant's speech travels browser -> Janus -> the gateway's subscriber -> the `asr` stream
+as a SpeechSegment for the listeners' languages; results published on the bus come back as captions in
+each listener's language and as translated audio on their language's feed in Janus, never to the
+speaker; input validation answers 4xx with a clear JSON message while a connected session carries on;
+the floor button works over the events socket; a session whose media never connects is removed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import fractions
-import json
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 from typing import Any
 
 import numpy as np
 import pytest
-from aiohttp import ClientSession
+from aiohttp import ClientSession, WSServerHandshakeError
 from aiohttp.test_utils import BaseTestServer, TestServer
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
 from av import AudioFrame
 
+from babelroom.janus import JanusConfig
+from benchmarks.participant import ScriptedParticipant
 from gateway.app import create_app
-from gateway.options import GatewayOptions
+from gateway.options import GatewayOptions, JanusOptions
 from gateway.tokens import issue_token
 from pipeline.audio import float_to_pcm16, resample
 from pipeline.bus import Bus
@@ -35,7 +36,7 @@ from tests.speech import espeak, silence
 
 SECRET = "test-secret"
 ROOM = "standup"
-WAIT_S = 15.0
+WAIT_S = 20.0
 
 
 class SpeechTrack(MediaStreamTrack):
@@ -63,34 +64,6 @@ class SpeechTrack(MediaStreamTrack):
         return frame
 
 
-@dataclass
-class Peer:
-    """A participant played by an aiortc client, as the browser would be."""
-
-    pc: RTCPeerConnection
-    id: str = ""
-    channel: Any = None  # the data channel: signaling and controls, as the page uses it
-    messages: list[dict[str, Any]] = field(default_factory=list)
-    translated_peak: float = 0.0  # loudest 20 ms of the translated track, RMS in [0, 1]
-
-    def captions(self, **match: Any) -> list[dict[str, Any]]:
-        return [m for m in self.messages if m["type"] == "caption" and all(m[k] == v for k, v in match.items())]
-
-    async def watch_translated(self, track: MediaStreamTrack) -> None:
-        while True:
-            frame = await track.recv()
-            samples = frame.to_ndarray().astype(np.float32) / 32768  # type: ignore[union-attr]
-            self.translated_peak = max(self.translated_peak, float(np.sqrt(np.mean(samples**2))))
-
-
-async def eventually(condition: Callable[[], bool], what: str, timeout_s: float = WAIT_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
 @pytest.fixture
 async def bus(redis_url: str, stream_prefix: str) -> AsyncIterator[Bus]:
     bus = Bus.connect(BusOptions(redis_url=redis_url, prefix=stream_prefix))
@@ -98,10 +71,14 @@ async def bus(redis_url: str, stream_prefix: str) -> AsyncIterator[Bus]:
     await bus.close()
 
 
+def gateway_options(janus_config: JanusConfig, **overrides: Any) -> GatewayOptions:
+    janus = JanusOptions(janus_config.url, janus_config.api_secret, janus_config.admin_key)
+    return GatewayOptions(token_secret=SECRET, playout_delay_s=0.1, janus=janus, **overrides)
+
+
 @pytest.fixture
-async def server(redis_url: str, stream_prefix: str) -> AsyncIterator[BaseTestServer]:
-    options = GatewayOptions(token_secret=SECRET, playout_delay_s=0.1)
-    app = create_app(Bus.connect(BusOptions(redis_url=redis_url, prefix=stream_prefix)), options)
+async def server(redis_url: str, stream_prefix: str, janus_config: JanusConfig) -> AsyncIterator[BaseTestServer]:
+    app = create_app(Bus.connect(BusOptions(redis_url=redis_url, prefix=stream_prefix)), gateway_options(janus_config))
     async with TestServer(app, host="127.0.0.1") as server:
         yield server
 
@@ -109,30 +86,20 @@ async def server(redis_url: str, stream_prefix: str) -> AsyncIterator[BaseTestSe
 @pytest.fixture
 async def http(server: BaseTestServer) -> AsyncIterator[ClientSession]:
     async with ClientSession(base_url=str(server.make_url(""))) as session:
+        for _ in range(100):  # the gateway connects to Janus in the background at start
+            async with session.get("/healthz") as response:
+                if (await response.json()).get("janus") == "connected":
+                    break
+            await asyncio.sleep(0.05)
         yield session
 
 
-async def join(http: ClientSession, name: str, speak: str, hear: str, mic: MediaStreamTrack, **toggles: bool) -> Peer:
-    peer = Peer(RTCPeerConnection(RTCConfiguration(iceServers=[])))
-    channel = peer.channel = peer.pc.createDataChannel("babelroom")
-    channel.on("message", lambda text: peer.messages.append(json.loads(text)))
-    translated = peer.pc.addTransceiver(mic, direction="sendrecv")
-    peer.pc.addTransceiver("audio", direction="recvonly")
-    await peer.pc.setLocalDescription(await peer.pc.createOffer())
-    body = {
-        "token": issue_token(SECRET, ROOM, name),
-        "speak": speak,
-        "hear": hear,
-        "sdp": peer.pc.localDescription.sdp,
-        "options": toggles,
-    }
-    async with http.post(f"/api/rooms/{ROOM}/join", json=body) as response:
-        reply = await response.json()
-        assert response.status == 200, reply
-    peer.id = reply["id"]
-    await peer.pc.setRemoteDescription(RTCSessionDescription(reply["sdp"], "answer"))
-    asyncio.get_running_loop().create_task(peer.watch_translated(translated.receiver.track))
-    return peer
+async def join(
+    server: BaseTestServer, name: str, speak: str, hear: str, mic: MediaStreamTrack, **toggles: bool
+) -> ScriptedParticipant:
+    person = ScriptedParticipant(str(server.make_url("")).rstrip("/"), ROOM, name, speak, hear)
+    await person.join(mic, token=issue_token(SECRET, ROOM, name), options=toggles)
+    return person
 
 
 def speech_then_silence() -> np.ndarray:
@@ -149,43 +116,55 @@ async def first_segment(bus: Bus, timeout_s: float = WAIT_S) -> SpeechSegment:
 
 
 async def test_speech_becomes_segments_and_results_become_captions_and_translated_audio(
-    http: ClientSession, bus: Bus
+    server: BaseTestServer, http: ClientSession, bus: Bus
 ) -> None:
-    ana = await join(http, "Ana", "es", "es", SpeechTrack(silence(60)))
-    bob = await join(http, "Bob", "en", "en", SpeechTrack(speech_then_silence()), match_voice=True)
-    await eventually(lambda: any(m["type"] == "roster" and len(m["participants"]) == 2 for m in ana.messages), "roster")
+    ana = await join(server, "Ana", "es", "es", SpeechTrack(silence(60)))
+    bob = await join(server, "Bob", "en", "en", SpeechTrack(speech_then_silence()), match_voice=True)
+    try:
+        await ana.listen_to_translation()
+        await ana.wait_for(lambda: len((ana.latest("roster") or {}).get("participants", [])) == 2, "the roster")
+        assert set(ana.feeds()) == {"es", "en"}, "one feed per listening language that someone needs"
 
-    segment = await first_segment(bus)
-    assert (segment.room, segment.speaker, segment.language, segment.targets) == (ROOM, bob.id, "en", ("es",))
-    assert 1.0 < segment.duration_s < 4.0 and segment.stamp("captured") is not None
-    assert segment.match_voice  # Bob opted in to pitch matching
-    captured = segment.stamp("captured") or 0.0
-    assert abs(captured - time.time()) < 5.0
+        segment = await first_segment(bus)
+        assert (segment.room, segment.speaker, segment.language, segment.targets) == (
+            ROOM,
+            bob.session["id"],
+            "en",
+            ("es",),
+        )
+        assert 1.0 < segment.duration_s < 4.0 and segment.stamp("captured") is not None
+        assert segment.match_voice  # Bob opted in to pitch matching
+        assert abs((segment.stamp("captured") or 0.0) - time.time()) < 5.0
 
-    base: dict[str, Any] = {"room": ROOM, "speaker": bob.id, "seq": segment.seq, "stamps": segment.stamps}
-    await bus.publish(Transcript(**base, language="en", targets=("es",), text="the house is big"))
-    await eventually(lambda: bool(ana.captions(final=False, lang="es")), "an interim caption at Ana")
-    await bus.publish(Translation(**base, source_language="en", language="es", source_text="the house is big",
-                                  text="la casa es grande"))  # fmt: skip
-    tone = 0.3 * np.sin(2 * np.pi * 220 * np.arange(16_000) / 16_000)
-    await bus.publish(SynthesizedSpeech(**base, language="es", text="la casa es grande", pcm=float_to_pcm16(tone)))
+        base: dict[str, Any] = {
+            "room": ROOM,
+            "speaker": bob.session["id"],
+            "seq": segment.seq,
+            "stamps": segment.stamps,
+        }
+        await bus.publish(Transcript(**base, language="en", targets=("es",), text="the house is big"))
+        await ana.wait_for(lambda: ana.captions(final=False, lang="es"), "an interim caption at Ana")
+        await bus.publish(Translation(**base, source_language="en", language="es", source_text="the house is big",
+                                      text="la casa es grande"))  # fmt: skip
+        tone = 0.3 * np.sin(2 * np.pi * 220 * np.arange(16_000) / 16_000)
+        await bus.publish(SynthesizedSpeech(**base, language="es", text="la casa es grande", pcm=float_to_pcm16(tone)))
 
-    await eventually(lambda: bool(ana.captions(final=True, lang="es")), "a final Spanish caption at Ana")
-    final = ana.captions(final=True, lang="es")[0]
-    assert (final["text"], final["original"], final["speaker"]) == ("la casa es grande", "the house is big", "Bob")
-    await eventually(lambda: ana.translated_peak > 0.1, "translated speech on Ana's track", timeout_s=5)
-    assert bob.captions(lang="en", final=True), "the speaker sees their own words"
-    assert not bob.captions(lang="es"), "the speaker never receives their own translation"
-    assert bob.translated_peak < 0.01
+        await ana.wait_for(lambda: ana.captions(final=True, lang="es"), "a final Spanish caption at Ana")
+        final = ana.captions(final=True, lang="es")[0]
+        assert (final["text"], final["original"], final["speaker"]) == ("la casa es grande", "the house is big", "Bob")
+        await ana.wait_for(lambda: ana.translated_peak > 0.1, "translated speech on Ana's feed", timeout_s=10)
+        assert bob.captions(lang="en", final=True), "the speaker sees their own words"
+        assert not bob.captions(lang="es"), "the speaker never receives their own translation"
+    finally:
+        await bob.close()
+        await ana.close()
 
-    await bob.pc.close()
-    await ana.pc.close()
 
-
-async def test_bad_requests_get_a_clear_4xx_and_the_connected_session_carries_on(http: ClientSession, bus: Bus) -> None:
-    ana = await join(http, "Ana", "es", "es", SpeechTrack(silence(60)))
-    offer = await _offer_sdp()
-    good = {"speak": "en", "hear": "es", "sdp": offer}
+async def test_bad_requests_get_a_clear_4xx_and_the_connected_session_carries_on(
+    server: BaseTestServer, http: ClientSession, bus: Bus
+) -> None:
+    ana = await join(server, "Ana", "es", "es", SpeechTrack(silence(60)))
+    good = {"speak": "en", "hear": "es"}
     expired = issue_token(SECRET, ROOM, "Eve", ttl_s=0.001)
     await asyncio.sleep(0.01)
     cases: list[tuple[dict[str, Any] | bytes, int, str]] = [
@@ -196,82 +175,109 @@ async def test_bad_requests_get_a_clear_4xx_and_the_connected_session_carries_on
         ({**good, "token": issue_token(SECRET, "elsewhere", "Eve")}, 401, "room"),
         ({**good, "token": issue_token(SECRET, ROOM, "Eve"), "speak": "xx"}, 400, "unknown language code 'xx'"),
         ({**good, "token": issue_token(SECRET, ROOM, "Eve"), "hear": "klingon"}, 400, "unknown language"),
-        ({**good, "token": issue_token(SECRET, ROOM, "Eve"), "sdp": "hello"}, 400, "malformed SDP"),
-        ({**good, "token": issue_token(SECRET, ROOM, "Eve"), "sdp": "v=0\r\nm=garbage\r\n"}, 400, "SDP"),
+        ({**good, "token": issue_token(SECRET, ROOM, "Eve"), "options": ["x"]}, 400, "options"),
         (b"{not json", 400, "not valid JSON"),
         ({**good, "token": issue_token(SECRET, ROOM, "Eve"), "pad": "x" * 200_000}, 413, "too large"),
     ]
-    for body, status, message in cases:
-        kwargs: dict[str, Any] = {"data": body, "headers": {"Content-Type": "application/json"}} \
-            if isinstance(body, bytes) else {"json": body}  # fmt: skip
-        async with http.post(f"/api/rooms/{ROOM}/join", **kwargs) as response:
-            reply = await response.json()
-            assert response.status == status, (message, reply)
-            assert message in reply["error"], reply
-    async with http.get(f"/room/{ROOM}?token={issue_token('x', ROOM, 'Eve')}") as response:
-        assert response.status == 401 and "signature" in await response.text()
-    async with http.post("/api/rooms/bad room!/join", json=good) as response:
-        assert response.status == 400 and "room name" in (await response.json())["error"]
+    try:
+        for body, status, message in cases:
+            kwargs: dict[str, Any] = {"data": body, "headers": {"Content-Type": "application/json"}} \
+                if isinstance(body, bytes) else {"json": body}  # fmt: skip
+            async with http.post(f"/api/rooms/{ROOM}/join", **kwargs) as response:
+                reply = await response.json()
+                assert response.status == status, (message, reply)
+                assert message in reply["error"], reply
+        async with http.get(f"/room/{ROOM}?token={issue_token('x', ROOM, 'Eve')}") as response:
+            assert response.status == 401 and "signature" in await response.text()
+        async with http.post("/api/rooms/bad room!/join", json=good) as response:
+            assert response.status == 400 and "room name" in (await response.json())["error"]
+        for socket in ("events", "janus"):
+            with pytest.raises(WSServerHandshakeError) as refused:
+                await http.ws_connect(f"/api/sessions/{ana.session['id']}/{socket}?ticket=wrong")
+            assert refused.value.status == 401
+        async with http.get(f"/api/sessions/{ana.session['id']}/janus?ticket=wrong") as response:
+            assert response.status == 401
 
-    # Ana's session is untouched: still in the room, and still gets what is published for her.
-    async with http.get(f"/api/rooms/{ROOM}") as response:
-        assert [p["name"] for p in (await response.json())["participants"]] == ["Ana"]
-    base: dict[str, Any] = {"room": ROOM, "speaker": "someone", "seq": 0}
-    await bus.publish(Translation(**base, source_language="en", language="es", source_text="hi", text="hola"))
-    await eventually(lambda: bool(ana.captions(final=True, lang="es", text="hola")), "Ana's caption")
-    assert ana.pc.connectionState == "connected"
-    await ana.pc.close()
+        # Ana's session is untouched: still in the room, and still gets what is published for her.
+        async with http.get(f"/api/rooms/{ROOM}?token={issue_token(SECRET, ROOM, 'Eve')}") as response:
+            assert [p["name"] for p in (await response.json())["participants"]] == ["Ana"]
+        base: dict[str, Any] = {"room": ROOM, "speaker": "someone", "seq": 0}
+        await bus.publish(Translation(**base, source_language="en", language="es", source_text="hi", text="hola"))
+        await ana.wait_for(lambda: ana.captions(final=True, lang="es", text="hola"), "Ana's caption")
+    finally:
+        await ana.close()
 
 
-async def test_the_floor_button_asks_for_the_floor_queues_and_gives_it_up(http: ClientSession) -> None:
-    ana = await join(http, "Ana", "es", "es", SpeechTrack(silence(60)))
-    bob = await join(http, "Bob", "en", "en", SpeechTrack(silence(60)))
+async def test_the_floor_button_asks_for_the_floor_queues_and_gives_it_up(
+    server: BaseTestServer, http: ClientSession
+) -> None:
+    ana = await join(server, "Ana", "es", "es", SpeechTrack(silence(60)))
+    bob = await join(server, "Bob", "en", "en", SpeechTrack(silence(60)))
 
-    def floor_is(holder: Peer | None, queue: list[Peer]) -> Callable[[], bool]:
+    def floor_is(holder: ScriptedParticipant | None, queue: list[ScriptedParticipant]) -> Any:
         def check() -> bool:
-            floors = [m for m in bob.messages if m["type"] == "floor"]
+            floor = bob.latest("floor")
             return (
-                bool(floors)
-                and floors[-1]["holder"] == (holder.id if holder else None)
-                and floors[-1]["queue_ids"] == [p.id for p in queue]
+                floor is not None
+                and floor["holder"] == (holder.session["id"] if holder else None)
+                and floor["queue_ids"] == [p.session["id"] for p in queue]
             )
 
         return check
 
-    await eventually(lambda: ana.channel.readyState == "open" and bob.channel.readyState == "open", "channels")
-    ana.channel.send(json.dumps({"type": "floor", "action": "request"}))
-    await eventually(floor_is(ana, []), "Ana granted the floor")
-    bob.channel.send(json.dumps({"type": "floor", "action": "request"}))
-    await eventually(floor_is(ana, [bob]), "Bob queued behind Ana")
-    ana.channel.send(json.dumps({"type": "floor", "action": "release"}))
-    await eventually(floor_is(bob, []), "the floor passed to Bob")
-    bob.channel.send(json.dumps({"type": "floor", "action": "grab"}))
-    await eventually(lambda: any(m["type"] == "error" and "grab" in m["error"] for m in bob.messages), "an error")
-    for peer in (ana, bob):
-        await peer.pc.close()
+    try:
+        ana.send({"type": "floor", "action": "request"})
+        await bob.wait_for(floor_is(ana, []), "Ana granted the floor")
+        bob.send({"type": "floor", "action": "request"})
+        await bob.wait_for(floor_is(ana, [bob]), "Bob queued behind Ana")
+        ana.send({"type": "floor", "action": "release"})
+        await bob.wait_for(floor_is(bob, []), "the floor passed to Bob")
+        bob.send({"type": "floor", "action": "grab"})
+        await bob.wait_for(lambda: any(m["type"] == "error" and "grab" in m["error"] for m in bob.messages), "an error")
+    finally:
+        for person in (ana, bob):
+            await person.close()
+
+
+async def test_a_join_whose_media_never_connects_is_removed(
+    redis_url: str, stream_prefix: str, janus_config: JanusConfig
+) -> None:
+    options = gateway_options(janus_config, media_timeout_s=1.0)
+    app = create_app(Bus.connect(BusOptions(redis_url=redis_url, prefix=f"{stream_prefix}g")), options)
+    async with TestServer(app, host="127.0.0.1") as server, ClientSession(base_url=str(server.make_url(""))) as http:
+        await asyncio.sleep(0.5)
+        body = {"speak": "en", "hear": "en", "token": issue_token(SECRET, ROOM, "Ghost")}
+        async with http.post(f"/api/rooms/{ROOM}/join", json=body) as response:
+            assert response.status == 200, await response.json()
+        state_url = f"/api/rooms/{ROOM}?token={body['token']}"
+        async with http.get(state_url) as response:
+            assert response.status == 200
+        deadline = time.monotonic() + 5
+        status = 200
+        while status == 200 and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+            async with http.get(state_url) as response:
+                status = response.status
+        assert status == 404, "the ghost session was never removed"
 
 
 async def test_healthz_and_the_room_page_are_served(http: ClientSession) -> None:
     async with http.get("/healthz") as response:
         assert response.status == 200
         health = await response.json()
-        assert set(health["workers"]) >= {"asr", "mt", "tts"}
+        assert set(health["workers"]) >= {"asr", "mt", "tts"} and health["janus"] == "connected"
         assert set(health["backlog"]["asr"]) == {"waiting", "in_progress"}
     async with http.get("/room/standup?name=Ana&speak=es&hear=es") as response:
         page = await response.text()
         assert response.status == 200 and "data-translated-audio" in page and "/static/room.js" in page
     async with http.get("/static/room.js") as response:
         assert response.status == 200 and "data-caption" in await response.text()
+    async with http.get("/static/vendor/janus.js") as response:
+        assert response.status == 200 and "Janus.init" in await response.text()
+    async with http.get("/room/bad%20room!") as response:
+        page = await response.text()
+        assert response.status == 400 and "<h1>" in page and "1 to 64 letters" in page
     async with http.get("/api/config") as response:
         config = await response.json()
         assert config["tokens_required"] and "es" in [lang["code"] for lang in config["languages"]]
-        assert config["ice_servers"] == []
-
-
-async def _offer_sdp() -> str:
-    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    pc.addTransceiver("audio", direction="sendrecv")
-    await pc.setLocalDescription(await pc.createOffer())
-    sdp = pc.localDescription.sdp
-    await pc.close()
-    return sdp
+        assert config["ice_servers"] == [] and config["features"]["lipsync"] is False

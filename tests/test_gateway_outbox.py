@@ -7,12 +7,12 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
-from aiortc import RTCPeerConnection
 
 from babelroom.supervisor import free_port, redis_argv
+from gateway.ingest import Ingest
 from gateway.options import GatewayOptions
+from gateway.playout import PlayoutOptions
 from gateway.rooms import Participant, Profile, Room
-from gateway.service import Gateway
 from pipeline.bus import Bus
 from pipeline.config import BusOptions
 from pipeline.segmenter import Segment
@@ -26,27 +26,26 @@ def segment(index: int) -> Segment:
 async def test_segments_published_during_a_redis_outage_arrive_in_order(tmp_path: Path) -> None:
     port = free_port()
     bus = Bus.connect(BusOptions(redis_url=f"redis://127.0.0.1:{port}/0", prefix="outbox"))
-    gateway = Gateway(bus, GatewayOptions())
-    room = Room("r", gateway.playout)
-    speaker = Participant("ana", "r", Profile("Ana", "en", "en"), RTCPeerConnection())
+    ingest = Ingest(bus, GatewayOptions())
+    room = Room("r", PlayoutOptions())
+    speaker = Participant("ana", "r", Profile("Ana", "en", "en"))
     room.add(speaker)
     for index in range(3):  # no Redis at all yet: every segment is held
-        await gateway.publish(room, speaker, segment(index), captured_at=float(index), targets=("es",))
-    assert gateway.stats.segments_held == 3 and gateway.stats.segments_published == 0
+        await ingest.publish(room, speaker, segment(index), captured_at=float(index), targets=("es",))
+    assert ingest.stats.segments_held == 3 and ingest.stats.segments_published == 0
 
     server = subprocess.Popen(redis_argv(port, str(tmp_path)), stdout=subprocess.DEVNULL)
     try:
         for _ in range(100):
-            await gateway.flush_outbox()
-            if gateway.stats.segments_published == 3:
+            await ingest.flush_outbox()
+            if ingest.stats.segments_published == 3:
                 break
             await asyncio.sleep(0.1)
         entries = await bus.tail("asr", "0-0", count=10)
         assert [d.message.seq for d in entries if d.message] == [0, 1, 2]
         assert all(d.message and d.message.stamp("published") for d in entries)
-        assert gateway.stats.segments_dropped == 0
+        assert ingest.stats.segments_dropped == 0
     finally:
-        await speaker.pc.close()
         await bus.close()
         server.terminate()
         server.wait(timeout=10)

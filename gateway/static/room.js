@@ -1,21 +1,36 @@
-// BabelRoom room page: join form, WebRTC session with the gateway, video grid, captions.
-// Signaling: one HTTP POST carries the first offer; renegotiation, captions and room notices then
-// travel over the "babelroom" data channel. Only this page offers, so offers never collide.
+// BabelRoom room page: the join form, the meeting on Janus (janus.js), captions and controls.
+//
+// Joining: POST /api/rooms/{room}/join gives this page a session id and a ticket. With them it opens
+// - the events socket (captions, roster, floor, playout notices; mute/camera/floor/leave back), and
+// - janus.js, whose WebSocket goes through the gateway's filtering proxy to Janus: the page publishes
+//   its camera and microphone as its own feed, and subscribes, straight from Janus, to the others'
+//   video, to their voice when it shares their language (or asked to hear originals quietly), and to
+//   the feed of translated speech in its own language.
+// A lost connection shows a banner and rejoins by itself with the same name and languages.
 "use strict";
 
-const SPEECH_RMS = 0.02;          // above this a level meter counts as sound
-const SPEECH_END_HOLD_MS = 400;   // this much quiet after sound = the end of an utterance
-const ICE_GATHER_TIMEOUT_MS = 3000;
+const SPEECH_RMS = 0.02;           // above this a level meter counts as sound
+const SPEECH_END_HOLD_MS = 400;    // this much quiet after sound = the end of an utterance
+const ORIGINAL_UNDER_GAIN = 0.2;   // "hear the original quietly": the others' voices under the translation
+const REJOIN_DELAYS_MS = [500, 1000, 2000, 4000, 8000];
+const ICE_DISCONNECTED_GRACE_MS = 5000;
+const PLUGIN = "janus.plugin.videoroom";
+const STORED = "babelroom.profile";
 
 const $ = (id) => document.getElementById(id);
 const state = {
-  config: null, pc: null, dc: null, me: null, room: "", hear: "", speak: "",
-  roster: [], slots: new Map(), tiles: new Map(), negotiating: false, dirty: false, muted: false,
+  config: null, me: null, profile: null, events: null, janus: null, publisher: null,
+  subs: new Map(),            // feed id -> {handle, key}
+  translatedPc: null,         // the peer connection that carries my language's translated speech
+  lostReasons: [],            // why the connection was lost, each time (for the curious, and tests)
+  roster: [], feeds: {}, tiles: new Map(), media: null,
+  muted: false, cameraOn: true, connected: false, janusReady: false, iceTimer: 0, left: false, rejoining: false, attempts: 0,
 };
 // Measurements for tests and for the curious (window.babelroom in the console).
-const metrics = { speechEnds: [], translatedSoundAt: [], captionsShownAt: {}, translatedRms: 0, micRms: 0 };
+const metrics = { speechEnds: [], translatedSoundAt: [], captionsShownAt: {}, interimShownAt: {}, translatedRms: 0, micRms: 0, rejoins: 0 };
 window.babelroom = { state, metrics };
 
+// -- the join form -----------------------------------------------------------------------------------
 function roomFromPath() {
   const match = location.pathname.match(/^\/room\/([^/]+)/);
   return match ? decodeURIComponent(match[1]) : "";
@@ -25,25 +40,68 @@ async function loadConfig() {
   const response = await fetch("/api/config");
   state.config = await response.json();
   for (const select of [$("speak"), $("hear")]) {
-    for (const { code, name } of state.config.languages) {
-      select.add(new Option(`${name} (${code})`, code));
-    }
+    for (const { code, name } of state.config.languages) select.add(new Option(`${name} (${code})`, code));
   }
+  const lipsync = Boolean(state.config.features?.lipsync);
+  for (const el of document.querySelectorAll("[data-unavailable]")) el.hidden = lipsync;
+  $("opt-lipsync").disabled = !lipsync;
+  for (const radio of document.querySelectorAll('input[name="face"]')) { radio.disabled = !lipsync; radio.required = lipsync; }
+  $("face-consent").classList.toggle("disabled", !lipsync);
+  $("lipsync-option").classList.toggle("disabled", !lipsync);
 }
 
+function supported(code) {
+  return state.config.languages.some((l) => l.code === code);
+}
+
+// Fill the form from the link, else from the last visit. Returns an error for a link that cannot join.
 function prefill() {
   const q = new URLSearchParams(location.search);
+  const stored = JSON.parse(localStorage.getItem(STORED) || "{}");
   $("room").value = roomFromPath() || q.get("room") || "";
-  $("name").value = q.get("name") || "";
-  if (q.get("speak")) $("speak").value = q.get("speak");
-  if (q.get("hear")) $("hear").value = q.get("hear") || $("speak").value;
+  $("name").value = q.get("name") || stored.name || "";
   $("token").value = q.get("token") || "";
-  const flag = (key, fallback) => (q.has(key) ? q.get(key) === "1" || q.get(key) === "true" : fallback);
-  $("opt-original").checked = flag("original", false);
-  $("opt-lipsync").checked = flag("lipsync", true);
-  $("opt-consent").checked = flag("consent", true);
-  $("opt-voice").checked = flag("voice", false);
-  return Boolean(q.get("name") && q.get("speak") && q.get("hear") && $("room").value);
+  const problems = [];
+  for (const field of ["speak", "hear"]) {
+    const given = q.get(field);
+    if (given !== null && !supported(given)) problems.push(`"${given}" (${field}=${given})`);
+    const value = given !== null && supported(given) ? given : stored[field];
+    if (value && supported(value)) $(field).value = value;
+  }
+  if (!q.get("hear") && !stored.hear) $("hear").value = $("speak").value;
+  const flag = (key, fallback) => (q.has(key) ? ["1", "true", "yes"].includes(q.get(key)) : fallback);
+  const options = stored.options || {};
+  $("opt-original").checked = flag("original", Boolean(options.hear_original));
+  $("opt-voice").checked = flag("voice", Boolean(options.match_voice));
+  $("opt-lipsync").checked = !$("opt-lipsync").disabled && flag("lipsync", Boolean(options.lipsync));
+  if (q.has("face")) $(flag("face", false) ? "face-yes" : "face-no").checked = true;
+  if (problems.length) {
+    const codes = state.config.languages.map((l) => l.code).join(", ");
+    return { error: `This link names a language this server does not have: ${problems.join(", ")}. It supports ${codes}.` };
+  }
+  return { ready: Boolean($("name").value && q.get("speak") && q.get("hear") && $("room").value) };
+}
+
+function readProfile() {
+  const lipsyncOn = Boolean(state.config.features?.lipsync);
+  return {
+    room: $("room").value.trim(),
+    name: $("name").value.trim(),
+    speak: $("speak").value,
+    hear: $("hear").value,
+    token: $("token").value,
+    options: {
+      hear_original: $("opt-original").checked,
+      match_voice: $("opt-voice").checked,
+      lipsync: lipsyncOn && $("opt-lipsync").checked,
+      face_consent: lipsyncOn && $("face-yes").checked,
+    },
+  };
+}
+
+function remember(profile) {
+  const { name, speak, hear, options } = profile;
+  localStorage.setItem(STORED, JSON.stringify({ name, speak, hear, options }));
 }
 
 function showError(message) {
@@ -52,6 +110,38 @@ function showError(message) {
   $("lobby").hidden = false;
   $("meeting").hidden = true;
   $("join-button").disabled = false;
+}
+
+function banner(text, kind = "warning") {
+  $("banner").textContent = text || "";
+  $("banner").dataset.kind = kind;
+  $("banner").hidden = !text;
+}
+
+// -- joining, losing the connection, rejoining ---------------------------------------------------------
+async function onSubmit(event) {
+  event.preventDefault();
+  if (!$("join-form").reportValidity()) return;
+  await start(readProfile()).catch((error) => showError(error.message || String(error)));
+}
+
+async function start(profile) {
+  $("join-button").disabled = true;
+  $("join-error").hidden = true;
+  $("lobby-notice").hidden = true;
+  state.left = false;
+  state.profile = profile;
+  remember(profile);
+  if (roomFromPath() !== profile.room) history.replaceState(null, "", `/room/${encodeURIComponent(profile.room)}${location.search}`);
+  if (!state.media) {
+    try {
+      state.media = await getMedia();
+    } catch (error) {
+      return showError(`Microphone unavailable: ${error.message}`);
+    }
+    meterMic(state.media);
+  }
+  await connect();
 }
 
 async function getMedia() {
@@ -65,74 +155,103 @@ async function getMedia() {
   }
 }
 
-function waitForIce(pc) {
-  if (pc.iceGatheringState === "complete") return Promise.resolve();
-  return new Promise((resolve) => {
-    const done = () => { pc.removeEventListener("icegatheringstatechange", check); resolve(); };
-    const check = () => { if (pc.iceGatheringState === "complete") done(); };
-    pc.addEventListener("icegatheringstatechange", check);
-    setTimeout(done, ICE_GATHER_TIMEOUT_MS);
-  });
-}
-
-async function join(event) {
-  if (event) event.preventDefault();
-  $("join-button").disabled = true;
-  $("join-error").hidden = true;
-  state.room = $("room").value.trim();
-  state.speak = $("speak").value;
-  state.hear = $("hear").value;
-  if (roomFromPath() !== state.room) history.replaceState(null, "", `/room/${encodeURIComponent(state.room)}${location.search}`);
-  let media;
-  try {
-    media = await getMedia();
-  } catch (error) {
-    return showError(`Microphone unavailable: ${error.message}`);
-  }
-  const pc = new RTCPeerConnection({ iceServers: state.config.ice_servers || [] });
-  state.pc = pc;
-  state.dc = pc.createDataChannel("babelroom");
-  state.dc.onmessage = (e) => onMessage(JSON.parse(e.data));
-  const mic = media.getAudioTracks()[0];
-  const micTransceiver = pc.addTransceiver(mic, { direction: "sendrecv", streams: [media] });
-  const originalTransceiver = pc.addTransceiver("audio", { direction: "recvonly" });
-  const camera = media.getVideoTracks()[0];
-  if (camera) pc.addTransceiver(camera, { direction: "sendonly", streams: [media] });
-  attachAudio($("translated-audio"), micTransceiver.receiver.track, true);
-  attachAudio($("original-audio"), originalTransceiver.receiver.track, false);
-  meterMic(media);
-  pc.onconnectionstatechange = () => setConnection(pc.connectionState);
-  await pc.setLocalDescription(await pc.createOffer());
-  await waitForIce(pc);
-  const response = await fetch(`/api/rooms/${encodeURIComponent(state.room)}/join`, {
+async function connect() {
+  const p = state.profile;
+  const response = await fetch(`/api/rooms/${encodeURIComponent(p.room)}/join`, {
     method: "POST",
     headers: { "Content-Type": "application/json" },
-    body: JSON.stringify({
-      name: $("name").value.trim(), speak: state.speak, hear: state.hear, token: $("token").value,
-      options: { hear_original: $("opt-original").checked, lipsync: $("opt-lipsync").checked, consent: $("opt-consent").checked,
-                 match_voice: $("opt-voice").checked },
-      type: "offer", sdp: pc.localDescription.sdp,
-    }),
+    body: JSON.stringify({ name: p.name, speak: p.speak, hear: p.hear, token: p.token, options: p.options }),
   });
   const reply = await response.json().catch(() => ({ error: `HTTP ${response.status}` }));
   if (!response.ok) {
-    pc.close();
-    media.getTracks().forEach((t) => t.stop());
+    if (response.status >= 500 && state.rejoining) throw new Error(reply.error);
     return showError(reply.error || `Could not join (HTTP ${response.status})`);
   }
-  state.me = { id: reply.id, name: reply.name, media };
-  await pc.setRemoteDescription({ type: "answer", sdp: reply.sdp });
-  enterMeeting(media);
+  state.me = reply;
+  openEvents();
+  startJanus();
+  enterMeeting();
 }
 
-function enterMeeting(media) {
+function socketUrl(path) {
+  const scheme = location.protocol === "https:" ? "wss" : "ws";
+  return `${scheme}://${location.host}${path}?ticket=${encodeURIComponent(state.me.ticket)}`;
+}
+
+// Something broke: tear down what is left of this session and join again, keeping name and languages.
+function lost(reason) {
+  if (state.left || state.rejoining) return;
+  state.rejoining = true;
+  state.connected = false;
+  console.warn("connection lost:", reason);
+  state.lostReasons.push(String(reason));
+  setConnection("reconnecting");
+  banner("Connection lost. Reconnecting…");
+  teardown(true);
+  rejoin();
+}
+
+async function rejoin() {
+  while (!state.left) {
+    const delay = REJOIN_DELAYS_MS[Math.min(state.attempts, REJOIN_DELAYS_MS.length - 1)];
+    state.attempts += 1;
+    await new Promise((resolve) => setTimeout(resolve, delay));
+    if (state.left) return;
+    try {
+      await connect();
+      metrics.rejoins += 1;
+      state.rejoining = false;
+      return;
+    } catch (error) {
+      banner(`Connection lost. Reconnecting… (${error.message || error})`);
+    }
+  }
+}
+
+function teardown(sayGoodbye) {
+  const { me, janus, events } = state;
+  clearTimeout(state.iceTimer);
+  if (sayGoodbye && me) navigator.sendBeacon?.(`/api/sessions/${me.id}/leave?ticket=${encodeURIComponent(me.ticket)}`);
+  state.me = null;
+  state.publisher = null;
+  state.subs.clear();
+  state.events = null;
+  if (events) { events.onclose = null; events.close(); }
+  if (janus) { try { janus.destroy({ cleanupHandles: true, notifyDestroyed: false }); } catch (error) { /* already gone */ } }
+  state.janus = null;
+  state.janusReady = false;
+  for (const [id, tile] of state.tiles) { if (id !== "me") { tile.root.remove(); state.tiles.delete(id); } }
+}
+
+async function leave() {
+  const me = state.me;
+  state.left = true;
+  teardown(false);
+  if (me) await fetch(`/api/sessions/${me.id}/leave?ticket=${encodeURIComponent(me.ticket)}`, { method: "POST" }).catch(() => {});
+  state.media?.getTracks().forEach((t) => t.stop());
+  state.media = null;
+  state.tiles.get("me")?.root.remove();
+  state.tiles.delete("me");
+  $("captions").replaceChildren();
+  setConnection("left");
+  banner("");
+  $("meeting").hidden = true;
+  $("lobby").hidden = false;
+  $("join-button").disabled = false;
+  $("lobby-notice").textContent = "You left the meeting. Join again whenever you like.";
+  $("lobby-notice").hidden = false;
+}
+
+function enterMeeting() {
   $("lobby").hidden = true;
   $("meeting").hidden = false;
-  $("room-label").textContent = `Room ${state.room}`;
-  $("caption-lang").textContent = `in ${languageName(state.hear)}`;
-  const tile = ensureTile(state.me.id, `${state.me.name} (you)`);
-  tile.video.srcObject = media;
+  $("room-label").textContent = `Room ${state.profile.room}`;
+  $("caption-lang").textContent = `in ${languageName(state.profile.hear)}`;
+  const tile = ensureTile("me", `${state.profile.name} (you)`);
+  tile.video.srcObject = state.media;
   tile.video.muted = true;
+  tile.video.play().catch(() => {});
+  updateOwnTile();
 }
 
 function languageName(code) {
@@ -141,66 +260,210 @@ function languageName(code) {
 }
 
 function setConnection(text) {
-  $("connection").textContent = text === "connected" ? "Connected" : text;
+  const labels = { connected: "Connected", reconnecting: "Reconnecting…", left: "Not connected" };
+  $("connection").textContent = labels[text] || text;
   $("connection").classList.toggle("live", text === "connected");
 }
 
-// -- audio ------------------------------------------------------------------------------------------
-function attachAudio(element, track, translated) {
+// -- the events socket --------------------------------------------------------------------------------
+function openEvents() {
+  const socket = new WebSocket(socketUrl(state.me.events));
+  state.events = socket;
+  socket.onmessage = (e) => onMessage(JSON.parse(e.data));
+  socket.onclose = () => { if (state.events === socket) lost("events socket closed"); };
+}
+
+function send(message) {
+  if (state.events?.readyState === WebSocket.OPEN) state.events.send(JSON.stringify(message));
+}
+
+function onMessage(message) {
+  const handlers = { roster: onRoster, floor: onFloor, caption: onCaption, playout: onPlayout, late: onLate,
+    error: (m) => console.warn("gateway:", m.error), welcome: () => {} };
+  (handlers[message.type] || (() => {}))(message);
+}
+
+// -- Janus: publish my feed, subscribe to what I should see and hear ---------------------------------------
+function startJanus() {
+  const me = state.me;
+  state.janus = new Janus({
+    server: socketUrl(me.janus),
+    iceServers: me.ice_servers || [],
+    destroyOnUnload: true,
+    success: () => { state.janusReady = true; publish(me); syncSubscriptions(); },
+    error: (error) => { if (state.me === me) lost(`janus: ${error}`); },
+  });
+}
+
+function publish(me) {
+  state.janus.attach({
+    plugin: PLUGIN,
+    success: (handle) => {
+      state.publisher = handle;
+      handle.send({ message: { request: "join", ptype: "publisher", room: me.room_id, id: me.feed_id, display: me.name } });
+    },
+    error: (error) => lost(`publisher: ${error}`),
+    onmessage: (message, jsep) => {
+      if (message.videoroom === "joined") sendOwnMedia();
+      if (message.error) console.warn("janus:", message.error);
+      if (jsep) state.publisher.handleRemoteJsep({ jsep });
+    },
+    webrtcState: (up) => {
+      state.connected = up;
+      setConnection(up ? "connected" : "reconnecting");
+      if (up) { state.attempts = 0; banner(""); }
+    },
+    iceState: (ice) => {
+      // "disconnected" often heals by itself within seconds (a Wi-Fi hiccup); "failed" never does
+      clearTimeout(state.iceTimer);
+      if (ice === "failed") lost("ice failed");
+      if (ice === "disconnected") state.iceTimer = setTimeout(() => lost("ice disconnected"), ICE_DISCONNECTED_GRACE_MS);
+    },
+  });
+}
+
+function sendOwnMedia() {
+  const mic = state.media.getAudioTracks()[0];
+  const camera = state.media.getVideoTracks()[0];
+  const tracks = [{ type: "audio", capture: mic, recv: false }];
+  if (camera) tracks.push({ type: "video", capture: camera, recv: false });
+  state.publisher.createOffer({
+    tracks,
+    success: (jsep) => state.publisher.send({ message: { request: "publish", audio: true, video: Boolean(camera) }, jsep }),
+    error: (error) => lost(`offer: ${error.message || error}`),
+  });
+}
+
+// What I subscribe to from each feed: the others' video; their voice when I hear their language (or
+// asked for originals); and the translated speech of my language.
+function wantedStreams() {
+  const p = state.profile;
+  const wanted = new Map();
+  for (const other of state.roster) {
+    if (other.id === state.me?.id || !other.feed) continue;
+    const voice = other.speak === p.hear || p.options.hear_original;
+    const mids = other.streams.filter((s) => s.type === "video" || (s.type === "audio" && voice)).map((s) => s.mid);
+    if (mids.length) wanted.set(other.feed, { mids, owner: other.id, gain: other.speak === p.hear ? 1 : ORIGINAL_UNDER_GAIN });
+  }
+  const translated = state.feeds[p.hear];
+  const needed = state.roster.some((o) => o.id !== state.me?.id && o.speak !== p.hear);
+  if (translated && needed) wanted.set(translated, { mids: null, owner: "translation", gain: 1 });
+  return wanted;
+}
+
+function syncSubscriptions() {
+  if (!state.janusReady || !state.me) return;  // called again once the Janus session is up
+  const wanted = wantedStreams();
+  for (const [feed, sub] of state.subs) {
+    const want = wanted.get(feed);
+    if (!want || subscriptionKey(want) !== sub.key) { sub.handle?.detach(); state.subs.delete(feed); }
+  }
+  for (const [feed, want] of wanted) if (!state.subs.has(feed)) subscribe(feed, want);
+}
+
+function subscriptionKey(want) {
+  return `${want.owner}|${(want.mids || ["all"]).join(",")}|${want.gain}`;
+}
+
+function subscribe(feed, want) {
+  const sub = { handle: null, key: subscriptionKey(want) };
+  state.subs.set(feed, sub);
+  const streams = want.mids ? want.mids.map((mid) => ({ feed, mid })) : [{ feed }];
+  state.janus.attach({
+    plugin: PLUGIN,
+    success: (handle) => {
+      sub.handle = handle;
+      if (state.subs.get(feed) !== sub) return handle.detach();
+      handle.send({ message: { request: "join", ptype: "subscriber", room: state.me.room_id, streams } });
+    },
+    error: (error) => {
+      console.warn("subscribe:", error);
+      if (state.subs.get(feed) === sub) { state.subs.delete(feed); setTimeout(syncSubscriptions, 1000); }
+    },
+    onmessage: (message, jsep) => {
+      if (message.error) console.warn("janus:", message.error);
+      if (!jsep) return;
+      sub.handle.createAnswer({
+        jsep,
+        tracks: [{ type: "data" }],  // receive only: never capture the camera again for a subscription
+        success: (answer) => sub.handle.send({ message: { request: "start" }, jsep: answer }),
+        error: (error) => console.warn("answer:", error),
+      });
+    },
+    onremotetrack: (track, mid, on) => { if (on) showTrack(want, track, sub.handle); },
+  });
+}
+
+function showTrack(want, track, handle) {
+  if (want.owner === "translation") {
+    if (track.kind === "audio") attachTranslated(track, handle);
+    return;
+  }
+  const tile = state.tiles.get(want.owner);
+  if (!tile) return;
+  if (track.kind === "video") {
+    tile.video.srcObject = new MediaStream([track]);
+    tile.video.play().catch(() => {});
+  } else {
+    tile.audio.srcObject = new MediaStream([track]);
+    tile.audio.volume = want.gain;
+    tile.audio.play().catch(() => {});
+  }
+}
+
+function attachTranslated(track, handle) {
+  state.translatedPc = handle.webrtcStuff?.pc || null;  // for tests that read its stats
+  const element = $("translated-audio");
   element.srcObject = new MediaStream([track]);
   element.play().catch(() => {});
-  if (!translated) return;
   meter(element.srcObject, (rms) => {
     metrics.translatedRms = rms;
     if (rms > SPEECH_RMS) metrics.translatedSoundAt.push(Date.now());
   });
 }
 
+// -- audio meters -------------------------------------------------------------------------------------
 function meterMic(media) {
   let lastLoud = 0;
   let speaking = false;
   meter(new MediaStream(media.getAudioTracks()), (rms, now) => {
     metrics.micRms = rms;
-    const myTile = state.me && state.tiles.get(state.me.id);
     if (rms > SPEECH_RMS && !state.muted) { lastLoud = now; speaking = true; }
     else if (speaking && now - lastLoud > SPEECH_END_HOLD_MS) { speaking = false; metrics.speechEnds.push(lastLoud); }
-    if (myTile) myTile.root.classList.toggle("speaking", speaking);
+    state.tiles.get("me")?.root.classList.toggle("speaking", speaking);
   });
 }
 
 let audioContext = null;
+const meters = new WeakMap();
 function meter(stream, onLevel) {
   audioContext = audioContext || new AudioContext();
   const analyser = audioContext.createAnalyser();
   analyser.fftSize = 1024;
   audioContext.createMediaStreamSource(stream).connect(analyser);
   const buffer = new Float32Array(analyser.fftSize);
-  setInterval(() => {
+  meters.set(stream, setInterval(() => {
     analyser.getFloatTimeDomainData(buffer);
     let sum = 0;
     for (const v of buffer) sum += v * v;
     onLevel(Math.sqrt(sum / buffer.length), Date.now());
-  }, 20);
+  }, 20));
 }
 
-// -- data channel messages --------------------------------------------------------------------------
-function onMessage(message) {
-  const handlers = { roster: onRoster, floor: onFloor, caption: onCaption, playout: onPlayout,
-    late: onLate, answer: onAnswer, error: (m) => console.warn("gateway:", m.error), welcome: () => {} };
-  (handlers[message.type] || (() => {}))(message);
-}
-
+// -- room events --------------------------------------------------------------------------------------
 function onFloor(message) {
   const pill = $("floor");
+  const myId = state.me?.id;
   pill.hidden = !message.holder;
   const next = message.queue.length ? ` · next: ${message.queue.join(", ")}` : "";
   pill.textContent = message.holder ? `${message.holder_name} has the floor${next}` : "";
   pill.dataset.holder = message.holder || "";
-  const mine = message.holder === state.me?.id || message.queue_ids.includes(state.me?.id);
+  const mine = message.holder === myId || message.queue_ids.includes(myId);
   $("floor-button").dataset.action = mine ? "release" : "request";
-  $("floor-button").textContent = message.holder === state.me?.id ? "Give up the floor"
-    : mine ? "Leave the queue" : "Ask for the floor";
-  for (const [id, tile] of state.tiles) tile.root.classList.toggle("speaking", id === message.holder);
+  $("floor-button").textContent = message.holder === myId ? "Give up the floor" : mine ? "Leave the queue" : "Ask for the floor";
+  for (const [id, tile] of state.tiles) {
+    if (id !== "me") tile.root.classList.toggle("speaking", id === message.holder);
+  }
 }
 
 function onPlayout(message) {
@@ -230,24 +493,27 @@ function onCaption(c) {
   el.dataset.speaker = c.speaker;
   el.dataset.final = String(Boolean(c.final));
   el.querySelector(".who").textContent = c.speaker;
-  el.querySelector(".text").textContent = c.final ? c.text : "";
+  el.querySelector(".text").textContent = c.text || "";
   const showOriginal = c.original && (c.source_lang !== c.lang || !c.final);
   el.querySelector(".original").textContent = showOriginal ? `${c.source_lang}: ${c.original}` : "";
   el.querySelector(".note").textContent = c.note || "";
   if (c.final && !metrics.captionsShownAt[key]) metrics.captionsShownAt[key] = Date.now();
+  if (!c.final && c.text && !metrics.interimShownAt[key]) metrics.interimShownAt[key] = Date.now();
   list.scrollTop = list.scrollHeight;
 }
 
-// -- video grid and renegotiation -------------------------------------------------------------------
+// -- the video grid -----------------------------------------------------------------------------------
 function ensureTile(id, label) {
   let tile = state.tiles.get(id);
   if (!tile) {
     const root = document.createElement("div");
     root.className = "tile";
     root.dataset.participant = id;
-    root.innerHTML = '<div class="avatar"></div><video autoplay playsinline muted></video><div class="label"></div>';
+    root.innerHTML = '<div class="avatar"></div><video autoplay playsinline muted></video><audio autoplay></audio>' +
+      '<div class="label"></div><div class="badge" data-muted hidden>muted</div>';
     $("grid").append(root);
-    tile = { root, video: root.querySelector("video") };
+    tile = { root, video: root.querySelector("video"), audio: root.querySelector("audio") };
+    tile.video.addEventListener("resize", () => refreshAvatar(tile));
     state.tiles.set(id, tile);
   }
   tile.root.querySelector(".label").textContent = label;
@@ -255,95 +521,73 @@ function ensureTile(id, label) {
   return tile;
 }
 
+// The avatar letter shows only where there is no picture: no camera, camera off, or no frame yet.
+function refreshAvatar(tile, cameraOn = tile.cameraOn ?? true) {
+  tile.cameraOn = cameraOn;
+  const picture = cameraOn && tile.video.videoWidth > 0;
+  tile.root.classList.toggle("no-video", !picture);
+}
+
+function updateOwnTile() {
+  const tile = state.tiles.get("me");
+  if (!tile) return;
+  tile.root.querySelector("[data-muted]").hidden = !state.muted;
+  const hasCamera = state.media?.getVideoTracks().length > 0;
+  refreshAvatar(tile, hasCamera && state.cameraOn);
+}
+
 function onRoster(message) {
   state.roster = message.participants;
+  state.feeds = message.feeds || {};
   const present = new Set(state.roster.map((p) => p.id));
   for (const [id, tile] of state.tiles) {
-    if (!present.has(id)) { tile.root.remove(); state.tiles.delete(id); }
+    if (id !== "me" && !present.has(id)) { tile.root.remove(); state.tiles.delete(id); }
   }
   for (const p of state.roster) {
     if (p.id === state.me?.id) continue;
     const lang = p.speak === p.hear ? p.speak : `${p.speak}→${p.hear}`;
-    ensureTile(p.id, `${p.name} · ${lang}${p.muted ? " · muted" : ""}`);
+    const tile = ensureTile(p.id, `${p.name} · ${lang}`);
+    tile.root.querySelector("[data-muted]").hidden = !p.muted;
+    refreshAvatar(tile, p.camera);
   }
-  renegotiate();
+  syncSubscriptions();
 }
 
-// One receive-only video section per other participant with a camera; a freed section is reused.
-function assignSlots() {
-  const wanted = state.roster.filter((p) => p.id !== state.me?.id && p.video).map((p) => p.id);
-  let changed = false;
-  for (const [transceiver, owner] of state.slots) {
-    if (owner && !wanted.includes(owner)) { state.slots.set(transceiver, ""); changed = true; }
-  }
-  const assigned = new Set(state.slots.values());
-  for (const id of wanted.filter((w) => !assigned.has(w))) {
-    let free = [...state.slots].find(([, owner]) => !owner)?.[0];
-    if (!free) free = state.pc.addTransceiver("video", { direction: "recvonly" });
-    state.slots.set(free, id);
-    changed = true;
-  }
-  return changed;
-}
-
-async function renegotiate() {
-  if (!state.pc || !state.dc) return;
-  if (state.negotiating) { state.dirty = true; return; }
-  if (!assignSlots()) return;
-  if (state.dc.readyState !== "open") { state.dc.addEventListener("open", renegotiate, { once: true }); return; }
-  state.negotiating = true;
-  await state.pc.setLocalDescription(await state.pc.createOffer());
-  const slots = {};
-  for (const [transceiver, owner] of state.slots) slots[transceiver.mid] = owner;
-  state.dc.send(JSON.stringify({ type: "offer", sdp: state.pc.localDescription.sdp, slots }));
-}
-
-async function onAnswer(message) {
-  await state.pc.setRemoteDescription({ type: "answer", sdp: message.sdp });
-  for (const [transceiver, owner] of state.slots) {
-    if (!owner) continue;
-    const tile = state.tiles.get(owner);
-    if (tile && tile.video.srcObject?.getVideoTracks()[0] !== transceiver.receiver.track) {
-      tile.video.srcObject = new MediaStream([transceiver.receiver.track]);
-      tile.video.play().catch(() => {});
-    }
-  }
-  state.negotiating = false;
-  if (state.dirty) { state.dirty = false; renegotiate(); }
-}
-
-// -- controls ---------------------------------------------------------------------------------------
+// -- controls -----------------------------------------------------------------------------------------
 function toggleMute() {
   state.muted = !state.muted;
-  state.me.media.getAudioTracks().forEach((t) => { t.enabled = !state.muted; });
+  state.media?.getAudioTracks().forEach((t) => { t.enabled = !state.muted; });
   $("mute").textContent = state.muted ? "Unmute" : "Mute";
   $("mute").setAttribute("aria-pressed", String(state.muted));
-  if (state.dc?.readyState === "open") state.dc.send(JSON.stringify({ type: "mute", muted: state.muted }));
+  send({ type: "mute", muted: state.muted });
+  updateOwnTile();
+}
+
+function toggleCamera() {
+  state.cameraOn = !state.cameraOn;
+  state.media?.getVideoTracks().forEach((t) => { t.enabled = state.cameraOn; });
+  $("camera").textContent = state.cameraOn ? "Camera off" : "Camera on";
+  $("camera").setAttribute("aria-pressed", String(!state.cameraOn));
+  send({ type: "camera", on: state.cameraOn });
+  updateOwnTile();
 }
 
 function floorButton() {
-  const action = $("floor-button").dataset.action;
-  if (state.dc?.readyState === "open") state.dc.send(JSON.stringify({ type: "floor", action }));
-}
-
-async function leave() {
-  if (state.me) {
-    await fetch(`/api/sessions/${state.me.id}/leave`, { method: "POST" }).catch(() => {});
-    state.me.media.getTracks().forEach((t) => t.stop());
-  }
-  if (state.pc) state.pc.close();
-  location.href = `/room/${encodeURIComponent(state.room)}`;
+  send({ type: "floor", action: $("floor-button").dataset.action });
 }
 
 async function main() {
   await loadConfig();
-  $("speak").addEventListener("change", () => { $("hear").value = $("speak").value; });
-  $("join-form").addEventListener("submit", join);
+  Janus.init({ debug: false, dependencies: Janus.useDefaultDependencies() });
+  $("join-form").addEventListener("submit", onSubmit);
   $("mute").addEventListener("click", toggleMute);
+  $("camera").addEventListener("click", toggleCamera);
   $("floor-button").addEventListener("click", floorButton);
   $("leave").addEventListener("click", leave);
   $("show-original").addEventListener("change", (e) => $("captions").classList.toggle("hide-original", !e.target.checked));
-  if (prefill()) join().catch((error) => showError(error.message));
+  const link = prefill();
+  if (link.error) return showError(link.error);
+  if (link.ready) start(readProfile()).catch((error) => showError(error.message || String(error)));
 }
 
 main();

@@ -1,0 +1,143 @@
+"""Egress, the second half of the bridge: the workers' results back into the room.
+
+    `results` stream -> captions to each listener's events socket, in their language
+                     -> translated speech onto the language's playout timeline
+    timeline -> one aiortc publisher per (room, listening language) in Janus: the language's feed
+
+Every listener of a language subscribes to the same feed straight from Janus, so a room costs one
+Opus encode per distinct listening language (k), whatever the number of listeners. Before lip-sync,
+a feed carries the translated speech only; listeners see each speaker's own camera from Janus.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import cast
+
+from aiortc import RTCConfiguration
+from redis.exceptions import RedisError
+
+from gateway import captions
+from gateway.janus import JanusClient, JanusClosed, JanusError
+from gateway.playout import TimelineTrack
+from gateway.rooms import Room
+from gateway.videoroom import Publisher, new_id
+from pipeline.bus import Bus
+from pipeline.routes import RESULTS
+
+log = logging.getLogger(__name__)
+
+TAIL_BLOCK_MS = 1_000
+TAIL_COUNT = 100
+REDIS_RETRY_S = 1.0
+FEED_DISPLAY = "BabelRoom translation ({language})"
+
+
+class Egress:
+    def __init__(self, bus: Bus, rooms: dict[str, Room]) -> None:
+        self.bus = bus
+        self.rooms = rooms
+        self.results = 0
+        self._feeds: dict[tuple[str, str], Publisher] = {}
+        self._playing: dict[tuple[str, str], tuple[str, int] | None] = {}
+
+    # -- results ----------------------------------------------------------------------------------
+    async def tail_results(self) -> None:
+        last_id = await self._results_start_id()
+        while True:
+            try:
+                deliveries = await self.bus.tail(RESULTS, last_id, TAIL_COUNT, TAIL_BLOCK_MS)
+            except (RedisError, OSError) as exc:
+                log.warning("results tail failed (%s); retrying", exc)
+                await asyncio.sleep(REDIS_RETRY_S)
+                continue
+            for delivery in deliveries:
+                last_id = delivery.entry_id
+                if delivery.message is None:
+                    log.warning("undecodable result %s: %s", delivery.entry_id, delivery.error)
+                    continue
+                self.results += 1
+                try:
+                    captions.dispatch(self.rooms, delivery.message)
+                except Exception:
+                    log.exception("dispatching %s failed", delivery.message.log_context)
+
+    async def _results_start_id(self) -> bytes | str:
+        """Start after the newest entry now in the stream: results from before this gateway are not ours."""
+        while True:
+            try:
+                newest = await self.bus.client.xrevrange(self.bus.stream(RESULTS), count=1)
+                return cast(bytes, newest[0][0]) if newest else "0-0"
+            except (RedisError, OSError) as exc:
+                log.warning("redis unavailable (%s); retrying", exc)
+                await asyncio.sleep(REDIS_RETRY_S)
+
+    # -- playout notices --------------------------------------------------------------------------
+    def tick(self, room: Room, now: float) -> None:
+        """Advance each timeline; tell its listeners when a translation starts or stops playing."""
+        for language, timeline in room.timelines.items():
+            timeline.poll(now)
+            timeline.prune(now)
+            placement = timeline.playing(now)
+            current = (placement.clip.speaker, placement.clip.seq) if placement else None
+            if self._playing.get((room.name, language)) == current:
+                continue
+            self._playing[(room.name, language)] = current
+            notice = {
+                "type": "playout",
+                "lang": language,
+                "playing": current is not None,
+                "id": f"{current[0]}:{current[1]}" if current else "",
+                "speaker": room.names.get(current[0], "") if current else "",
+                "stats": vars(timeline.stats),
+            }
+            for listener in room.listeners_for(language):
+                listener.send(notice)
+
+    # -- language feeds ---------------------------------------------------------------------------
+    async def update_feeds(self, client: JanusClient, room: Room, rtc: RTCConfiguration) -> bool:
+        """Publish a feed for every language the room needs and stop the others; True if any changed."""
+        wanted = room.languages_needing_a_feed()
+        changed = False
+        for language in sorted((set(room.feeds) | set(room.pending_feeds.values())) - wanted):
+            await self.close_feed(room, language)
+            changed = True
+        for language in sorted(wanted - set(room.feeds)):
+            if (room.name, language) in self._feeds:
+                continue  # being published, or by a concurrent update
+            changed = await self._open_feed(client, room, language, rtc) or changed
+        return changed
+
+    async def _open_feed(self, client: JanusClient, room: Room, language: str, rtc: RTCConfiguration) -> bool:
+        """Publish the language's timeline into Janus; the room learns its feed id once Janus has it."""
+        feed_id = new_id()
+        publisher = Publisher(rtc)
+        self._feeds[(room.name, language)] = publisher
+        try:
+            track = TimelineTrack(room.timeline(language))
+            await publisher.start(client, room.keys, feed_id, FEED_DISPLAY.format(language=language), [track])
+        except (JanusError, JanusClosed, TimeoutError) as exc:
+            log.error("room %s: could not publish the %s feed: %s", room.name, language, exc)
+            self._feeds.pop((room.name, language), None)
+            await publisher.stop()
+            return False
+        room.pending_feeds[feed_id] = language  # listed in room.feeds once Janus announces it
+        log.info("room %s: publishing the %s feed (%d)", room.name, language, feed_id)
+        return True
+
+    async def close_feed(self, room: Room, language: str) -> None:
+        room.feeds.pop(language, None)
+        for feed_id in [f for f, lang in room.pending_feeds.items() if lang == language]:
+            room.pending_feeds.pop(feed_id)
+        publisher = self._feeds.pop((room.name, language), None)
+        if publisher is not None:
+            with contextlib.suppress(Exception):  # Janus may be gone already; the peer is closed either way
+                await publisher.stop()
+
+    async def close_room(self, room: Room) -> None:
+        for language in {*room.feeds, *room.pending_feeds.values()}:
+            await self.close_feed(room, language)
+        for key in [k for k in self._playing if k[0] == room.name]:
+            self._playing.pop(key, None)

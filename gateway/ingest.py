@@ -1,0 +1,150 @@
+"""Ingest, the first half of the bridge: a participant's voice out of Janus and onto the bus.
+
+    Janus -> an aiortc subscriber to the participant's audio -> mono 48 kHz -> their Segmenter (16 kHz,
+    closed at a natural pause) -> the room's floor (translate, captions only, or wait for the floor)
+    -> a SpeechSegment on the `asr` stream, targets = the listeners' distinct languages
+
+Segments that cannot be published while Redis is away are held and published in order once it is
+back; one held longer than OUTBOX_MAX_AGE_S is dropped and counted, its moment having passed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from av import AudioFrame
+from redis.exceptions import RedisError
+
+from gateway.media import mono_samples
+from gateway.options import GatewayOptions
+from gateway.playout import OUTPUT_RATE
+from gateway.rooms import Participant, Room
+from pipeline import turns
+from pipeline.audio import resample
+from pipeline.bus import Bus
+from pipeline.messages import SAMPLE_RATE, SpeechSegment
+from pipeline.segmenter import Segment, Segmenter
+
+log = logging.getLogger(__name__)
+
+REDIS_RETRY_S = 1.0
+OUTBOX_MAX_AGE_S = 30.0
+
+
+@dataclass
+class IngestStats:
+    segments_published: int = 0
+    segments_waiting: int = 0  # held until their speaker got the floor
+    segments_held: int = 0  # held while Redis was unavailable, published later
+    segments_dropped: int = 0  # held too long and given up
+
+
+class Ingest:
+    def __init__(self, bus: Bus, options: GatewayOptions) -> None:
+        self.bus = bus
+        self.options = options
+        self.stats = IngestStats()
+        self._outbox: deque[tuple[Room, SpeechSegment, float]] = deque()
+
+    async def listen(self, room: Room, participant: Participant, track: MediaStreamTrack) -> None:
+        """Segment one participant's audio until their track ends."""
+        segmenter = Segmenter(self.options.segmenter, input_rate=OUTPUT_RATE)
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            if not isinstance(frame, AudioFrame):
+                continue
+            try:
+                samples = mono_samples(frame)
+            except ValueError as exc:  # one bad frame is skipped; the participant's audio carries on
+                log.warning("skipped an audio frame from %s: %s", participant.profile.name, exc)
+                continue
+            if frame.sample_rate != OUTPUT_RATE:
+                samples = resample(samples, frame.sample_rate, OUTPUT_RATE)
+            if participant.muted:  # the page mutes its track too; this covers the frames in flight
+                samples = samples * 0.0
+            segments = segmenter.feed(samples)
+            if participant.id not in room.participants:
+                return  # left
+            now = time.time()
+            if segmenter.speaking:
+                await self.floor_events(room, room.floor.heard(participant.id))
+            for segment in segments:
+                captured_at = now - (segmenter.position_sample - segment.end_sample) / SAMPLE_RATE
+                await self.submit(room, participant, segment, captured_at)
+
+    async def submit(self, room: Room, participant: Participant, segment: Segment, captured_at: float) -> None:
+        if not participant.profile.consent:
+            return  # no consent to processing their speech: the others hear the original voice only
+        plan = room.floor.submit(participant.id)
+        if plan.disposition is turns.Disposition.WAIT:
+            participant.waiting.append((segment, captured_at))
+            self.stats.segments_waiting += 1
+        else:
+            await self.publish(room, participant, segment, captured_at, plan.targets)
+        await self.floor_events(room, list(plan.events))
+
+    async def publish(
+        self, room: Room, participant: Participant, segment: Segment, captured_at: float, targets: tuple[str, ...]
+    ) -> None:
+        seq = room.next_seq(participant.id)
+        profile = participant.profile
+        message = segment.to_message(room.name, participant.id, seq, profile.speak, targets, profile.match_voice)
+        for language in targets:
+            room.timeline(language).expect(participant.id, seq)
+        message = message.stamped("captured", captured_at)
+        if self._outbox:  # keep the order: earlier segments are still waiting for Redis
+            self._hold(room, message)
+            return
+        try:
+            await self.bus.publish(message.stamped("published"))
+            self.stats.segments_published += 1
+        except RedisError as exc:
+            log.warning("redis unavailable (%s): holding segments until it is back", exc)
+            self._hold(room, message)
+
+    async def floor_events(self, room: Room, events: list[turns.FloorEvent]) -> None:
+        """Tell the room about floor changes; a speaker granted the floor gets their held segments sent."""
+        if not events:
+            return
+        room.broadcast(room.floor_state())
+        for event in events:
+            speaker = room.participants.get(event.participant)
+            if event.action == "granted" and speaker is not None and speaker.waiting:
+                waiting, speaker.waiting = speaker.waiting, []
+                for segment, captured_at in waiting:
+                    await self.publish(room, speaker, segment, captured_at, turns.plan_targets(room.floor, speaker.id))
+
+    def _hold(self, room: Room, message: SpeechSegment) -> None:
+        self._outbox.append((room, message, time.monotonic()))
+        self.stats.segments_held += 1
+
+    async def flush_outbox_forever(self) -> None:
+        while True:
+            await asyncio.sleep(REDIS_RETRY_S)
+            await self.flush_outbox()
+
+    async def flush_outbox(self) -> None:
+        """Publish held segments in order; stop at the first failure, drop the ones held too long."""
+        while self._outbox:
+            room, message, held_at = self._outbox[0]
+            if time.monotonic() - held_at > OUTBOX_MAX_AGE_S:
+                self._outbox.popleft()
+                self.stats.segments_dropped += 1
+                log.error("dropped %s: redis was unavailable for over %.0f s", message.log_context, OUTBOX_MAX_AGE_S)
+                for language in message.targets:
+                    room.timeline(language).forget(message.speaker, message.seq)
+                continue
+            try:
+                await self.bus.publish(message.stamped("published"))
+            except RedisError:
+                return
+            self._outbox.popleft()
+            self.stats.segments_published += 1
