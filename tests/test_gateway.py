@@ -83,14 +83,20 @@ async def server(redis_url: str, stream_prefix: str, janus_config: JanusConfig) 
         yield server
 
 
+async def wait_for_janus(http: ClientSession) -> None:
+    """The gateway connects to Janus in the background as it starts."""
+    for _ in range(200):
+        async with http.get("/healthz") as response:
+            if (await response.json()).get("janus") == "connected":
+                return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the gateway did not connect to Janus")
+
+
 @pytest.fixture
 async def http(server: BaseTestServer) -> AsyncIterator[ClientSession]:
     async with ClientSession(base_url=str(server.make_url(""))) as session:
-        for _ in range(100):  # the gateway connects to Janus in the background at start
-            async with session.get("/healthz") as response:
-                if (await response.json()).get("janus") == "connected":
-                    break
-            await asyncio.sleep(0.05)
+        await wait_for_janus(session)
         yield session
 
 
