@@ -61,8 +61,11 @@ def parser() -> argparse.ArgumentParser:
     translate.set_defaults(run=run_translate)
 
     bench = commands.add_parser("bench", help="run a benchmark and write its figures")
-    bench.add_argument("name", choices=("stages", "scaling"))
+    bench.add_argument("name", choices=("stages", "scaling", "media"))
     bench.add_argument("--out", type=Path, required=True)
+    bench.add_argument(
+        "--participants", default="2,4", help="media: room sizes to measure, comma-separated (default 2,4)"
+    )
     bench.set_defaults(run=run_bench)
     return top
 
@@ -147,10 +150,14 @@ def run_bench(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         from benchmarks.stages import run as run_stages
 
         run_stages(args.out)
-    else:
+    elif args.name == "scaling":
         from benchmarks.scaling import run as run_scaling
 
         run_scaling(args.out)
+    else:
+        from benchmarks.media import run as run_media
+
+        run_media(args.out, [int(n) for n in args.participants.split(",")])
     return 0
 
 

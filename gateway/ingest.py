@@ -1,6 +1,6 @@
 """Ingest, the first half of the bridge: a participant's voice out of Janus and onto the bus.
 
-    Janus -> an aiortc subscriber to the participant's audio -> mono 48 kHz -> their Segmenter (16 kHz,
+    Janus -> RTP forwarded to the gateway (gateway/rtp.py) -> Opus decoded, mono 48 kHz -> their Segmenter (16 kHz,
     closed at a natural pause) -> the room's floor (translate, captions only, or wait for the floor)
     -> a SpeechSegment on the `asr` stream, targets = the listeners' distinct languages
 
@@ -15,8 +15,9 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass
+from typing import Any, Protocol
 
-from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.mediastreams import MediaStreamError
 from av import AudioFrame
 from redis.exceptions import RedisError
 
@@ -31,6 +32,13 @@ from pipeline.messages import SAMPLE_RATE, SpeechSegment
 from pipeline.segmenter import Segment, Segmenter
 
 log = logging.getLogger(__name__)
+
+
+class AudioSource(Protocol):
+    """Where a participant's audio frames come from (gateway/rtp.py; any aiortc audio track fits too)."""
+
+    async def recv(self) -> Any: ...
+
 
 REDIS_RETRY_S = 1.0
 OUTBOX_MAX_AGE_S = 30.0
@@ -51,7 +59,7 @@ class Ingest:
         self.stats = IngestStats()
         self._outbox: deque[tuple[Room, SpeechSegment, float]] = deque()
 
-    async def listen(self, room: Room, participant: Participant, track: MediaStreamTrack) -> None:
+    async def listen(self, room: Room, participant: Participant, track: AudioSource) -> None:
         """Segment one participant's audio until their track ends."""
         segmenter = Segmenter(self.options.segmenter, input_rate=OUTPUT_RATE)
         while True:

@@ -29,6 +29,8 @@ MAX_PARTICIPANTS_PER_ROOM = 16
 # A participant whose media never reaches Janus this long after joining is removed: a join that never
 # connects must not hold a place in the room.
 MEDIA_TIMEOUT_S = 30.0
+# Where the gateway receives participants' audio from Janus: loopback, for a Janus on the same host.
+RTP_BIND = "127.0.0.1"
 # A participant whose sockets all closed (tab closed, network lost) is removed after this grace; a page
 # that reconnects sooner keeps its place.
 DISCONNECT_GRACE_S = 10.0
@@ -68,6 +70,9 @@ class GatewayOptions:
     media_timeout_s: float = MEDIA_TIMEOUT_S
     disconnect_grace_s: float = DISCONNECT_GRACE_S
     janus: JanusOptions = field(default_factory=JanusOptions)
+    rtp_bind: str = RTP_BIND  # the UDP address Janus forwards participants' audio to (see gateway/rtp.py)
+    rtp_port: int = 0  # 0: any free port
+    rtp_host: str = ""  # the address Janus should send to, when it differs from rtp_bind (NAT, containers)
     floor: FloorOptions = field(default_factory=FloorOptions)
     segmenter: SegmenterOptions = field(default_factory=SegmenterOptions)
 
@@ -88,6 +93,9 @@ class GatewayOptions:
             playout_delay_s=float(env.get("BABELROOM_PLAYOUT_DELAY_S", PLAYOUT_DELAY_S)),
             late_bound_s=float(env.get("BABELROOM_LATE_BOUND_S", LATE_BOUND_S)),
             janus=JanusOptions.from_env(env),
+            rtp_bind=env.get("BABELROOM_RTP_BIND", RTP_BIND),
+            rtp_port=int(env.get("BABELROOM_RTP_PORT", "0")),
+            rtp_host=env.get("BABELROOM_RTP_HOST", ""),
             floor=FloorOptions(
                 silence_timeout_s=float(env.get("BABELROOM_FLOOR_SILENCE_S", SILENCE_TIMEOUT_S)),
                 overlap=_overlap_policy(env.get("BABELROOM_OVERLAP", OverlapPolicy.QUEUE.value)),

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
-from aiortc.mediastreams import MediaStreamTrack
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import AudioFrame
 
 from gateway.options import LATE_BOUND_S, PLAYOUT_DELAY_S, REORDER_WAIT_S
@@ -31,6 +31,10 @@ OUTPUT_RATE = 48_000  # what aiortc's Opus encoder takes
 FRAME_SAMPLES = 960  # 20 ms at 48 kHz
 # A listener track that fell this far behind the wall clock (its sender stalled) skips ahead.
 MAX_TRACK_LAG_S = 0.5
+# Silence on a feed: this many silent frames go out as usual, then one every DTX_KEEPALIVE_FRAMES (400 ms,
+# Opus DTX's pace), which keeps the stream alive at a fiftieth of the cost.
+DTX_AFTER_FRAMES = 5
+DTX_KEEPALIVE_FRAMES = 20
 
 Outcome = Literal["scheduled", "held", "late", "out_of_order", "duplicate"]
 
@@ -202,10 +206,13 @@ class PlayoutTimeline:
 
 
 class TimelineTrack(MediaStreamTrack):
-    """One listener's view of a language timeline: 20 ms stereo s16 frames paced by the wall clock.
+    """A language timeline as an audio track: 20 ms stereo s16 frames paced by the wall clock.
 
-    Every listener of a language reads the same timeline, so they hear the same speech at the same
-    moment; only the Opus encoding is per listener, as it must be (each has its own congestion)."""
+    The language's feed publishes it once into Janus, and every listener of the language subscribes to
+    that feed, so they all hear the same speech at the same moment. Between translations the track
+    behaves like Opus DTX: after a few frames of silence it sends one silent frame every 400 ms instead
+    of 50 a second (timestamps jump, as receivers expect of DTX), so an idle room costs next to nothing.
+    """
 
     kind = "audio"
 
@@ -214,22 +221,24 @@ class TimelineTrack(MediaStreamTrack):
         self.timeline = timeline
         self._clock = clock
         self._next: int | None = None
+        self._silent_run = 0
 
     async def recv(self) -> AudioFrame:
-        if self.readyState != "live":
-            from aiortc.mediastreams import MediaStreamError
-
-            raise MediaStreamError
-        now_sample = self.timeline.sample_at(self._clock())
-        if self._next is None or now_sample - self._next > MAX_TRACK_LAG_S * self.timeline.options.rate:
-            self._next = now_sample
-        wait = self.timeline.time_of(self._next) - self._clock()
-        if wait > 0:
-            await asyncio.sleep(wait)
-        samples = self.timeline.render(self._next, FRAME_SAMPLES)
-        frame = stereo_frame(samples, self._next, self.timeline.options.rate)
-        self._next += FRAME_SAMPLES
-        return frame
+        while True:
+            if self.readyState != "live":
+                raise MediaStreamError
+            now_sample = self.timeline.sample_at(self._clock())
+            if self._next is None or now_sample - self._next > MAX_TRACK_LAG_S * self.timeline.options.rate:
+                self._next = now_sample
+            wait = self.timeline.time_of(self._next) - self._clock()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            pts = self._next
+            samples = self.timeline.render(pts, FRAME_SAMPLES)
+            self._next += FRAME_SAMPLES
+            self._silent_run = 0 if samples.any() else self._silent_run + 1
+            if self._silent_run <= DTX_AFTER_FRAMES or self._silent_run % DTX_KEEPALIVE_FRAMES == 0:
+                return stereo_frame(samples, pts, self.timeline.options.rate)
 
 
 def stereo_frame(mono: Samples, pts: int, rate: int = OUTPUT_RATE) -> AudioFrame:

@@ -16,7 +16,6 @@ A participant whose media never connects, or whose sockets stay closed, is remov
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hmac
 import json
 import logging
@@ -32,7 +31,8 @@ from gateway.janus import Handle, JanusClient, JanusClosed, JanusError
 from gateway.options import GatewayOptions
 from gateway.playout import PlayoutOptions
 from gateway.rooms import Participant, Profile, Room
-from gateway.videoroom import PLUGIN, Feed, Monitor, Subscriber, create_room, destroy_room, kick, new_id
+from gateway.rtp import RtpAudioTrack, RtpReceiver
+from gateway.videoroom import PLUGIN, Feed, Monitor, create_room, destroy_room, forward_audio, kick, new_id
 from pipeline.bus import Bus
 
 log = logging.getLogger(__name__)
@@ -65,13 +65,16 @@ class Gateway:
         self.janus_ready = asyncio.Event()
         self._control: Handle | None = None  # creates, destroys and kicks; never joins a room
         self._monitors: dict[str, Monitor] = {}
-        self._listeners: dict[str, tuple[Subscriber, asyncio.Task[None]]] = {}  # participant id -> audio
+        self.rtp: RtpReceiver | None = None
+        self._listeners: dict[str, tuple[RtpAudioTrack, asyncio.Task[None]]] = {}  # participant id -> audio
         self._events_sockets: dict[str, Any] = {}
         self._rooms_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # -- lifecycle --------------------------------------------------------------------------------
     async def start(self) -> None:
+        self.rtp = await RtpReceiver.listen(self.options.rtp_bind, self.options.rtp_port)
+        log.info("receiving participants' audio from Janus on udp %s:%d", self.options.rtp_bind, self.rtp.port)
         self._spawn(self._janus_forever())
         self._spawn(self.egress.tail_results())
         self._spawn(self.ingest.flush_outbox_forever())
@@ -85,6 +88,8 @@ class Gateway:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.janus is not None:
             await self.janus.close()
+        if self.rtp is not None:
+            self.rtp.close()
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro)
@@ -267,32 +272,33 @@ class Gateway:
         self._announce_roster(room)
 
     async def _listen(self, room: Room, participant: Participant, feed: Feed) -> None:
-        """Take the participant's audio out of Janus (an aiortc subscriber) and segment it."""
-        if self.janus is None:
+        """Have Janus forward the participant's audio to us (gateway/rtp.py), and segment it."""
+        if self.rtp is None or self._control is None:
             return
-        subscriber = Subscriber(self.rtc_configuration())
+        track = self.rtp.open_track()
         task = asyncio.current_task()
         assert task is not None
-        self._listeners[participant.id] = (subscriber, task)
+        self._listeners[participant.id] = (track, task)
+        host = self.options.rtp_host or self.options.rtp_bind
         try:
-            await subscriber.start(self.janus, room.keys, feed.id, feed.mids("audio")[:1])
-            track = await subscriber.tracks.get()
+            mid = feed.mids("audio")[0]
+            await forward_audio(
+                self._control, self.options.janus.admin_key, room.keys, feed.id, mid, host, self.rtp.port, track.ssrc
+            )
             await self.ingest.listen(room, participant, track)
         except (JanusError, JanusClosed, TimeoutError) as exc:
-            log.warning("could not subscribe to %s's audio: %s", participant.profile.name, exc)
+            log.warning("could not forward %s's audio: %s", participant.profile.name, exc)
         finally:
-            if self._listeners.get(participant.id, (None, None))[0] is subscriber:
+            if self._listeners.get(participant.id, (None, None))[0] is track:
                 self._listeners.pop(participant.id, None)
-            with contextlib.suppress(Exception):
-                await subscriber.stop()
+            self.rtp.close_track(track)
 
     async def _stop_listening(self, participant: Participant) -> None:
-        subscriber, task = self._listeners.pop(participant.id, (None, None))
+        track, task = self._listeners.pop(participant.id, (None, None))
+        if track is not None and self.rtp is not None:
+            self.rtp.close_track(track)  # ends the listener's loop
         if task is not None and task is not asyncio.current_task():
             task.cancel()
-        if subscriber is not None:
-            with contextlib.suppress(Exception):
-                await subscriber.stop()
 
     # -- room state for the pages -----------------------------------------------------------------
     def _roster(self, room: Room) -> dict[str, Any]:

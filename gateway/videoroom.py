@@ -1,5 +1,6 @@
 """Janus VideoRoom, as the gateway uses it: rooms it owns, a monitor that learns who publishes what,
-aiortc subscribers that take a participant's streams out of Janus, and aiortc publishers that put a
+RTP forwards that take a participant's voice out of Janus (gateway/rtp.py), aiortc subscribers (a
+participant's view of a feed, as tests and benchmarks play one), and aiortc publishers that put a
 language feed into it.
 
 Every room is private (not listed), joining it needs its pin and changing or destroying it needs its
@@ -107,6 +108,26 @@ async def destroy_room(handle: Handle, keys: RoomKeys) -> None:
 async def kick(handle: Handle, keys: RoomKeys, feed_id: int) -> None:
     with contextlib.suppress(JanusError):  # already left
         await handle.message({"request": "kick", "room": keys.room_id, "secret": keys.secret, "id": feed_id})
+
+
+async def forward_audio(
+    handle: Handle, admin_key: str, keys: RoomKeys, feed_id: int, mid: str, host: str, port: int, ssrc: int
+) -> int:
+    """Have Janus forward one audio stream of a feed as plain RTP to host:port, under `ssrc`; returns
+    Janus's id for the forward. Janus ends it by itself when the publisher stops."""
+    data, _ = await handle.message(
+        {
+            "request": "rtp_forward",
+            "admin_key": admin_key,
+            "room": keys.room_id,
+            "secret": keys.secret,
+            "publisher_id": feed_id,
+            "host": host,
+            "streams": [{"mid": mid, "port": port, "ssrc": ssrc}],
+        }
+    )
+    forwarders = data.get("forwarders", [])
+    return int(forwarders[0]["stream_id"]) if forwarders else 0
 
 
 class Monitor:

@@ -35,7 +35,7 @@ from typing import Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
-from scipy.signal import resample_poly
+from scipy.signal import firwin, resample_poly
 
 from pipeline.audio import Samples, float_to_pcm16, pcm16_to_float, rms_dbfs
 from pipeline.messages import SAMPLE_RATE, SpeechSegment
@@ -167,6 +167,10 @@ class StreamResampler:
         self.up, self.down = rate_out // g, rate_in // g
         # resample_poly's FIR reaches 10 * max(up, down) samples of the upsampled signal each side
         self.margin = ceil(10 * max(self.up, self.down) / self.up) + 2
+        # resample_poly's own low-pass, designed once: designing it again for every 20 ms chunk cost more
+        # than the filtering itself
+        rate = max(self.up, self.down)
+        self._taps = firwin(20 * rate + 1, 1.0 / rate, window=("kaiser", 5.0)).astype(np.float32) if rate > 1 else None
         self._buffer = np.zeros(0, dtype=np.float32)
         self._buffer_start = 0
         self._total_in = 0
@@ -189,7 +193,9 @@ class StreamResampler:
         if end_out <= self._done_out:
             return np.zeros(0, dtype=np.float32)
         start_in = self._slice_start(self._done_out)
-        out = resample_poly(self._buffer[start_in - self._buffer_start :], self.up, self.down)
+        # resample_poly scales the window it is given in place: hand it a copy
+        assert self._taps is not None  # _produce runs only when up != down
+        out = resample_poly(self._buffer[start_in - self._buffer_start :], self.up, self.down, window=self._taps.copy())
         first = self._done_out - start_in * self.up // self.down
         result: Samples = np.asarray(out[first : first + end_out - self._done_out], dtype=np.float32)
         self._done_out = end_out

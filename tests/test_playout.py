@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 import numpy as np
 
-from gateway.playout import OUTPUT_RATE, Clip, PlayoutOptions, PlayoutTimeline, TimelineTrack
+from gateway.playout import (
+    DTX_AFTER_FRAMES,
+    DTX_KEEPALIVE_FRAMES,
+    OUTPUT_RATE,
+    Clip,
+    PlayoutOptions,
+    PlayoutTimeline,
+    TimelineTrack,
+)
 
 T0 = 1_000.0
 OPTIONS = PlayoutOptions(delay_s=0.3, late_bound_s=10.0, reorder_wait_s=2.0)
@@ -99,3 +108,19 @@ async def test_the_track_sends_20ms_stereo_frames_of_the_timeline_paced_by_the_c
     levels = [float(np.abs(f.to_ndarray()).mean()) for f in frames]
     assert levels[0] > 10_000 and levels[-1] == 0  # the clip, then silence
     assert [f.pts for f in frames] == sorted(f.pts or 0 for f in frames)
+
+
+async def test_between_translations_the_track_sends_one_silent_frame_every_400_ms_like_opus_dtx() -> None:
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    timeline = PlayoutTimeline(PlayoutOptions(delay_s=0.0), origin=start)
+    timeline.offer(clip("a", 0, 0.1, ready_at=start, captured_at=start), now=start)
+    track = TimelineTrack(timeline, clock=loop.time)
+    frames = [await track.recv() for _ in range(5 + DTX_AFTER_FRAMES + 2)]
+    gaps = [b.pts - a.pts for a, b in itertools.pairwise(frames)]  # type: ignore[operator]
+    assert gaps[: 5 + DTX_AFTER_FRAMES - 1] == [960] * (5 + DTX_AFTER_FRAMES - 1), "speech, then a little silence"
+    assert gaps[-2:] == [960 * (DTX_KEEPALIVE_FRAMES - DTX_AFTER_FRAMES), 960 * DTX_KEEPALIVE_FRAMES]
+    timeline.offer(clip("a", 1, 0.1, ready_at=loop.time(), captured_at=loop.time()), now=loop.time())
+    speech = [await track.recv() for _ in range(3)]
+    assert all(float(np.abs(f.to_ndarray()).mean()) > 10_000 for f in speech[1:]), "a new translation plays at once"
+    assert [b.pts - a.pts for a, b in itertools.pairwise(speech)] == [960, 960]  # type: ignore[operator]

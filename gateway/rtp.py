@@ -1,0 +1,176 @@
+"""How a participant's voice leaves Janus for the gateway: Janus forwards it as plain RTP (`rtp_forward`)
+to one UDP socket of the gateway, one SSRC per participant, and the gateway decodes the Opus itself.
+
+Why rtp_forward and not an aiortc subscriber per participant: a subscriber is a whole WebRTC peer (ICE,
+DTLS, SRTP, RTCP, a jitter buffer and a decoder thread) in Python, which cost about 0.035 cores per
+participant on this machine, and it takes over a second of ICE and DTLS before the first packet, so
+the first words of someone who speaks as they join were lost. A forward costs Janus no encryption and
+the gateway a datagram parse and an Opus decode per packet, and it starts with the next packet.
+What it asks: Janus must reach the gateway's UDP port (`BABELROOM_RTP_HOST`, loopback when Janus is
+local); the RTP is not encrypted, so across hosts keep it on a private network. Forwarding is locked
+behind Janus's admin key, which only the gateway holds, and the socket takes only packets from the
+SSRCs the gateway itself assigned to its forwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import logging
+import secrets
+import struct
+from typing import cast
+
+from aiortc.mediastreams import MediaStreamError
+from av import AudioFrame, CodecContext, Packet
+
+log = logging.getLogger(__name__)
+
+OPUS_RATE = 48_000
+FRAME_SAMPLES = 960  # 20 ms of Opus at 48 kHz, what browsers send
+# Frames decoded but not yet read by the segmenter; a reader that falls this far behind loses the oldest.
+QUEUE_FRAMES = 250
+# A packet this far behind the newest (by sequence number) is too late to use; beyond it, a wrap or a reset.
+REORDER_WINDOW = 50
+MAX_CONCEALED_FRAMES = 10  # a gap of lost packets up to this long is filled with silence, keeping time
+_HEADER = struct.Struct("!BBHII")
+
+
+class RtpAudioTrack:
+    """One participant's forwarded audio, decoded to 20 ms mono s16 frames at 48 kHz, read with `recv`."""
+
+    kind = "audio"
+
+    def __init__(self, ssrc: int) -> None:
+        self.ssrc = ssrc
+        self.packets = 0
+        self.lost = 0
+        self._decoder = CodecContext.create("libopus", "r")
+        self._decoder.format = "s16"
+        self._decoder.layout = "mono"  # libopus mixes down for us: the segmenter wants mono
+        self._decoder.sample_rate = OPUS_RATE
+        self._frames: asyncio.Queue[AudioFrame | None] = asyncio.Queue(QUEUE_FRAMES)
+        self._last_seq: int | None = None
+        self._pts = 0
+
+    async def recv(self) -> AudioFrame:
+        frame = await self._frames.get()
+        if frame is None:
+            raise MediaStreamError
+        return frame
+
+    def stop(self) -> None:
+        self._put(None)
+
+    def receive(self, seq: int, payload: bytes) -> None:
+        """Take one RTP packet's Opus payload, in whatever order the network delivered it."""
+        if self._last_seq is not None:
+            ahead = (seq - self._last_seq) & 0xFFFF
+            if ahead == 0 or ahead > 0xFFFF - REORDER_WINDOW:
+                return  # a duplicate, or too late to play
+            if 1 < ahead <= MAX_CONCEALED_FRAMES + 1:
+                self.lost += ahead - 1
+                for _ in range(ahead - 1):
+                    self._put(self._silence())
+        self._last_seq = seq
+        self.packets += 1
+        try:
+            frames = self._decoder.decode(Packet(payload))
+        except ValueError as exc:  # av raises InvalidDataError (a ValueError) for a broken packet
+            log.warning("skipped an undecodable Opus packet (ssrc %d): %s", self.ssrc, exc)
+            return
+        for frame in frames:
+            self._stamp(frame)
+            self._put(frame)
+
+    def _silence(self) -> AudioFrame:
+        frame = AudioFrame(format="s16", layout="mono", samples=FRAME_SAMPLES)
+        for plane in frame.planes:
+            plane.update(bytes(plane.buffer_size))
+        self._stamp(frame)
+        return frame
+
+    def _stamp(self, frame: AudioFrame) -> None:
+        frame.sample_rate = OPUS_RATE
+        frame.pts = self._pts
+        frame.time_base = fractions.Fraction(1, OPUS_RATE)
+        self._pts += frame.samples
+
+    def _put(self, frame: AudioFrame | None) -> None:
+        if self._frames.full():
+            self._frames.get_nowait()
+        self._frames.put_nowait(frame)
+
+
+class RtpReceiver(asyncio.DatagramProtocol):
+    """The gateway's one UDP socket for forwarded audio: packets go to the track of their SSRC."""
+
+    def __init__(self) -> None:
+        self.tracks: dict[int, RtpAudioTrack] = {}
+        self.transport: asyncio.DatagramTransport | None = None
+        self.dropped = 0  # packets with an SSRC we did not ask for, or not RTP at all
+
+    @classmethod
+    async def listen(cls, host: str, port: int = 0) -> RtpReceiver:
+        loop = asyncio.get_running_loop()
+        transport, protocol = await loop.create_datagram_endpoint(cls, local_addr=(host, port))
+        protocol.transport = transport  # connection_made comes a loop turn later
+        return protocol
+
+    @property
+    def port(self) -> int:
+        assert self.transport is not None
+        return int(self.transport.get_extra_info("sockname")[1])
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def open_track(self) -> RtpAudioTrack:
+        """A track for a new forward, with an SSRC no other forward uses."""
+        ssrc = secrets.randbits(32)
+        while ssrc in self.tracks or ssrc == 0:
+            ssrc = secrets.randbits(32)
+        track = RtpAudioTrack(ssrc)
+        self.tracks[ssrc] = track
+        return track
+
+    def close_track(self, track: RtpAudioTrack) -> None:
+        self.tracks.pop(track.ssrc, None)
+        track.stop()
+
+    def close(self) -> None:
+        for track in list(self.tracks.values()):
+            self.close_track(track)
+        if self.transport is not None:
+            self.transport.close()
+
+    def datagram_received(self, data: bytes, addr: tuple[str | bytes | int, ...]) -> None:
+        parsed = parse_rtp(data)
+        track = self.tracks.get(parsed[1]) if parsed else None
+        if parsed is None or track is None:
+            self.dropped += 1
+            return
+        seq, _, payload = parsed
+        if payload:
+            track.receive(seq, payload)
+
+
+def parse_rtp(data: bytes) -> tuple[int, int, bytes] | None:
+    """(sequence number, SSRC, payload) of an RTP packet (RFC 3550), or None for anything else."""
+    if len(data) < _HEADER.size:
+        return None
+    first, second, seq, _, ssrc = _HEADER.unpack_from(data)
+    if first >> 6 != 2 or 72 <= second & 0x7F <= 76:  # not version 2, or RTCP (payload types 200-204)
+        return None
+    offset = _HEADER.size + 4 * (first & 0x0F)  # CSRCs
+    if first & 0x10:  # a header extension: 16-bit profile, 16-bit length in 32-bit words
+        if len(data) < offset + 4:
+            return None
+        (words,) = struct.unpack_from("!H", data, offset + 2)
+        offset += 4 + 4 * words
+    end = len(data)
+    if first & 0x20:  # padding: its length is the last byte
+        end -= data[-1] if data else 0
+    if offset > end:
+        return None
+    return seq, ssrc, data[offset:end]
