@@ -126,7 +126,12 @@ def media_plane(workdir: Path) -> Iterator[tuple[str, subprocess.Popen[bytes], s
 
 
 def measure(
-    base_url: str, janus_proc: subprocess.Popen[bytes], gateway: subprocess.Popen[bytes], n: int, quiet_wav: Path
+    base_url: str,
+    janus_proc: subprocess.Popen[bytes],
+    gateway: subprocess.Popen[bytes],
+    n: int,
+    quiet_wav: Path,
+    window: tuple[float, float],
 ) -> Row:
     from playwright.sync_api import sync_playwright
 
@@ -146,11 +151,12 @@ def measure(
             expected = n - 1  # every page receives every other camera
             for page in pages:
                 page.wait_for_function(f"window.babelroom.state.subs.size >= {expected}")
-            time.sleep(WARMUP_S)
+            warmup_s, window_s = window
+            time.sleep(warmup_s)
             before = [page.evaluate(FRAMES_DECODED) for page in pages]
             cpu_before = cpu_seconds(janus_proc.pid), cpu_seconds(gateway.pid)
             started = time.monotonic()
-            time.sleep(WINDOW_S)
+            time.sleep(window_s)
             elapsed = time.monotonic() - started
             cpu_after = cpu_seconds(janus_proc.pid), cpu_seconds(gateway.pid)
             after = [page.evaluate(FRAMES_DECODED) for page in pages]
@@ -167,7 +173,9 @@ def measure(
     return Row(n, janus_cores + gateway_cores, janus_cores, gateway_cores, fps)
 
 
-def run(out_dir: Path, participants: Sequence[int] = (2, 4)) -> dict[str, Any]:
+def run(
+    out_dir: Path, participants: Sequence[int] = (2, 4), warmup_s: float = WARMUP_S, window_s: float = WINDOW_S
+) -> dict[str, Any]:
     if not netns.inside():
         netns.enter()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -178,7 +186,7 @@ def run(out_dir: Path, participants: Sequence[int] = (2, 4)) -> dict[str, Any]:
         for n in participants:
             with media_plane(workdir) as (base_url, janus_proc, gateway):
                 wait_for_gateway(base_url)
-                row = measure(base_url, janus_proc, gateway, n, quiet)
+                row = measure(base_url, janus_proc, gateway, n, quiet, (warmup_s, window_s))
             rows.append(row)
             print(json.dumps(row.as_json()), flush=True)
     result = {
@@ -186,7 +194,7 @@ def run(out_dir: Path, participants: Sequence[int] = (2, 4)) -> dict[str, Any]:
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
         "date": time.strftime("%Y-%m-%d"),
         "camera": "Chromium fake camera, 320x240 at 15 fps",
-        "window_s": WINDOW_S,
+        "window_s": window_s,
         "janus": [row.as_json() for row in rows],
         "aiortc_before": {str(n): v for n, v in AIORTC_BEFORE.items()},
         "targets": {"cores_at_4": TARGET_CORES_AT_4, "fps": TARGET_FPS},

@@ -30,8 +30,12 @@ OPUS_RATE = 48_000
 FRAME_SAMPLES = 960  # 20 ms of Opus at 48 kHz, what browsers send
 # Frames decoded but not yet read by the segmenter; a reader that falls this far behind loses the oldest.
 QUEUE_FRAMES = 250
-# A packet this far behind the newest (by sequence number) is too late to use; beyond it, a wrap or a reset.
+# A packet this far behind the next one due (by sequence number) is too late to use, and one this far
+# ahead means the sender started over.
 REORDER_WINDOW = 50
+# Packets that may wait for a missing earlier one (60 ms) before it is given up as lost: enough for the
+# reordering a network does, short enough to add no delay worth hearing.
+HOLD_PACKETS = 3
 MAX_CONCEALED_FRAMES = 10  # a gap of lost packets up to this long is filled with silence, keeping time
 _HEADER = struct.Struct("!BBHII")
 
@@ -50,7 +54,8 @@ class RtpAudioTrack:
         self._decoder.layout = "mono"  # libopus mixes down for us: the segmenter wants mono
         self._decoder.sample_rate = OPUS_RATE
         self._frames: asyncio.Queue[AudioFrame | None] = asyncio.Queue(QUEUE_FRAMES)
-        self._last_seq: int | None = None
+        self._expected: int | None = None  # the next sequence number to decode
+        self._pending: dict[int, bytes] = {}  # arrived ahead of a missing one
         self._pts = 0
 
     async def recv(self) -> AudioFrame:
@@ -64,15 +69,34 @@ class RtpAudioTrack:
 
     def receive(self, seq: int, payload: bytes) -> None:
         """Take one RTP packet's Opus payload, in whatever order the network delivered it."""
-        if self._last_seq is not None:
-            ahead = (seq - self._last_seq) & 0xFFFF
-            if ahead == 0 or ahead > 0xFFFF - REORDER_WINDOW:
-                return  # a duplicate, or too late to play
-            if 1 < ahead <= MAX_CONCEALED_FRAMES + 1:
-                self.lost += ahead - 1
-                for _ in range(ahead - 1):
-                    self._put(self._silence())
-        self._last_seq = seq
+        if self._expected is None:
+            self._expected = seq
+        ahead = (seq - self._expected) & 0xFFFF
+        if ahead > 0xFFFF - REORDER_WINDOW:
+            return  # already played (a duplicate), or too late to play
+        if ahead >= REORDER_WINDOW:  # far ahead: the sender started over
+            self._pending.clear()
+            self._expected = seq
+        self._pending[seq] = payload
+        self._drain()
+
+    def _drain(self) -> None:
+        """Decode what is in order; a packet missing while HOLD_PACKETS later ones wait is given up."""
+        assert self._expected is not None
+        while True:
+            while self._expected in self._pending:
+                self._decode(self._pending.pop(self._expected))
+                self._expected = (self._expected + 1) & 0xFFFF
+            if len(self._pending) <= HOLD_PACKETS:
+                return
+            resume = min(self._pending, key=lambda s: (s - self._expected) & 0xFFFF)  # type: ignore[operator]
+            gap = (resume - self._expected) & 0xFFFF
+            self.lost += gap
+            for _ in range(min(gap, MAX_CONCEALED_FRAMES)):
+                self._put(self._silence())
+            self._expected = resume
+
+    def _decode(self, payload: bytes) -> None:
         self.packets += 1
         try:
             frames = self._decoder.decode(Packet(payload))
