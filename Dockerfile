@@ -1,16 +1,18 @@
-# One image for the gateway and every worker kind; compose.yaml picks the command.
+# One image for Janus, the gateway and every worker kind; compose.yaml picks the command.
 # The default torch wheel from PyPI is a CUDA build: the GPU engines (transformers Whisper, NLLB,
 # MMS-TTS) run on it. CTranslate2 (faster-whisper) also runs where the host has CUDA 12 libraries.
 FROM python:3.11-slim-bookworm
 
 ENV DEBIAN_FRONTEND=noninteractive PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1
 RUN apt-get update \
- && apt-get install -y --no-install-recommends espeak-ng sox apertium apertium-eng-spa apertium-eng-cat \
+ && apt-get install -y --no-install-recommends janus libjs-janus-gateway libjs-webrtc-adapter \
+      espeak-ng sox apertium apertium-eng-spa apertium-eng-cat \
       apertium-en-gl apertium-es-pt apertium-fr-es \
  && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /app
 COPY pyproject.toml README.md ./
+COPY babelroom babelroom
 COPY gateway gateway
 COPY pipeline pipeline
 COPY workers workers

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -38,6 +39,11 @@ def parser() -> argparse.ArgumentParser:
     gateway = commands.add_parser("gateway", help="run the gateway (room page, WebRTC, playout)")
     add_listen_options(gateway)
     gateway.set_defaults(run=run_gateway)
+
+    janus = commands.add_parser("janus", help="run Janus with BabelRoom's configuration (containers: compose.yaml)")
+    janus.add_argument("--ws-ip", default="127.0.0.1", help="address of Janus's API (only the gateway talks to it)")
+    janus.add_argument("--ws-port", type=int, default=8188)
+    janus.set_defaults(run=run_janus)
 
     worker = commands.add_parser("worker", help="run one worker")
     worker.add_argument("kind", choices=WORKER_KINDS)
@@ -80,6 +86,25 @@ def run_up(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
     up(env, args.host, args.port)
     return 0
+
+
+def run_janus(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    """Write Janus's configuration with the secrets the gateway was given, then become Janus."""
+    import tempfile
+
+    from babelroom import janus
+
+    secret, admin_key = env.get("BABELROOM_JANUS_API_SECRET", ""), env.get("BABELROOM_JANUS_ADMIN_KEY", "")
+    if not secret or not admin_key:
+        print("babelroom janus: set BABELROOM_JANUS_API_SECRET and BABELROOM_JANUS_ADMIN_KEY (the gateway's too)",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    fresh = janus.config_from_env(env, args.ws_port)
+    config = dataclasses.replace(fresh, api_secret=secret, admin_key=admin_key, ws_ip=args.ws_ip)
+    folder = Path(tempfile.mkdtemp(prefix="babelroom-janus-"))
+    janus.write_config(folder, config)
+    argv = janus.janus_argv(folder)
+    os.execv(argv[0], argv)
 
 
 def run_gateway(args: argparse.Namespace, env: Mapping[str, str]) -> int:
