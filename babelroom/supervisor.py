@@ -48,8 +48,11 @@ class Child:
     history: list[int] = field(default_factory=list)
 
     def start(self) -> None:
-        # Children log to stderr; stdout stays for what `up` prints (the room URL).
-        self.process = subprocess.Popen(self.argv, env=self.env, stdout=sys.stderr, preexec_fn=_die_with_parent)
+        # Children log to stderr; stdout stays for what `up` prints (the room URL). Each runs in its own
+        # process group, so a Ctrl-C reaches the supervisor only, which stops them in order (Redis last).
+        self.process = subprocess.Popen(
+            self.argv, env=self.env, stdout=sys.stderr, preexec_fn=_die_with_parent, process_group=0
+        )
         self.started_at = time.monotonic()
         self.restart_at = None
         log.info("started %s (pid %d)", self.name, self.process.pid)
