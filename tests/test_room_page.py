@@ -1,0 +1,86 @@
+"""The room page as a new user meets it, in headless Chromium against the real gateway and Janus: what the
+form offers and remembers, how a bad link is explained, and what happens when the connection is lost
+(a banner, then the page rejoins by itself with the same name and languages) or when one leaves."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, Page, sync_playwright
+
+from tests.browser import CHROMIUM, CHROMIUM_FLAGS, fake_mic_wav
+
+TIMEOUT_MS = 20_000
+CONNECTED = "window.babelroom.state.connected === true"
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[Browser]:
+    quiet = fake_mic_wav(tmp_path / "quiet.wav", None)
+    with sync_playwright() as playwright:
+        args = [*CHROMIUM_FLAGS, f"--use-file-for-fake-audio-capture={quiet}"]
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=args)
+        yield browser
+        browser.close()
+
+
+def open_page(browser: Browser, url: str) -> Page:
+    page = browser.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(url)
+    page.wait_for_function("window.babelroom && window.babelroom.state.config !== null")
+    return page
+
+
+def test_the_form_starts_with_unavailable_features_off_and_keeps_languages_apart(
+    service: str, browser: Browser
+) -> None:
+    page = open_page(browser, f"{service}/room/demo")
+    assert page.is_disabled("#opt-lipsync") and not page.is_checked("#opt-lipsync")
+    assert page.is_visible("#lipsync-option [data-unavailable]")
+    assert not page.is_checked("#face-yes") and not page.is_checked("#face-no"), "consent is never pre-chosen"
+    page.select_option("#hear", "ca")
+    page.select_option("#speak", "es")
+    assert page.input_value("#hear") == "ca", "choosing what I speak must not change what I hear"
+
+    page = open_page(browser, f"{service}/room/demo?name=Bea&speak=es&hear=xx")
+    error = page.inner_text("#join-error")
+    assert '"xx"' in error and "hear=xx" in error and page.is_visible("#lobby"), error
+
+
+def test_a_lost_connection_shows_a_banner_and_rejoins_with_the_same_profile(service: str, browser: Browser) -> None:
+    page = open_page(browser, f"{service}/room/rejoin?name=Ana&speak=en&hear=es")
+    page.wait_for_function(CONNECTED)
+    first = page.evaluate("window.babelroom.state.me.id")
+    ticket = page.evaluate("window.babelroom.state.me.ticket")
+    stored = json.loads(page.evaluate("localStorage.getItem('babelroom.profile')"))
+    assert (stored["name"], stored["speak"], stored["hear"]) == ("Ana", "en", "es"), "remembered for the next visit"
+
+    # The server drops the session (as a restart or a network loss would): the page must notice.
+    request = urllib.request.Request(f"{service}/api/sessions/{first}/leave?ticket={ticket}", method="POST")
+    urllib.request.urlopen(request, timeout=5).close()
+    page.wait_for_function("!document.getElementById('banner').hidden")
+    assert "Reconnecting" in page.inner_text("#banner")
+    page.wait_for_function(f"window.babelroom.state.connected && window.babelroom.state.me?.id !== '{first}'")
+    page.wait_for_function("document.getElementById('banner').hidden")
+    roster = page.evaluate("window.babelroom.state.roster")
+    assert [(p["name"], p["speak"], p["hear"]) for p in roster] == [("Ana", "en", "es")]
+
+    page.click("#leave")
+    page.wait_for_selector("#lobby-notice", state="visible")
+    assert "You left" in page.inner_text("#lobby-notice") and page.url.startswith(service)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(f"{service}/healthz", timeout=5) as reply:
+            if json.loads(reply.read())["participants"] == 0:
+                break
+        time.sleep(0.2)
+    else:
+        raise AssertionError("leaving did not end the session")
