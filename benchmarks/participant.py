@@ -38,13 +38,20 @@ class ScriptedParticipant:
     message_times: list[float] = field(default_factory=list)
     translated_peak: float = 0.0  # loudest 20 ms of the translated feed, RMS in [0, 1]
     translated_sound_at: list[float] = field(default_factory=list)  # wall times of 20 ms frames above 0.02 RMS
+    translated_frames: list[tuple[float, Any]] = field(default_factory=list)  # (wall time, RGB) of the feed's video
     _http: aiohttp.ClientSession | None = None
     _events: aiohttp.ClientWebSocketResponse | None = None
     _janus: JanusClient | None = None
     _peers: list[Publisher | Subscriber] = field(default_factory=list)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
-    async def join(self, mic: MediaStreamTrack, token: str = "", options: dict[str, bool] | None = None) -> None:
+    async def join(
+        self,
+        mic: MediaStreamTrack,
+        token: str = "",
+        options: dict[str, bool] | None = None,
+        camera: MediaStreamTrack | None = None,
+    ) -> None:
         self._http = aiohttp.ClientSession(base_url=self.base_url)
         body = {"name": self.name, "speak": self.speak, "hear": self.hear, "token": token, "options": options or {}}
         async with self._http.post(f"/api/rooms/{self.room}/join", json=body) as response:
@@ -58,7 +65,8 @@ class ScriptedParticipant:
         publisher = Publisher(RTC)
         self._peers.append(publisher)
         keys = RoomKeys(self.session["room_id"], pin="", secret="")
-        await publisher.start(self._janus, keys, self.session["feed_id"], self.name, [mic])
+        tracks = [mic] if camera is None else [mic, camera]
+        await publisher.start(self._janus, keys, self.session["feed_id"], self.name, tracks)
 
     async def listen_to_translation(self, timeout_s: float = 15.0) -> None:
         """Subscribe to the feed of translated speech in the language this participant hears."""
@@ -67,8 +75,10 @@ class ScriptedParticipant:
         subscriber = Subscriber(RTC)
         self._peers.append(subscriber)
         await subscriber.start(self._janus, RoomKeys(self.session["room_id"], pin="", secret=""), int(feed))
-        track = await asyncio.wait_for(subscriber.tracks.get(), timeout_s)
-        self._tasks.append(asyncio.create_task(self._meter(track)))
+        for _ in range(2):  # the feed's audio, and its video (a face while a translation plays)
+            track = await asyncio.wait_for(subscriber.tracks.get(), timeout_s)
+            watch = self._meter if track.kind == "audio" else self._watch
+            self._tasks.append(asyncio.create_task(watch(track)))
 
     def send(self, message: dict[str, Any]) -> None:
         assert self._events is not None
@@ -117,6 +127,14 @@ class ScriptedParticipant:
             if frame.type is aiohttp.WSMsgType.TEXT:
                 self.messages.append(json.loads(frame.data))
                 self.message_times.append(time.time())
+
+    async def _watch(self, track: MediaStreamTrack) -> None:
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            self.translated_frames.append((time.time(), frame.to_ndarray(format="rgb24")))  # type: ignore[union-attr]
 
     async def _meter(self, track: MediaStreamTrack) -> None:
         while True:

@@ -5,8 +5,9 @@
     timeline -> one aiortc publisher per (room, listening language) in Janus: the language's feed
 
 Every listener of a language subscribes to the same feed straight from Janus, so a room costs one
-Opus encode per distinct listening language (k), whatever the number of listeners. Before lip-sync,
-a feed carries the translated speech only; listeners see each speaker's own camera from Janus.
+Opus encode per distinct listening language (k), whatever the number of listeners. A feed's video
+shows, while a consenting speaker's translation plays, their face in step with it (gateway/video.py);
+otherwise it sends nothing, and listeners see each speaker's own camera from Janus.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from gateway import captions
 from gateway.janus import JanusClient, JanusClosed, JanusError
 from gateway.playout import TimelineTrack
 from gateway.rooms import Room
+from gateway.video import FeedVideoTrack
 from gateway.videoroom import Publisher, new_id
 from pipeline.bus import Bus
 from pipeline.routes import RESULTS
@@ -90,7 +92,9 @@ class Egress:
                 "lang": language,
                 "playing": current is not None,
                 "id": f"{current[0]}:{current[1]}" if current else "",
+                "speaker_id": current[0] if current else "",
                 "speaker": room.names.get(current[0], "") if current else "",
+                "video": current is not None and room.video.get(*current) is not None,  # the feed shows their face
                 "stats": vars(timeline.stats),
             }
             for listener in room.listeners_for(language):
@@ -116,8 +120,9 @@ class Egress:
         publisher = Publisher(rtc)
         self._feeds[(room.name, language)] = publisher
         try:
-            track = TimelineTrack(room.timeline(language))
-            await publisher.start(client, room.keys, feed_id, FEED_DISPLAY.format(language=language), [track])
+            timeline = room.timeline(language)
+            tracks = [TimelineTrack(timeline), FeedVideoTrack(timeline, room.video, language)]
+            await publisher.start(client, room.keys, feed_id, FEED_DISPLAY.format(language=language), tracks)
         except (JanusError, JanusClosed, TimeoutError) as exc:
             log.error("room %s: could not publish the %s feed: %s", room.name, language, exc)
             self._feeds.pop((room.name, language), None)

@@ -107,6 +107,9 @@ class Ingest:
         message = segment.to_message(room.name, participant.id, seq, profile.speak, targets, profile.match_voice)
         for language in targets:
             room.timeline(language).expect(participant.id, seq)
+        if participant.video_window is not None:  # the speaker consented: their face can follow the translation
+            spoken_from = captured_at - (segment.end_sample - segment.start_sample) / SAMPLE_RATE
+            room.video.keep_original(participant.id, seq, participant.video_window.between(spoken_from, captured_at))
         message = message.stamped("captured", captured_at)
         if self._outbox:  # keep the order: earlier segments are still waiting for Redis
             self._hold(room, message)

@@ -22,8 +22,9 @@ LATE_BOUND_S = 15.0
 REORDER_WAIT_S = 4.0
 # Enough for a JSON body with SDP for a dozen media sections; anything bigger is not signaling.
 CLIENT_MAX_SIZE = 64 * 1024
-# Recent decoded video frames kept per participant for lip-sync (about 2 s at 15 fps).
-VIDEO_WINDOW_FRAMES = 30
+# Recent camera frames kept per consenting speaker for lip-sync: about 12 s at 15 fps, the longest
+# segment (MAX_SEGMENT_S) with its pre-roll.
+VIDEO_WINDOW_FRAMES = 180
 MAX_NAME_CHARS = 64
 MAX_PARTICIPANTS_PER_ROOM = 16
 # A participant whose media never reaches Janus this long after joining is removed: a join that never

@@ -11,7 +11,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.media import VideoWindow
 from gateway.playout import PlayoutOptions, PlayoutTimeline
+from gateway.video import SegmentVideo
 from gateway.videoroom import Feed, RoomKeys, new_id
 from pipeline import turns
 
@@ -51,6 +53,7 @@ class Participant:
     media_up: bool = False  # Janus reported one of their peer connections up
     sockets: int = 0  # open events and media (proxy) sockets
     disconnected_at: float | None = None  # when the last socket closed
+    video_window: VideoWindow | None = None  # their recent camera frames, kept only with face consent
     outbox: asyncio.Queue[str] = field(default_factory=lambda: asyncio.Queue(OUTBOX_LIMIT))
     waiting: list[Any] = field(default_factory=list)  # segments held until this speaker gets the floor
 
@@ -93,6 +96,7 @@ class Room:
         self.names: dict[str, str] = {}  # participant id -> display name, kept after they leave for late captions
         self.timelines: dict[str, PlayoutTimeline] = {}
         self.feeds: dict[str, int] = {}  # listening language -> the feed id of its translated speech
+        self.video = SegmentVideo()  # consenting speakers' frames of recent segments, for the feeds
         self.pending_feeds: dict[int, str] = {}  # feeds published but not yet announced by Janus -> language
         self._seq: dict[str, int] = {}
 

@@ -28,11 +28,12 @@ from aiortc import RTCConfiguration, RTCIceServer
 from gateway.egress import Egress
 from gateway.ingest import Ingest
 from gateway.janus import Handle, JanusClient, JanusClosed, JanusError
+from gateway.media import VideoWindow
 from gateway.options import GatewayOptions
 from gateway.playout import PlayoutOptions
 from gateway.rooms import Participant, Profile, Room
 from gateway.rtp import RtpAudioTrack, RtpReceiver
-from gateway.videoroom import PLUGIN, Feed, Monitor, create_room, destroy_room, forward_audio, kick, new_id
+from gateway.videoroom import PLUGIN, Feed, Monitor, Subscriber, create_room, destroy_room, forward_audio, kick, new_id
 from pipeline.bus import Bus
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ class Gateway:
         self._control: Handle | None = None  # creates, destroys and kicks; never joins a room
         self._monitors: dict[str, Monitor] = {}
         self.rtp: RtpReceiver | None = None
+        self._faces: dict[str, Subscriber] = {}  # participant id -> the subscriber to their camera
         self._listeners: dict[str, tuple[RtpAudioTrack, asyncio.Task[None]]] = {}  # participant id -> audio
         self._events_sockets: dict[str, Any] = {}
         self._rooms_lock = asyncio.Lock()
@@ -261,6 +263,8 @@ class Gateway:
         participant.feed = feed
         if participant.id not in self._listeners and feed.mids("audio"):
             self._spawn(self._listen(room, participant, feed))
+        if participant.profile.face_consent and participant.id not in self._faces and feed.mids("video"):
+            self._spawn(self._watch_face(room, participant, feed))
         self._announce_roster(room)
 
     def _on_gone(self, room: Room, feed_id: int) -> None:
@@ -293,12 +297,34 @@ class Gateway:
                 self._listeners.pop(participant.id, None)
             self.rtp.close_track(track)
 
+    async def _watch_face(self, room: Room, participant: Participant, feed: Feed) -> None:
+        """Keep a consenting speaker's recent camera frames (an aiortc subscriber to their video), so a
+        language's feed can show their face in step with the translation. Without consent, nothing."""
+        if self.janus is None:
+            return
+        subscriber = Subscriber(self.rtc_configuration())
+        self._faces[participant.id] = subscriber
+        try:
+            await subscriber.start(self.janus, room.keys, feed.id, feed.mids("video")[:1])
+            window = participant.video_window = VideoWindow(self.options.video_window_frames)
+            await window.fill(await subscriber.tracks.get())
+        except (JanusError, JanusClosed, TimeoutError) as exc:
+            log.warning("could not watch %s's camera: %s", participant.profile.name, exc)
+        finally:
+            participant.video_window = None
+            if self._faces.get(participant.id) is subscriber:
+                self._faces.pop(participant.id, None)
+            await subscriber.stop()
+
     async def _stop_listening(self, participant: Participant) -> None:
         track, task = self._listeners.pop(participant.id, (None, None))
         if track is not None and self.rtp is not None:
             self.rtp.close_track(track)  # ends the listener's loop
         if task is not None and task is not asyncio.current_task():
             task.cancel()
+        face = self._faces.pop(participant.id, None)
+        if face is not None:
+            await face.stop()  # ends the window's loop
 
     # -- room state for the pages -----------------------------------------------------------------
     def _roster(self, room: Room) -> dict[str, Any]:

@@ -21,7 +21,7 @@ import pytest
 from aiohttp import ClientSession, WSServerHandshakeError
 from aiohttp.test_utils import BaseTestServer, TestServer
 from aiortc.mediastreams import MediaStreamTrack
-from av import AudioFrame
+from av import AudioFrame, VideoFrame
 
 from babelroom.janus import JanusConfig
 from benchmarks.participant import ScriptedParticipant
@@ -100,11 +100,39 @@ async def http(server: BaseTestServer) -> AsyncIterator[ClientSession]:
         yield session
 
 
+class ColorCamera(MediaStreamTrack):
+    """A 320x240 camera showing one solid colour, at 15 fps."""
+
+    kind = "video"
+
+    def __init__(self, rgb: tuple[int, int, int]) -> None:
+        super().__init__()
+        self._image = np.full((240, 320, 3), rgb, dtype=np.uint8)
+        self._pts = 0
+        self._start: float | None = None
+
+    async def recv(self) -> VideoFrame:
+        self._start = self._start or time.monotonic()
+        wait = self._start + self._pts / 90_000 - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        frame = VideoFrame.from_ndarray(self._image, format="rgb24")
+        frame.pts, frame.time_base = self._pts, fractions.Fraction(1, 90_000)
+        self._pts += 6_000
+        return frame
+
+
 async def join(
-    server: BaseTestServer, name: str, speak: str, hear: str, mic: MediaStreamTrack, **toggles: bool
+    server: BaseTestServer,
+    name: str,
+    speak: str,
+    hear: str,
+    mic: MediaStreamTrack,
+    camera: MediaStreamTrack | None = None,
+    **toggles: bool,
 ) -> ScriptedParticipant:
     person = ScriptedParticipant(str(server.make_url("")).rstrip("/"), ROOM, name, speak, hear)
-    await person.join(mic, token=issue_token(SECRET, ROOM, name), options=toggles)
+    await person.join(mic, token=issue_token(SECRET, ROOM, name), options=toggles, camera=camera)
     return person
 
 
@@ -161,6 +189,42 @@ async def test_speech_becomes_segments_and_results_become_captions_and_translate
         await ana.wait_for(lambda: ana.translated_peak > 0.1, "translated speech on Ana's feed", timeout_s=10)
         assert bob.captions(lang="en", final=True), "the speaker sees their own words"
         assert not bob.captions(lang="es"), "the speaker never receives their own translation"
+    finally:
+        await bob.close()
+        await ana.close()
+
+
+@pytest.mark.parametrize("consent", [True, False])
+async def test_a_consenting_speakers_face_plays_on_the_feed_while_their_translation_does(
+    server: BaseTestServer, http: ClientSession, bus: Bus, consent: bool
+) -> None:
+    ana = await join(server, "Ana", "es", "es", SpeechTrack(silence(60)))
+    speech = np.concatenate([silence(3.0), espeak("the house is big"), silence(30)])
+    bob = await join(server, "Bob", "en", "en", SpeechTrack(speech), ColorCamera((220, 30, 30)), face_consent=consent)
+    try:
+        await ana.listen_to_translation()
+        segment = await first_segment(bus)
+        base: dict[str, Any] = {
+            "room": ROOM,
+            "speaker": bob.session["id"],
+            "seq": segment.seq,
+            "stamps": segment.stamps,
+        }
+        tone = 0.3 * np.sin(2 * np.pi * 220 * np.arange(32_000) / 16_000)
+        await bus.publish(SynthesizedSpeech(**base, language="es", text="la casa", pcm=float_to_pcm16(tone)))
+        notice = await ana.wait_for(
+            lambda: [m for m in ana.messages if m["type"] == "playout" and m["playing"]], "playout"
+        )
+        assert notice[0]["speaker_id"] == bob.session["id"] and notice[0]["video"] is consent
+        await asyncio.sleep(2.5)  # the 2 s translation plays out
+        if not consent:
+            assert ana.translated_frames == [], "without consent no frame of Bob's leaves the gateway"
+            return
+        assert len(ana.translated_frames) >= 10, "the feed shows Bob's face while his translation plays"
+        red, green, blue = np.median([frame.reshape(-1, 3).mean(axis=0) for _, frame in ana.translated_frames], axis=0)
+        assert red > 150 and green < 90 and blue < 90, (red, green, blue)
+        playing_from = ana.message_times[ana.messages.index(notice[0])]
+        assert abs(ana.translated_frames[0][0] - playing_from) < 1.0, "the face comes with the speech"
     finally:
         await bob.close()
         await ana.close()

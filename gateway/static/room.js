@@ -21,6 +21,7 @@ const $ = (id) => document.getElementById(id);
 const state = {
   config: null, me: null, profile: null, events: null, janus: null, publisher: null,
   subs: new Map(),            // feed id -> {handle, key}
+  feedVideo: null,            // my language feed's video: a speaker's face while their translation plays
   translatedPc: null,         // the peer connection that carries my language's translated speech
   lostReasons: [],            // why the connection was lost, each time (for the curious, and tests)
   roster: [], feeds: {}, tiles: new Map(), media: null,
@@ -215,6 +216,7 @@ function teardown(sayGoodbye) {
   state.me = null;
   state.publisher = null;
   state.subs.clear();
+  state.feedVideo = null;
   state.events = null;
   if (events) { events.onclose = null; events.close(); }
   if (janus) { try { janus.destroy({ cleanupHandles: true, notifyDestroyed: false }); } catch (error) { /* already gone */ } }
@@ -397,13 +399,14 @@ function subscribe(feed, want) {
 function showTrack(want, track, handle) {
   if (want.owner === "translation") {
     if (track.kind === "audio") attachTranslated(track, handle);
+    else state.feedVideo = new MediaStream([track]);  // the speaker's face in step with the translation
     return;
   }
   const tile = state.tiles.get(want.owner);
   if (!tile) return;
   if (track.kind === "video") {
-    tile.video.srcObject = new MediaStream([track]);
-    tile.video.play().catch(() => {});
+    tile.camera = new MediaStream([track]);
+    if (!tile.translating) showVideo(tile, tile.camera);
   } else {
     tile.audio.srcObject = new MediaStream([track]);
     tile.audio.volume = want.gain;
@@ -469,6 +472,20 @@ function onFloor(message) {
 function onPlayout(message) {
   $("playing").hidden = !message.playing;
   $("playing").textContent = message.playing ? `Translation playing · ${message.speaker}` : "";
+  // While a consenting speaker's translation plays, their tile shows the feed's face, in step with it.
+  for (const [id, tile] of state.tiles) {
+    const translating = Boolean(message.playing && message.video && state.feedVideo && id === message.speaker_id);
+    if (translating === Boolean(tile.translating)) continue;
+    tile.translating = translating;
+    tile.root.toggleAttribute("data-translated-video", translating);
+    showVideo(tile, translating ? state.feedVideo : tile.camera);
+  }
+}
+
+function showVideo(tile, stream) {
+  if (!stream || tile.video.srcObject === stream) return;
+  tile.video.srcObject = stream;
+  tile.video.play().catch(() => {});
 }
 
 function onLate(message) {
