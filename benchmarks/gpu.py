@@ -39,6 +39,9 @@ from pipeline.config import BusOptions
 from pipeline.messages import SAMPLE_RATE, Message, SpeechSegment, Transcript, Translation
 from workers.stage import BatchStage
 
+# The slot for lip-sync: "lipsync" joins these (with its inputs in stage_inputs) once its stage has a batch path
+# (workers/engines/lipsync.py; Wav2Lip in fp16 on a GPU); the worker's batch path needs nothing more.
+STAGES = ("asr", "mt", "tts")
 TARGETS = ("es", "fr")  # each segment is heard in two languages: MT has 2 rows per segment
 BATCHES = (1, 4, 8, 16)
 SEGMENT_S = 5.0
@@ -84,7 +87,7 @@ def run(
         plan = dataclasses.replace(plan, rooms=tuple(rooms))
     clips = speech_clips(plan.segment_s)
     stages = load_stages(models.env(device, 1))
-    stage_rows = [row for kind in ("asr", "mt", "tts") for row in stage_taus(stages[kind], kind, clips, plan)]
+    stage_rows = [row for kind in STAGES for row in stage_taus(stages[kind], kind, clips, plan)]
     del stages  # the workers load their own copies
     env = models.env(device, E2E_BATCH_SIZE)
     e2e_rows = asyncio.run(rooms_per_gpu(env, clips, plan, redis_url, worker_argv, out_dir))
@@ -219,7 +222,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (stage_ax, e2e_ax) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for kind in ("asr", "mt", "tts"):
+    for kind in STAGES:
         rows = [r for r in result["stages"] if r["stage"] == kind]
         batches = [r["batch"] for r in rows]
         line = stage_ax.plot(batches, [r["tau"] for r in rows], "-o", label=f"{kind}: batch s / segment s")[0]
@@ -227,7 +230,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     stage_ax.set(xscale="log", yscale="log", xlabel="batch size (segments from different rooms)", ylabel="tau")
     set_ticks(stage_ax, [r["batch"] for r in result["stages"] if r["stage"] == "asr"])
     stage_ax.legend(fontsize=7)
-    stage_ax.set_title(f"per stage, {result['segment_s']:.0f} s segments", fontsize=9)
+    stage_ax.set_title(f"per stage, {result['segment_s']:g} s segments", fontsize=9)
     rooms = [r["rooms"] for r in result["e2e"] if r["p50_s"] is not None]
     e2e_ax.plot(rooms, [r["p50_s"] for r in result["e2e"] if r["p50_s"] is not None], "-o", label="p50")
     e2e_ax.plot(rooms, [r["p95_s"] for r in result["e2e"] if r["p95_s"] is not None], "-s", label="p95")

@@ -115,9 +115,10 @@ def pipeline_section(stem: str, result: dict[str, Any], folder: Path, link: str)
     pipeline.plot(result, folder / f"{stem}.png")
     load = result["load"]
     rows = [
-        [r["way"], r["rooms"], r["p50_s"], r["p95_s"], r["throughput_per_s"], f"{r['finished']}/{r['segments']}"]
+        [r["way"], r["rooms"], r["p50_s"], r["p95_s"], r.get("offered_per_s"), r["throughput_per_s"],
+         f"{r['finished']}/{r['segments']}"]
         for r in result["rows"]
-    ]
+    ]  # fmt: skip
     speedups = [
         f"{way}: " + ", ".join(f"S={s} {x}x" for s, x in by_rooms.items())
         for way, by_rooms in result["p50_speedup"].items()
@@ -132,7 +133,7 @@ def pipeline_section(stem: str, result: dict[str, Any], folder: Path, link: str)
         f"{load['pause_s']} s pauses), heard in {', '.join(load['targets'])}. Latency: {load['latency']}.",
         f"Measure again: `babelroom bench pipeline{device} --out {link}`.",
         "",
-        *table(["way", "S", "p50 s", "p95 s", "segments/s", "finished"], rows),
+        *table(["way", "S", "p50 s", "p95 s", "offered segments/s", "done segments/s", "finished"], rows),
         "",
         "p50 speed-up over the sequential loop: " + "; ".join(speedups) + ".",
         *image(stem, link),
@@ -156,7 +157,7 @@ def gpu_section(stem: str, result: dict[str, Any], folder: Path, link: str) -> l
         "",
         *table(["stage", "batch", "seconds", "τ (batch s / segment s)", "τ per segment"], stage_rows),
         "",
-        f"ASR + MT + TTS for one {result['segment_s']:.0f} s segment (batch 1): {result['sum_batch1_s']} s "
+        f"ASR + MT + TTS for one {result['segment_s']:g} s segment (batch 1): {result['sum_batch1_s']} s "
         f"(target on an H100: {result['target_sum_s']} s).",
         "",
         *table(["rooms speaking", "p50 s", "p95 s", "finished"], e2e_rows),
