@@ -1,9 +1,13 @@
-# One image for Janus, the gateway and every worker kind; compose.yaml picks the command.
-# The default torch wheel from PyPI is a CUDA build: the GPU engines (transformers Whisper, NLLB,
-# MMS-TTS) run on it. CTranslate2 (faster-whisper) also runs where the host has CUDA 12 libraries.
+# One Dockerfile for Janus, the gateway and every worker kind; compose.yaml picks the command and the profile.
+# EXTRAS=all (the CPU profile, Janus and the gateway): the offline engines, no torch. EXTRAS=all,gpu (the GPU
+# profile) adds torch (PyPI's default wheel is a CUDA build) and transformers for the GPU engines.
 FROM python:3.11-slim-bookworm
 
+ARG EXTRAS=all,gpu
 ENV DEBIAN_FRONTEND=noninteractive PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1
+
+# Debian stable's own versions: the release pins them, and its security updates should come in with a rebuild.
+# hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends janus libjs-janus-gateway libjs-webrtc-adapter \
       espeak-ng sox apertium apertium-eng-spa apertium-eng-cat \
@@ -17,7 +21,13 @@ COPY gateway gateway
 COPY pipeline pipeline
 COPY workers workers
 COPY benchmarks benchmarks
-RUN pip install '.[all,gpu]'
+# The project itself; the ranges of its dependencies are in pyproject.toml.
+# hadolint ignore=DL3013
+RUN pip install --no-cache-dir ".[${EXTRAS}]"
+
+# Not root. /cache (the model cache volume) belongs to this user, so a fresh named volume does too.
+RUN useradd --create-home --uid 10001 babelroom && mkdir /cache && chown babelroom /cache
+USER 10001
 
 EXPOSE 8080
 CMD ["babelroom", "gateway", "--port", "8080"]

@@ -16,7 +16,7 @@ APT_TEST := chromium chromium-driver firefox-esr docker-compose iproute2
 TORCH_SPEC ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
 
-.PHONY: up test lint bench system-deps system-test-deps venv test-venv clean
+.PHONY: up test lint bench results system-deps system-test-deps venv test-venv clean
 
 up: system-deps venv
 	$(VENV)/bin/babelroom up --port $(PORT)
@@ -31,6 +31,16 @@ lint: test-venv
 bench: system-deps venv
 	$(VENV)/bin/babelroom bench stages --out out/bench
 	$(VENV)/bin/babelroom bench scaling --out out/bench
+	$(VENV)/bin/babelroom bench pipeline --out out/bench
+
+# RESULTS.md: every benchmark this machine can run, into results/, then the report (GPU hosts: see RESULTS.md).
+results: system-deps system-test-deps test-venv
+	$(VENV)/bin/babelroom bench stages --out results
+	$(VENV)/bin/babelroom bench media --out results
+	$(VENV)/bin/babelroom bench scaling --out results
+	$(VENV)/bin/babelroom bench pipeline --out results
+	$(VENV)/bin/babelroom bench gpu --tiny --out results
+	$(VENV)/bin/babelroom bench report --out results
 
 system-deps:
 	@./.ci/apt-install $(APT_RUNTIME)

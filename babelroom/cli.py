@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
 import os
+import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline.config import DEFAULT_PORT, BusOptions, WorkerOptions
 from pipeline.routes import WORKER_KINDS
+
+if TYPE_CHECKING:
+    from benchmarks.models import ModelSet
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -66,14 +73,38 @@ def parser() -> argparse.ArgumentParser:
     translate.add_argument("--out", type=Path, required=True, help="folder for result.json and speech.wav")
     translate.set_defaults(run=run_translate)
 
-    bench = commands.add_parser("bench", help="run a benchmark and write its figures")
-    bench.add_argument("name", choices=("stages", "scaling", "media"))
-    bench.add_argument("--out", type=Path, required=True)
+    bench = commands.add_parser("bench", help="run a benchmark and write its figures (JSON, PNG)")
+    bench.add_argument("name", choices=BENCHMARKS)
+    bench.add_argument(
+        "--out", type=Path, help="folder of the figures: out/bench (report: results, where RESULTS.md reads them)"
+    )
+    bench.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="pipeline, gpu: where the models run")
+    bench.add_argument("--tiny", action="store_true", help="gpu, pipeline: tiny random models (the tests' mode)")
+    bench.add_argument("--rooms", type=rooms_list, help="pipeline, gpu: concurrent speakers to try, e.g. 1,2,4,8")
+    bench.add_argument(
+        "--models", type=Path, help="pipeline, gpu: where random models are built (BABELROOM_MODEL_CACHE/random)"
+    )
+    bench.add_argument("--asr-model", type=Path, help="gpu, pipeline --device cuda: your Whisper (a local dir)")
+    bench.add_argument("--mt-model", type=Path, help="gpu, pipeline --device cuda: your NLLB-200 (a local dir)")
+    bench.add_argument("--voice", action="append", default=[], metavar="LANG=DIR", help="your MMS-TTS voice")
     bench.add_argument(
         "--participants", default="2,4", help="media: room sizes to measure, comma-separated (default 2,4)"
     )
     bench.set_defaults(run=run_bench)
     return top
+
+
+BENCHMARKS = ("stages", "scaling", "media", "pipeline", "gpu", "report")
+
+
+def rooms_list(text: str) -> tuple[int, ...]:
+    try:
+        rooms = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected numbers separated by commas, e.g. 1,2,4,8") from None
+    if not rooms or min(rooms) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: every number of rooms must be 1 or more")
+    return rooms
 
 
 def add_listen_options(command: argparse.ArgumentParser) -> None:
@@ -171,6 +202,12 @@ def run_translate(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
 
 def run_bench(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    if args.name == "report":
+        from benchmarks.report import run as run_report
+
+        run_report(args.out or Path("results"), Path("RESULTS.md"))
+        return 0
+    args.out = args.out or Path("out/bench")
     if args.name == "stages":
         from benchmarks.stages import run as run_stages
 
@@ -179,11 +216,69 @@ def run_bench(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         from benchmarks.scaling import run as run_scaling
 
         run_scaling(args.out)
-    else:
+    elif args.name == "media":
         from benchmarks.media import run as run_media
 
         run_media(args.out, [int(n) for n in args.participants.split(",")])
+    else:
+        from workers.engines.asr import DEFAULT_CACHE_DIR
+
+        args.models = args.models or Path(env.get("BABELROOM_MODEL_CACHE", DEFAULT_CACHE_DIR)).expanduser() / "random"
+        with private_redis(env) as redis_url:
+            run_service_bench(args, redis_url)
     return 0
+
+
+def run_service_bench(args: argparse.Namespace, redis_url: str) -> None:
+    """The benchmarks that run the real workers: pipeline and gpu."""
+    from babelroom.supervisor import babelroom_argv
+    from benchmarks import gpu, pipeline
+
+    def worker_argv(kind: str) -> list[str]:
+        return babelroom_argv("worker", kind)
+
+    rooms = {"rooms": args.rooms} if args.rooms else {}
+    if args.name == "gpu":
+        gpu.run(args.out, redis_url, worker_argv, args.device, bench_models(args, gpu.TARGETS), args.tiny, **rooms)
+    else:
+        torch_engines = args.device == "cuda" or args.tiny
+        models = bench_models(args, pipeline.GPU_TARGETS) if torch_engines else None
+        pipeline.run(args.out, redis_url, worker_argv, args.device, models, tiny=args.tiny, **rooms)
+
+
+def bench_models(args: argparse.Namespace, targets: tuple[str, ...]) -> ModelSet:
+    """The user's models where given (--asr-model, --mt-model, --voice), random-weight ones otherwise."""
+    from benchmarks.models import model_set
+
+    voices = dict(parse_voice(v) for v in args.voice)
+    return model_set(args.models, targets, args.tiny, args.asr_model, args.mt_model, voices)
+
+
+def parse_voice(text: str) -> tuple[str, Path]:
+    language, sep, path = text.partition("=")
+    if not sep or not language or not path:
+        raise SystemExit(f"babelroom bench: --voice {text!r}: expected LANG=DIR, e.g. es=/models/mms-tts-spa")
+    return language, Path(path)
+
+
+@contextlib.contextmanager
+def private_redis(env: Mapping[str, str]) -> Iterator[str]:
+    """REDIS_URL when set (the benchmark keeps to streams of its own), else a redis-server of its own."""
+    if env.get("REDIS_URL"):
+        yield env["REDIS_URL"]
+        return
+    from babelroom.supervisor import free_port, redis_argv, wait_for_redis
+
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="babelroom-bench-redis-") as workdir:
+        server = subprocess.Popen(redis_argv(port, workdir), stdout=subprocess.DEVNULL)
+        try:
+            url = f"redis://127.0.0.1:{port}/0"
+            wait_for_redis(url)
+            yield url
+        finally:
+            server.terminate()
+            server.wait(timeout=10)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import socket
 import subprocess
 
 CLONE_NEWNET = 0x40000000
@@ -46,5 +47,11 @@ def enter() -> None:
 
 
 def inside() -> bool:
-    """Whether this process is in a namespace `enter` made (its test interface exists)."""
-    return os.path.exists(f"/sys/class/net/{TEST_INTERFACE}")
+    """Whether this thread is in a namespace `enter` made: TEST_ADDRESS is one of its own addresses.
+    (Not /sys/class/net: sysfs shows the namespace that mounted it, not the caller's.)"""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.bind((TEST_ADDRESS, 0))
+        except OSError:
+            return False
+    return True

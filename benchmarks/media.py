@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -30,6 +29,7 @@ from typing import Any
 
 from babelroom import janus, netns
 from babelroom.supervisor import free_port, redis_argv, wait_for_redis
+from benchmarks.provenance import provenance, save
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = (
@@ -191,16 +191,14 @@ def run(
             print(json.dumps(row.as_json()), flush=True)
     result = {
         "benchmark": "media",
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-        "date": time.strftime("%Y-%m-%d"),
-        "camera": "Chromium fake camera, 320x240 at 15 fps",
+        **provenance({"sfu": "Janus 1.1 VideoRoom", "browser": "headless Chromium"}),
+        "camera": "Chromium fake camera, 320x240 at 15 fps, silent microphone",
         "window_s": window_s,
         "janus": [row.as_json() for row in rows],
         "aiortc_before": {str(n): v for n, v in AIORTC_BEFORE.items()},
         "targets": {"cores_at_4": TARGET_CORES_AT_4, "fps": TARGET_FPS},
     }
-    (out_dir / "media.json").write_text(json.dumps(result, indent=2) + "\n")
-    plot(result, out_dir / "media.png")
+    save(result, out_dir, "media", plot)
     return result
 
 

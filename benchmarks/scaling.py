@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.provenance import provenance
 from pipeline.audio import Samples, read_wav
 from pipeline.messages import Message, SpeechSegment, SynthesizedSpeech, Transcript, Translation
 from pipeline.segmenter import Segmenter, SegmenterOptions
@@ -40,6 +41,7 @@ SEGMENTS_PER_MINUTE = 60.0 / SEGMENT_S
 NAIVE_MEASURED_UP_TO = 4  # beyond this the naive runs (N*(N-1) pipelines) are estimated, not run
 
 SPEAKER_LANGUAGE = "en"
+MODELS = {"asr": "Whisper base (faster-whisper, int8)", "mt": "Apertium", "tts": "espeak-ng, Piper en_US-joe-medium"}
 # Languages to try as targets; those the real MT and TTS stages actually serve from English are used (offline
 # Apertium: es, ca, gl directly, pt and fr through es).
 CANDIDATE_TARGETS = ("es", "ca", "gl", "pt", "fr", "it", "de", "ro", "oc", "eo")
@@ -274,6 +276,7 @@ def run(
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = model_rows()
     result: dict[str, Any] = {
+        **provenance(MODELS),
         "stages": list(STAGES),
         "segment_s": SEGMENT_S,
         "segments_per_minute": SEGMENTS_PER_MINUTE,

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,12 +14,18 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.provenance import provenance
 from pipeline.audio import Samples, float_to_pcm16, resample
 from pipeline.messages import SAMPLE_RATE, SpeechSegment
 from workers.engines.asr import AsrOptions, FasterWhisperRecognizer
 from workers.engines.mt import ApertiumTranslator
 from workers.engines.tts import Audio, EspeakSynthesizer, PiperSynthesizer, Synthesizer, render
 
+MODELS = {
+    "asr": "Whisper base and tiny.en (faster-whisper, int8)",
+    "mt": "Apertium",
+    "tts": "espeak-ng, Piper en_US-joe-medium",
+}
 SENTENCES = (
     "Good morning everyone, thank you for joining the meeting today.",
     "The new version of the website will be ready next week.",
@@ -104,7 +109,7 @@ def run(out_dir: Path, sentences: tuple[str, ...] = SENTENCES) -> dict[str, Any]
 
         rows.append(row("tts", f"{synth.name} + fit", language, taus(speak, durations)))
     mt.close()
-    result = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "stages": rows}
+    result = {**provenance(MODELS), "cpus": os.cpu_count(), "stages": rows}
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "stages.json").write_text(json.dumps(result, indent=2) + "\n")
     print_table(rows)

@@ -19,6 +19,9 @@ BLOCK_MS = 1_000
 DEDUP_TTL_S = 3_600
 
 WORKER_CONCURRENCY = 2
+# Ready messages a worker runs as one batch when its stage can (the torch engines on a GPU). 1 on CPU: there a
+# batch of B costs about B times one, and the first message of a batch would wait for the last.
+BATCH_SIZE = 1
 MESSAGE_TIMEOUT_S = 60.0
 HEARTBEAT_INTERVAL_S = 2.0
 HEARTBEAT_TTL_S = 6.0
@@ -68,10 +71,15 @@ class WorkerOptions:
     heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S
     heartbeat_ttl_s: float = HEARTBEAT_TTL_S
     drain_timeout_s: float = DRAIN_TIMEOUT_S
+    batch_size: int = BATCH_SIZE
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> WorkerOptions:
+        batch_size = int(env.get("BABELROOM_BATCH_SIZE", BATCH_SIZE))
+        if batch_size < 1:
+            raise ValueError(f"BABELROOM_BATCH_SIZE={batch_size}: expected 1 or more")
         return cls(
+            batch_size=batch_size,
             concurrency=int(env.get("BABELROOM_WORKER_CONCURRENCY", WORKER_CONCURRENCY)),
             message_timeout_s=float(env.get("BABELROOM_MESSAGE_TIMEOUT_S", MESSAGE_TIMEOUT_S)),
         )

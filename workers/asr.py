@@ -7,9 +7,9 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 
 from pipeline.audio import median_f0_hz, pcm16_to_float
-from pipeline.messages import Message, SpeechSegment
-from workers.engines.asr import AsrOptions, Recognizer, load_recognizer
-from workers.stage import PermanentError
+from pipeline.messages import Message, SpeechSegment, Transcript
+from workers.engines.asr import AsrOptions, Recognizer, load_recognizer, transcribe_all
+from workers.stage import Outcome, PermanentError, batched, single
 
 
 class AsrStage:
@@ -28,19 +28,34 @@ class AsrStage:
             self.recognizer = load_recognizer(self.options)
 
     def process(self, message: Message) -> Sequence[Message]:
-        if not isinstance(message, SpeechSegment):
-            raise PermanentError(f"asr takes speech segments, got a {message.kind} message")
-        if not message.pcm or len(message.pcm) % 2:
-            raise PermanentError(f"broken audio: {len(message.pcm)} bytes is not a whole number of 16-bit samples")
+        return single(self.process_batch([message])[0])
+
+    def process_batch(self, messages: Sequence[Message]) -> list[Outcome]:
+        return batched(messages, checked_segment, self._transcribe)
+
+    def _transcribe(self, segments: list[SpeechSegment]) -> list[Outcome]:
         if self.recognizer is None:
             self.load()
         assert self.recognizer is not None
-        transcript = self.recognizer.transcribe(message)
-        # Pitch only for words, and only with the speaker's opt-in and the operator's switch both on.
-        if transcript.text and message.match_voice and self.options.speaker_pitch:
-            f0 = median_f0_hz(pcm16_to_float(message.pcm))
-            transcript = dataclasses.replace(transcript, speaker_f0_hz=f0)
-        return [transcript.stamped(self.kind)]
+        transcripts = transcribe_all(self.recognizer, segments)
+        return [
+            t if isinstance(t, Exception) else [self._with_pitch(t, s).stamped(self.kind)]
+            for s, t in zip(segments, transcripts, strict=True)
+        ]
+
+    def _with_pitch(self, transcript: Transcript, segment: SpeechSegment) -> Transcript:
+        """Pitch only for words, and only with the speaker's opt-in and the operator's switch both on."""
+        if not (transcript.text and segment.match_voice and self.options.speaker_pitch):
+            return transcript
+        return dataclasses.replace(transcript, speaker_f0_hz=median_f0_hz(pcm16_to_float(segment.pcm)))
+
+
+def checked_segment(message: Message) -> SpeechSegment:
+    if not isinstance(message, SpeechSegment):
+        raise PermanentError(f"asr takes speech segments, got a {message.kind} message")
+    if not message.pcm or len(message.pcm) % 2:
+        raise PermanentError(f"broken audio: {len(message.pcm)} bytes is not a whole number of 16-bit samples")
+    return message
 
 
 def build_stage(env: Mapping[str, str]) -> AsrStage:

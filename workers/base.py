@@ -18,6 +18,7 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Coroutine
 from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -26,7 +27,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from pipeline.bus import Bus, Delivery
 from pipeline.config import WorkerOptions
-from workers.stage import PermanentError, Stage
+from workers.stage import BatchStage, Outcome, PermanentError, Stage
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,8 @@ class Worker:
         self._stopping = asyncio.Event()
         self._in_flight: set[asyncio.Task[None]] = set()
         self._last_claim = 0.0
+        # The batch path: only for stages that batch, and only when asked to (BABELROOM_BATCH_SIZE > 1).
+        self._batching = options.batch_size > 1 and isinstance(stage, BatchStage)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -97,15 +100,24 @@ class Worker:
         if len(self._in_flight) >= self.options.concurrency:  # bounded concurrency: wait for a free slot
             await asyncio.wait(set(self._in_flight), return_when=asyncio.FIRST_COMPLETED)
         free = self.options.concurrency - len(self._in_flight)
+        # Messages taken over from a dead worker always run alone: one of them may be what killed it.
         deliveries = await self._claim_if_due(free)
         if not deliveries:
-            deliveries = await self.bus.read_group(
-                self.stage.kind, self.group, self.consumer, count=free, block_ms=self.bus.options.block_ms
+            count = self.options.batch_size if self._batching else free  # a batch takes one slot
+            fresh = await self.bus.read_group(
+                self.stage.kind, self.group, self.consumer, count=count, block_ms=self.bus.options.block_ms
             )
+            if self._batching and len(fresh) > 1:
+                self._spawn(self._logged(self.handle_batch(fresh), fresh))
+                return
+            deliveries = fresh
         for delivery in deliveries:
-            task = asyncio.create_task(self._handle_logged(delivery))
-            self._in_flight.add(task)
-            task.add_done_callback(self._in_flight.discard)
+            self._spawn(self._logged(self.handle(delivery), [delivery]))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._in_flight.add(task)
+        task.add_done_callback(self._in_flight.discard)
 
     async def _claim_if_due(self, count: int) -> list[Delivery]:
         # Checking for stale entries a few times per claim window keeps takeover time bounded by
@@ -119,11 +131,12 @@ class Worker:
             log.info("claimed entry %s (delivery %d) from a stalled consumer", delivery.entry_id, delivery.deliveries)
         return claimed
 
-    async def _handle_logged(self, delivery: Delivery) -> None:
+    async def _logged(self, work: Coroutine[Any, Any, None], deliveries: list[Delivery]) -> None:
         try:
-            await self.handle(delivery)
+            await work
         except Exception:  # a Redis error mid-message: left pending, so it is claimed again later
-            log.exception("error handling entry %s; it stays pending", delivery.entry_id)
+            ids = ", ".join(d.entry_id.decode() for d in deliveries)
+            log.exception("error handling entry %s; it stays pending", ids)
 
     async def handle(self, delivery: Delivery) -> None:
         message = delivery.message
@@ -142,29 +155,54 @@ class Worker:
         started = time.monotonic()
         keep_claimed = asyncio.create_task(self._keep_claimed(delivery))
         try:
-            outputs = await asyncio.wait_for(
+            outcome: Outcome = await asyncio.wait_for(
                 asyncio.to_thread(self.stage.process, message), timeout=self.options.message_timeout_s
             )
-        except PermanentError as exc:
-            await self._give_up(delivery, str(exc), attempts=1)
-            return
         except Exception as exc:
-            await self._record_failure(delivery, exc)
-            return
+            outcome = exc
         finally:
             keep_claimed.cancel()
-        for output in outputs:
+        await self._settle(delivery, outcome, started)
+
+    async def handle_batch(self, deliveries: list[Delivery]) -> None:
+        """Fresh messages, from any rooms, run as one batch (one GPU call instead of B); each is then settled
+        alone, exactly as `handle` settles it. An undecodable one goes through `handle`, which dead-letters it."""
+        assert isinstance(self.stage, BatchStage)
+        batch = [d for d in deliveries if d.message is not None]
+        for delivery in deliveries:
+            if delivery.message is None:
+                await self.handle(delivery)
+        started = time.monotonic()
+        keep_claimed = [asyncio.create_task(self._keep_claimed(d)) for d in batch]
+        try:
+            outcomes = await asyncio.wait_for(
+                asyncio.to_thread(self.stage.process_batch, [d.message for d in batch if d.message]),
+                timeout=self.options.message_timeout_s,
+            )
+        except Exception as exc:  # the batch as a whole failed (timeout, out of memory): no message is to blame,
+            # so each counts an ordinary failed attempt, and is retried alone once claimed again
+            outcomes = [RuntimeError(f"its batch failed: {type(exc).__name__}: {exc}")] * len(batch)
+        finally:
+            for task in keep_claimed:
+                task.cancel()
+        for delivery, outcome in zip(batch, outcomes, strict=True):
+            await self._settle(delivery, outcome, started)
+
+    async def _settle(self, delivery: Delivery, outcome: Outcome, started: float) -> None:
+        """Emit a processed message's outputs exactly once and acknowledge it, or count its failure."""
+        if isinstance(outcome, PermanentError):
+            await self._give_up(delivery, str(outcome), attempts=1)
+            return
+        if isinstance(outcome, Exception):
+            await self._record_failure(delivery, outcome)
+            return
+        for output in outcome:
             await self.bus.emit_once(output, self.stage.kind)
         await self.bus.ack(self.stage.kind, self.group, delivery.entry_id)
         await self.bus.forget(self.stage.kind, self.group, delivery.entry_id)
         self.processed += 1
-        log.info(
-            "%s %s -> %d output(s) in %.2f s",
-            self.stage.kind,
-            message.log_context,
-            len(outputs),
-            time.monotonic() - started,
-        )
+        context = delivery.message.log_context if delivery.message else delivery.entry_id.decode()
+        log.info("%s %s -> %d output(s) in %.2f s", self.stage.kind, context, len(outcome), time.monotonic() - started)
 
     async def _keep_claimed(self, delivery: Delivery) -> None:
         """While a message is processed, reset its idle time so no other worker claims it: only a

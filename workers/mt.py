@@ -6,8 +6,16 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from pipeline.messages import Message, Transcript, Translation
-from workers.engines.mt import MtOptions, Translator, check_language, load_translator, translate_all
-from workers.stage import PermanentError
+from workers.engines.mt import (
+    MtOptions,
+    Request,
+    TranslationResult,
+    Translator,
+    check_language,
+    load_translator,
+    translate_many,
+)
+from workers.stage import Outcome, PermanentError, batched, single
 
 
 class MtStage:
@@ -26,30 +34,48 @@ class MtStage:
             self.translator = load_translator(self.options)
 
     def process(self, message: Message) -> Sequence[Message]:
-        if not isinstance(message, Transcript):
-            raise PermanentError(f"mt takes transcripts, got a {message.kind} message")
+        return single(self.process_batch([message])[0])
+
+    def process_batch(self, messages: Sequence[Message]) -> list[Outcome]:
+        return batched(messages, checked_transcript, self._translate)
+
+    def _translate(self, transcripts: list[Transcript]) -> list[Outcome]:
         if self.translator is None:
             self.load()
         assert self.translator is not None
-        check_language(message.language)
-        results = translate_all(self.translator, message.text, message.language, message.targets)
+        requests = [Request(t.text, t.language, t.targets) for t in transcripts]
         return [
-            Translation(
-                room=message.room,
-                speaker=message.speaker,
-                seq=message.seq,
-                stamps=message.stamps,
-                source_language=message.language,
-                language=target,
-                source_text=message.text,
-                text=results[target].text,
-                note=results[target].note,
-                start_sample=message.start_sample,
-                end_sample=message.end_sample,
-                speaker_f0_hz=message.speaker_f0_hz,
-            ).stamped(self.kind)
-            for target in message.targets
+            translations(t, results)
+            for t, results in zip(transcripts, translate_many(self.translator, requests), strict=True)
         ]
+
+
+def checked_transcript(message: Message) -> Transcript:
+    if not isinstance(message, Transcript):
+        raise PermanentError(f"mt takes transcripts, got a {message.kind} message")
+    for code in (message.language, *message.targets):
+        check_language(code)
+    return message
+
+
+def translations(message: Transcript, results: dict[str, TranslationResult]) -> list[Message]:
+    return [
+        Translation(
+            room=message.room,
+            speaker=message.speaker,
+            seq=message.seq,
+            stamps=message.stamps,
+            source_language=message.language,
+            language=target,
+            source_text=message.text,
+            text=results[target].text,
+            note=results[target].note,
+            start_sample=message.start_sample,
+            end_sample=message.end_sample,
+            speaker_f0_hz=message.speaker_f0_hz,
+        ).stamped(MtStage.kind)
+        for target in message.targets
+    ]
 
 
 def build_stage(env: Mapping[str, str]) -> MtStage:

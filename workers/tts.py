@@ -14,8 +14,8 @@ import numpy as np
 from pipeline.audio import Samples, float_to_pcm16
 from pipeline.messages import SAMPLE_RATE, Message, SynthesizedSpeech, Translation
 from workers.engines.mt import check_language
-from workers.engines.tts import TtsOptions, VoiceRouter, render
-from workers.stage import PermanentError
+from workers.engines.tts import Audio, TtsOptions, VoiceRouter, render
+from workers.stage import Outcome, PermanentError, batched, single
 
 log = logging.getLogger(__name__)
 
@@ -36,41 +36,67 @@ class TtsStage:
         return self.voices.engine_name(language) if self.voices else ""
 
     def process(self, message: Message) -> Sequence[Message]:
-        if not isinstance(message, Translation):
-            raise PermanentError(f"tts takes translations, got a {message.kind} message")
-        check_language(message.language)
+        return single(self.process_batch([message])[0])
+
+    def process_batch(self, messages: Sequence[Message]) -> list[Outcome]:
+        return batched(messages, checked_translation, self._speak)
+
+    def _speak(self, translations: list[Translation]) -> list[Outcome]:
+        """Voice what needs a voice (in one batch per language where the voice batches), then fit each to its
+        segment. Empty speech is still sent: it tells the gateway's playout not to wait for this segment."""
         if self.voices is None:
             self.load()
         assert self.voices is not None
-        samples = self._voice(message)
-        speech = SynthesizedSpeech(
-            room=message.room,
-            speaker=message.speaker,
-            seq=message.seq,
-            stamps=message.stamps,
-            language=message.language,
-            text=message.text,
-            source_text=message.source_text,
-            sample_rate=SAMPLE_RATE,
-            pcm=float_to_pcm16(samples),
-            start_sample=message.start_sample,
-            end_sample=message.end_sample,
-        )
-        return [speech.stamped(self.kind)]
+        voiced = [m for m in translations if self._needs_voice(m)]
+        audio = self.voices.synthesize_batch([m.text for m in voiced], [m.language for m in voiced])
+        by_message = {id(m): a for m, a in zip(voiced, audio, strict=True)}
+        outcomes: list[Outcome] = []
+        for message in translations:
+            result = by_message.get(id(message))
+            if isinstance(result, Exception):
+                outcomes.append(result)
+                continue
+            samples = np.zeros(0, dtype=np.float32) if result is None else self._fitted(result, message)
+            outcomes.append([speech(message, samples).stamped(self.kind)])
+        return outcomes
 
-    def _voice(self, message: Translation) -> Samples:
-        """The fitted speech, or no samples when there is nothing to voice. Empty speech is still sent:
-        it tells the gateway's playout not to wait for this segment."""
+    def _needs_voice(self, message: Translation) -> bool:
+        """False for nothing to say, an untranslated caption, or a language no voice speaks."""
         assert self.voices is not None
         if not message.text.strip() or (message.note and message.text == message.source_text):
-            return np.zeros(0, dtype=np.float32)
+            return False
         if not self.voices.supports(message.language):
             log.warning("no voice for %s; caption only (%s)", message.language, message.log_context)
-            return np.zeros(0, dtype=np.float32)
-        audio = self.voices.synthesize(message.text, message.language)
+            return False
+        return True
+
+    def _fitted(self, audio: Audio, message: Translation) -> Samples:
         target_s = max(0, message.end_sample - message.start_sample) / SAMPLE_RATE
         samples, _ = render(audio, target_s, message.speaker_f0_hz, self.options)
         return samples
+
+
+def checked_translation(message: Message) -> Translation:
+    if not isinstance(message, Translation):
+        raise PermanentError(f"tts takes translations, got a {message.kind} message")
+    check_language(message.language)
+    return message
+
+
+def speech(message: Translation, samples: Samples) -> SynthesizedSpeech:
+    return SynthesizedSpeech(
+        room=message.room,
+        speaker=message.speaker,
+        seq=message.seq,
+        stamps=message.stamps,
+        language=message.language,
+        text=message.text,
+        source_text=message.source_text,
+        sample_rate=SAMPLE_RATE,
+        pcm=float_to_pcm16(samples),
+        start_sample=message.start_sample,
+        end_sample=message.end_sample,
+    )
 
 
 def build_stage(env: Mapping[str, str]) -> TtsStage:

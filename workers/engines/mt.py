@@ -26,10 +26,10 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from pipeline.config import env_flag
-from workers.engines.asr import EngineUnavailable, import_torch_transformers
+from workers.engines.asr import EngineUnavailable, import_torch_transformers, torch_device
 from workers.stage import PermanentError
 
 APERTIUM, TRANSFORMERS = "apertium", "transformers"
@@ -134,17 +134,57 @@ def untranslated(text: str, source: str, target: str) -> TranslationResult:
     return TranslationResult(text, note=f"no {source}->{target} translation available; showing the original ({source})")
 
 
+@dataclass(frozen=True)
+class Request:
+    """One utterance to translate into its listeners' languages."""
+
+    text: str
+    source: str
+    targets: tuple[str, ...]
+
+
+@runtime_checkable
+class BatchTranslator(Translator, Protocol):
+    """An engine that translates several utterances (from any rooms) in one batch."""
+
+    def translate_batch(self, requests: Sequence[Request]) -> list[dict[str, TranslationResult]]: ...
+
+
 def translate_all(
     translator: Translator, text: str, source: str, targets: Sequence[str]
 ) -> dict[str, TranslationResult]:
-    """Validate the codes, pass same-language targets through, and leave unsupported pairs untranslated."""
-    for code in (source, *targets):
-        check_language(code)
-    results = {t: TranslationResult(text, route=(source,)) for t in targets if t == source}
-    doable = [t for t in targets if t != source and translator.supports(source, t)]
-    if doable and text.strip():
-        results |= translator.translate(text, source, doable)
-    for t in targets:
+    return translate_many(translator, [Request(text, source, tuple(targets))])[0]
+
+
+def translate_many(translator: Translator, requests: Sequence[Request]) -> list[dict[str, TranslationResult]]:
+    """Validate the codes, pass same-language targets through, leave unsupported pairs untranslated, and
+    translate the rest: as one batch when the engine batches."""
+    for request in requests:
+        for code in (request.source, *request.targets):
+            check_language(code)
+    doable = [
+        Request(r.text, r.source, tuple(t for t in r.targets if t != r.source and translator.supports(r.source, t)))
+        for r in requests
+    ]
+    has_work = [bool(d.targets and d.text.strip()) for d in doable]
+    work = [d for d, needed in zip(doable, has_work, strict=True) if needed]
+    translated = iter(_translate(translator, work))
+    return [_completed(r, next(translated) if needed else {}) for r, needed in zip(requests, has_work, strict=True)]
+
+
+def _translate(translator: Translator, work: list[Request]) -> list[dict[str, TranslationResult]]:
+    if not work:
+        return []
+    if isinstance(translator, BatchTranslator):
+        return translator.translate_batch(work)
+    return [translator.translate(w.text, w.source, w.targets) for w in work]
+
+
+def _completed(request: Request, translated: dict[str, TranslationResult]) -> dict[str, TranslationResult]:
+    """A result for every target: the engine's, the text itself for its own language, else untranslated."""
+    text, source = request.text, request.source
+    results = {t: TranslationResult(text, route=(source,)) for t in request.targets if t == source} | translated
+    for t in request.targets:
         results.setdefault(t, untranslated(text, source, t) if text.strip() else TranslationResult(text))
     return results
 
@@ -320,8 +360,7 @@ class TransformersTranslator:
         torch, transformers = import_torch_transformers()
         self.torch = torch
         self.options = options
-        self.device = "cuda" if options.device == "auto" and torch.cuda.is_available() else options.device
-        self.device = "cpu" if self.device == "auto" else self.device
+        self.device = torch_device(torch, options.device)
         dtype = torch.float16 if self.device.startswith("cuda") else torch.float32
         local_only = not options.allow_download
         self.tokenizer = transformers.AutoTokenizer.from_pretrained(options.model, local_files_only=local_only)
@@ -331,6 +370,8 @@ class TransformersTranslator:
         self.model.to(self.device).eval()
         # src_lang is tokenizer state and the worker translates in concurrent threads: set and use it atomically.
         self.tokenizer_lock = threading.Lock()
+        # The checkpoint's own cap on new tokens, when it sets one, else ours.
+        self.max_new_tokens = min(options.max_new_tokens, self.model.generation_config.max_new_tokens or 1 << 30)
         self.family = model_family(self.model.config.model_type, type(self.tokenizer).__name__)
         self.marian_pair = marian_pair(options.model) if self.family == "marian" else None
         self.name = f"transformers-{self.family}:{options.model} ({self.device})"
@@ -349,23 +390,33 @@ class TransformersTranslator:
         return self.language_token(source) is not None and self.language_token(target) is not None
 
     def translate(self, text: str, source: str, targets: Sequence[str]) -> dict[str, TranslationResult]:
-        rows = [text] * len(targets)
-        if self.family == "marian" and self.marian_pair is None:
-            rows = [f">>{t}<< {text}" for t in targets]  # multi-target Marian picks the language by prefix
+        return self.translate_batch([Request(text, source, tuple(targets))])[0]
+
+    def translate_batch(self, requests: Sequence[Request]) -> list[dict[str, TranslationResult]]:
+        """Every target of every utterance is one row of one `generate` call, each row's decoder forced to
+        start with its own target-language token."""
         with self.tokenizer_lock:
-            if self.family != "marian":
-                self.tokenizer.src_lang = NLLB_CODES[source] if self.family == "nllb" else source
-            batch = self.tokenizer(rows, return_tensors="pt", padding=True).to(self.device)
+            input_ids = [ids for r in requests for ids in self._encode(r)]
+        batch = self.tokenizer.pad({"input_ids": input_ids}, return_tensors="pt").to(self.device)
         kwargs: dict[str, Any] = {}
         if self.family != "marian":
-            # One row per target, each decoder forced to start with its own language token: one batch.
             start = self.model.config.decoder_start_token_id
-            ids = [[start, self.language_token(t)] for t in targets]
+            ids = [[start, self.language_token(t)] for r in requests for t in r.targets]
             kwargs["decoder_input_ids"] = self.torch.tensor(ids, device=self.device)
         with self.torch.inference_mode():
-            out = self.model.generate(**batch, **kwargs, max_new_tokens=self.options.max_new_tokens, num_beams=1)
-        texts = self.tokenizer.batch_decode(out, skip_special_tokens=True)
-        return {t: TranslationResult(s.strip(), route=(source, t)) for t, s in zip(targets, texts, strict=True)}
+            out = self.model.generate(**batch, **kwargs, max_new_tokens=self.max_new_tokens, num_beams=1)
+        texts = iter(self.tokenizer.batch_decode(out, skip_special_tokens=True))
+        return [{t: TranslationResult(next(texts).strip(), route=(r.source, t)) for t in r.targets} for r in requests]
+
+    def _encode(self, request: Request) -> list[list[int]]:
+        """One row of token ids per target. src_lang is tokenizer state: the caller holds the lock."""
+        rows = [request.text] * len(request.targets)
+        if self.family == "marian" and self.marian_pair is None:
+            rows = [f">>{t}<< {request.text}" for t in request.targets]  # multi-target Marian picks by prefix
+        if self.family != "marian":
+            self.tokenizer.src_lang = NLLB_CODES[request.source] if self.family == "nllb" else request.source
+        ids: list[list[int]] = self.tokenizer(rows)["input_ids"]
+        return ids
 
 
 def model_family(model_type: str, tokenizer_class: str) -> str:
