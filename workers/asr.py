@@ -35,7 +35,7 @@ class AsrStage:
         if self.recognizer is None:
             self.load()
         assert self.recognizer is not None
-        transcript = self.recognizer.transcribe(message)
+        transcript = dataclasses.replace(self.recognizer.transcribe(message), has_frames=message.has_frames)
         # Pitch only for words, and only with the speaker's opt-in and the operator's switch both on.
         if transcript.text and message.match_voice and self.options.speaker_pitch:
             f0 = median_f0_hz(pcm16_to_float(message.pcm))

@@ -47,6 +47,7 @@ class MtStage:
                 start_sample=message.start_sample,
                 end_sample=message.end_sample,
                 speaker_f0_hz=message.speaker_f0_hz,
+                has_frames=message.has_frames,
             ).stamped(self.kind)
             for target in message.targets
         ]

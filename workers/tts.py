@@ -1,5 +1,5 @@
-"""The tts stage: Translation -> [SynthesizedSpeech], fitted to the source segment's duration and, when the
-speaker opted in (speaker_f0_hz > 0), moved toward the speaker's pitch.
+"""The tts stage: Translation -> [SynthesizedSpeech] with its phoneme timings, fitted to the source segment's
+duration and, when the speaker opted in (speaker_f0_hz > 0), moved toward the speaker's pitch.
 
 An untranslated caption (the pair is unsupported: note set, text still in the source language) and a
 language no voice speaks get empty speech: the caption is still shown, and playout does not wait."""
@@ -11,10 +11,10 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from pipeline.audio import Samples, float_to_pcm16
+from pipeline.audio import float_to_pcm16
 from pipeline.messages import SAMPLE_RATE, Message, SynthesizedSpeech, Translation
 from workers.engines.mt import check_language
-from workers.engines.tts import TtsOptions, VoiceRouter, render
+from workers.engines.tts import Audio, TtsOptions, VoiceRouter, render
 from workers.stage import PermanentError
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ class TtsStage:
         if self.voices is None:
             self.load()
         assert self.voices is not None
-        samples = self._voice(message)
+        audio = self._voice(message)
         speech = SynthesizedSpeech(
             room=message.room,
             speaker=message.speaker,
@@ -52,25 +52,28 @@ class TtsStage:
             text=message.text,
             source_text=message.source_text,
             sample_rate=SAMPLE_RATE,
-            pcm=float_to_pcm16(samples),
+            pcm=float_to_pcm16(audio.samples),
             start_sample=message.start_sample,
             end_sample=message.end_sample,
+            phonemes=audio.phonemes,
+            has_frames=message.has_frames,
         )
         return [speech.stamped(self.kind)]
 
-    def _voice(self, message: Translation) -> Samples:
+    def _voice(self, message: Translation) -> Audio:
         """The fitted speech, or no samples when there is nothing to voice. Empty speech is still sent:
         it tells the gateway's playout not to wait for this segment."""
         assert self.voices is not None
+        silence = Audio(np.zeros(0, dtype=np.float32), SAMPLE_RATE)
         if not message.text.strip() or (message.note and message.text == message.source_text):
-            return np.zeros(0, dtype=np.float32)
+            return silence
         if not self.voices.supports(message.language):
             log.warning("no voice for %s; caption only (%s)", message.language, message.log_context)
-            return np.zeros(0, dtype=np.float32)
+            return silence
         audio = self.voices.synthesize(message.text, message.language)
         target_s = max(0, message.end_sample - message.start_sample) / SAMPLE_RATE
-        samples, _ = render(audio, target_s, message.speaker_f0_hz, self.options)
-        return samples
+        fitted, _ = render(audio, target_s, message.speaker_f0_hz, self.options)
+        return fitted
 
 
 def build_stage(env: Mapping[str, str]) -> TtsStage:
