@@ -50,9 +50,9 @@ def talking_head_frames(seconds: float, fps: float = 25.0, size: tuple[int, int]
         scale = width / FACE_SPAN * (1 + ZOOM * np.sin(2 * np.pi * ZOOM_HZ * t))
         matrix = cv2.getRotationMatrix2D(centre, TILT_DEG * np.sin(2 * np.pi * TILT_HZ * t), scale)
         matrix[:, 2] += (width / 2 - centre[0], height * 0.45 - centre[1])  # the face a little above centre
-        frames.append(
-            cv2.warpAffine(photo, matrix, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
-        )
+        moved = cv2.warpAffine(photo, matrix, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+        frame: Frame = np.ascontiguousarray(moved, dtype=np.uint8)
+        frames.append(frame)
     return frames
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from scipy.ndimage import gaussian_filter1d
 
 from pipeline.frames import Frame
 from workers.engines.asr import EngineUnavailable
@@ -36,6 +37,7 @@ JAW = (18, 83, 313, 200, 201, 421, 199, 208, 428, 175, 171, 396, 152, 148, 377, 
 # Around the mouth and jaw, still while the jaw moves: they pin the warp so nothing else moves.
 STILL = (2, 98, 327, 97, 326, 167, 393, 165, 391, 206, 426, 216, 436, 212, 432, 214, 434, 135, 364, 136, 365)
 
+LANDMARK_SMOOTH_FRAMES = 1.0  # Gaussian sigma over time: steadies FaceMesh without lagging head motion
 MIN_DETECTION_CONFIDENCE = 0.5
 MIN_TRACKING_CONFIDENCE = 0.5
 
@@ -90,3 +92,22 @@ def mouth_opening(landmarks: Landmarks) -> float:
 
 def face_scale(landmarks: Landmarks) -> float:
     return float(np.linalg.norm(landmarks[EYE_LEFT] - landmarks[EYE_RIGHT]))
+
+
+def smooth_landmarks(tracked: Sequence[Landmarks | None]) -> list[Landmarks | None]:
+    """Zero-phase smoothing over each run of frames with a face (no lag, so the mouth stays on the head)."""
+    out = list(tracked)
+    start = 0
+    while start < len(out):
+        if out[start] is None:
+            start += 1
+            continue
+        end = start
+        while end < len(out) and out[end] is not None:
+            end += 1
+        run = np.stack([lm for lm in out[start:end] if lm is not None])
+        if len(run) > 2:
+            run = gaussian_filter1d(run, LANDMARK_SMOOTH_FRAMES, axis=0, mode="nearest")
+        out[start:end] = list(run.astype(np.float32))
+        start = end
+    return out

@@ -32,6 +32,9 @@ MAX_FPS = 25.0
 FALLBACK_FPS = 25.0  # the source's rate when a clip has a single frame
 # Wav2Lip runs this many frames per forward pass (fp16 on CUDA).
 WAV2LIP_BATCH_SIZE = 64
+# Speech synthesized longer ago than this has been playing for a while: its clip would come too late, so
+# a stage that fell behind skips it (lip-sync is the first thing to give way under load).
+MAX_WAIT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,7 @@ class LipSyncOptions:
     device: str = DEFAULT_DEVICE
     max_fps: float = MAX_FPS
     batch_size: int = WAV2LIP_BATCH_SIZE
+    max_wait_s: float = MAX_WAIT_S
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
@@ -55,6 +59,7 @@ class LipSyncOptions:
             model=env.get("BABELROOM_LIPSYNC_MODEL", ""),
             device=env.get("BABELROOM_LIPSYNC_DEVICE", DEFAULT_DEVICE),
             max_fps=float(env.get("BABELROOM_LIPSYNC_MAX_FPS", MAX_FPS)),
+            max_wait_s=float(env.get("BABELROOM_LIPSYNC_MAX_WAIT_S", MAX_WAIT_S)),
         )
 
 

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-from scipy.ndimage import gaussian_filter1d
 
 from pipeline.audio import pcm16_to_float
 from pipeline.frames import Frame
@@ -37,6 +36,7 @@ from workers.engines.face import (
     face_scale,
     import_mediapipe,
     mouth_opening,
+    smooth_landmarks,
     track_faces,
 )
 from workers.engines.lipsync import LipSyncOptions, SyncedFrames, timeline
@@ -57,7 +57,6 @@ MIN_GAP = 0.008
 LIP_ROLL = 0.35
 ROLL_BELOW = 0.08  # openings under this roll the lips in, fully at 0
 MIN_INTERIOR_OPEN = 0.08  # a frame this open shows enough teeth and cavity to fill other frames from
-LANDMARK_SMOOTH_FRAMES = 1.0  # Gaussian sigma over time: steadies FaceMesh without lagging head motion
 MASK_FEATHER = 0.18  # of the mouth width: the blend fades over this distance around the moved region
 SEAM_PX = 1.0  # the upper and lower lips' warps meet over this many pixels
 GRID_STEP = 4  # pixels between evaluations of the spline; bilinear in between
@@ -187,25 +186,6 @@ class MouthWarpLipSyncer:
         return warp_mouth(frame, landmarks, float(track.open[k]), width, interior)
 
 
-def smooth_landmarks(tracked: Sequence[Landmarks | None]) -> list[Landmarks | None]:
-    """Zero-phase smoothing over each run of frames with a face (no lag, so the mouth stays on the head)."""
-    out = list(tracked)
-    start = 0
-    while start < len(out):
-        if out[start] is None:
-            start += 1
-            continue
-        end = start
-        while end < len(out) and out[end] is not None:
-            end += 1
-        run = np.stack([lm for lm in out[start:end] if lm is not None])
-        if len(run) > 2:
-            run = gaussian_filter1d(run, LANDMARK_SMOOTH_FRAMES, axis=0, mode="nearest")
-        out[start:end] = list(run.astype(np.float32))
-        start = end
-    return out
-
-
 @dataclass(frozen=True)
 class Lips:
     """The lip contours, corner to corner and index-aligned (each densified along a spline through its
@@ -312,7 +292,8 @@ def warp_mouth(frame: Frame, landmarks: Landmarks, opening: float, width: float,
     warped = _paint_interior(warped.astype(np.float32), target, axes, width, interior, origin)
     hull = np.zeros((y1 - y0, x1 - x0), np.float32)
     cv2.fillConvexPoly(hull, cv2.convexHull(np.round(moving - origin).astype(np.int32)), 1.0)
-    mask = np.clip(2 * cv2.GaussianBlur(hull, (0, 0), feather), 0, 1)[..., None]
+    mask = np.clip(2 * cv2.GaussianBlur(hull, (0, 0), feather), 0, 1)
+    mask = np.where(mask < 1 / 255, 0, mask)[..., None]  # the blur's far tail: leave those pixels exactly as they are
     out = frame.copy()
     region = out[y0:y1, x0:x1].astype(np.float32)
     out[y0:y1, x0:x1] = np.clip(mask * warped + (1 - mask) * region + 0.5, 0, 255).astype(np.uint8)
