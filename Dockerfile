@@ -6,7 +6,7 @@ FROM python:3.11-slim-bookworm
 ENV DEBIAN_FRONTEND=noninteractive PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1
 RUN apt-get update \
  && apt-get install -y --no-install-recommends espeak-ng sox apertium apertium-eng-spa apertium-eng-cat \
-      apertium-en-gl apertium-es-pt apertium-fr-es \
+      apertium-en-gl apertium-es-pt apertium-fr-es libgl1 libglib2.0-0 \
  && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /app

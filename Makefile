@@ -4,9 +4,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PORT ?= 8080
 
-# Debian packages: Redis for the bus, espeak-ng for speech, Apertium and its pairs for offline MT.
+# Debian packages: Redis for the bus, espeak-ng for speech, Apertium and its pairs for offline MT,
+# libgl1 and libglib2.0-0 for OpenCV (FaceMesh's, for lip-sync).
 APT_RUNTIME := redis-server espeak-ng sox apertium apertium-eng-spa apertium-eng-cat apertium-en-gl \
-	apertium-es-pt apertium-fr-es
+	apertium-es-pt apertium-fr-es libgl1 libglib2.0-0
 APT_TEST := chromium chromium-driver firefox-esr docker-compose
 # `make up` needs no torch. The tests load the torch engines on tiny random models, so `make test`
 # adds the CPU build of torch (a local wheel on the CI machines; elsewhere add
