@@ -15,6 +15,7 @@ from pipeline.config import DEFAULT_PORT, BusOptions, WorkerOptions
 from pipeline.routes import WORKER_KINDS
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+BENCHMARKS = ("stages", "scaling", "lipsync")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -50,15 +51,19 @@ def parser() -> argparse.ArgumentParser:
     )
     token.set_defaults(run=run_token)
 
-    translate = commands.add_parser("translate", help="translate a recorded WAV file with the same engines")
-    translate.add_argument("input", type=Path)
+    translate = commands.add_parser(
+        "translate", help="translate a recording (WAV, or a video: dubbed and lip-synced) with the same engines"
+    )
+    translate.add_argument("input", type=Path, help="a .wav, .mp4, .webm, .y4m, .mkv or .mov file")
     translate.add_argument("--from", dest="source", required=True, help="language spoken in the file, e.g. en")
     translate.add_argument("--to", dest="target", required=True, help="language to translate into, e.g. es")
-    translate.add_argument("--out", type=Path, required=True, help="folder for result.json and speech.wav")
+    translate.add_argument(
+        "--out", type=Path, required=True, help="folder for result.json, speech.wav, captions.vtt (and video.mp4)"
+    )
     translate.set_defaults(run=run_translate)
 
     bench = commands.add_parser("bench", help="run a benchmark and write its figures")
-    bench.add_argument("name", choices=("stages", "scaling"))
+    bench.add_argument("name", choices=BENCHMARKS)
     bench.add_argument("--out", type=Path, required=True)
     bench.set_defaults(run=run_bench)
     return top
@@ -123,25 +128,29 @@ def run_token(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
 
 def run_translate(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    from pipeline.video import VIDEO_SUFFIXES, VideoError
+    from workers.stage import PermanentError
     from workers.translate_file import translate_file
 
     if not args.input.is_file():
         print(f"babelroom translate: no such file: {args.input}", file=sys.stderr)
         return 2
-    result = translate_file(args.input, args.source, args.target, args.out, env)
+    if args.input.suffix.lower() not in (".wav", *VIDEO_SUFFIXES):
+        print(f"babelroom translate: {args.input.name}: expected .wav or {', '.join(VIDEO_SUFFIXES)}", file=sys.stderr)
+        return 2
+    try:
+        result = translate_file(args.input, args.source, args.target, args.out, env)
+    except (VideoError, PermanentError) as exc:
+        print(f"babelroom translate: {exc}", file=sys.stderr)
+        return 2
     print(json.dumps(result, indent=2, ensure_ascii=False))
     return 0
 
 
 def run_bench(args: argparse.Namespace, env: Mapping[str, str]) -> int:
-    if args.name == "stages":
-        from benchmarks.stages import run as run_stages
+    import importlib
 
-        run_stages(args.out)
-    else:
-        from benchmarks.scaling import run as run_scaling
-
-        run_scaling(args.out)
+    importlib.import_module(f"benchmarks.{args.name}").run(args.out)
     return 0
 
 

@@ -67,6 +67,7 @@ class LipSyncOptions:
 class SyncedFrames:
     frames: list[Frame]
     times_s: tuple[float, ...]  # from the start of the speech
+    fps: float
     synced: int  # frames whose mouth was re-made; the others had no face and passed through
     steps_s: Mapping[str, float]  # time spent in each step, for benchmarks and logs
 

@@ -174,7 +174,7 @@ class MouthWarpLipSyncer:
         out = [self._frame(frames[src], landmarks[src], track, k, rest, interior) for k, src in enumerate(line.source)]
         steps["warp"] = time.perf_counter() - started
         synced = sum(landmarks[src] is not None for src in line.source)
-        return SyncedFrames(out, line.times_s, synced, steps)
+        return SyncedFrames(out, line.times_s, line.fps, synced, steps)
 
     @staticmethod
     def _frame(

@@ -262,7 +262,7 @@ class Wav2LipSyncer:
             for (k, box), face in zip(batch, faces, strict=True):
                 out[k] = paste_face(out[k], face, box)
         steps["network"] = time.perf_counter() - started
-        return SyncedFrames(out, line.times_s, len(faced), steps)
+        return SyncedFrames(out, line.times_s, line.fps, len(faced), steps)
 
     def _generate(self, crops: npt.NDArray[np.uint8], mels: npt.NDArray[np.float32]) -> npt.NDArray[np.uint8]:
         """96x96 RGB crops and their mel windows -> generated 96x96 RGB faces."""
