@@ -31,6 +31,7 @@ lint: test-venv
 bench: system-deps venv
 	$(VENV)/bin/babelroom bench stages --out out/bench
 	$(VENV)/bin/babelroom bench scaling --out out/bench
+	$(VENV)/bin/babelroom bench lipsync --out out/bench
 
 system-deps:
 	@./.ci/apt-install $(APT_RUNTIME)

@@ -28,6 +28,7 @@ from benchmarks.talking_head import talking_head_frames
 from pipeline.audio import float_to_pcm16, pcm16_to_float
 from pipeline.frames import Frame, decode_frames, make_clip
 from pipeline.messages import SAMPLE_RATE, SynthesizedSpeech, VideoClip
+from workers.engines.asr import EngineUnavailable
 from workers.engines.lipsync import CPU, WAV2LIP, LipSyncer, LipSyncOptions, SyncedFrames, load_lipsyncer
 from workers.engines.tts import EspeakSynthesizer, render
 from workers.lipsync_metric import measure_sync
@@ -64,10 +65,13 @@ def run(out_dir: Path) -> dict[str, Any]:
 
 
 def engines() -> list[tuple[str, LipSyncOptions]]:
-    import torch
+    try:
+        import torch
 
-    from workers.engines.wav2lip import Wav2Lip96
-
+        from workers.engines.wav2lip import Wav2Lip96
+    except (ImportError, EngineUnavailable) as exc:
+        print(f"wav2lip skipped: {exc}")
+        return [(CPU, LipSyncOptions())]
     checkpoint = Path(tempfile.mkdtemp(prefix="babelroom-bench-")) / "wav2lip-random.pth"
     state = {f"module.{k}": v for k, v in Wav2Lip96().state_dict().items()}  # the released layout
     torch.save({"state_dict": state}, checkpoint)

@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import numpy as np
 import pytest
 import redis
 
+from benchmarks.lipsync import clip_of, contact_sheet, measure, plot
 from benchmarks.talking_head import talking_head_frames
 from pipeline.audio import float_to_pcm16
 from pipeline.bus import Bus
@@ -22,6 +26,7 @@ from pipeline.config import BusOptions, WorkerOptions
 from pipeline.frames import Frame, decode_frames, make_clip, store_frames
 from pipeline.messages import SAMPLE_RATE, Phoneme, SynthesizedSpeech, VideoClip
 from pipeline.routes import LIPSYNC, RESULTS
+from pipeline.video import read_video
 from workers.base import Worker
 from workers.engines.face import CHIN, EYE_LEFT, EYE_RIGHT, NOSE_BASE, track_faces
 from workers.engines.lipsync import LipSyncOptions, SyncedFrames, timeline
@@ -40,6 +45,7 @@ from workers.lipsync_metric import (
     sync_score,
 )
 
+ROOT = Path(__file__).resolve().parents[1]
 FPS = 25.0
 VISIBLE = 4  # levels of 255: smaller changes do not show
 TEXT = "Por favor, trae mi bolso, mamá. La casa es muy bonita."
@@ -222,3 +228,22 @@ def test_late_speech_gives_way(engine: MouthWarpLipSyncer, speech: SynthesizedSp
     stage.frames = redis.Redis()  # never used: the late speech is dropped before any frame is read
     late = SynthesizedSpeech(**{**speech.__dict__, "stamps": (("tts", time.time() - 5),)})
     assert stage.process(late) == [] and stage.skipped["late"] == 1
+
+
+def test_talking_head_y4m_for_chromiums_fake_camera(tmp_path: Path) -> None:
+    out = tmp_path / "face.y4m"
+    command = [sys.executable, "-m", "benchmarks.talking_head", str(out), "--seconds", "0.4", "--size", "320x240"]
+    subprocess.run(command, check=True, cwd=ROOT, timeout=120)
+    assert out.read_bytes().startswith(b"YUV4MPEG2 W320 H240 F25:1")
+    video = read_video(out)
+    assert len(video.frames) == 10 and video.fps == pytest.approx(25) and video.audio.size == 0
+    assert all(face is not None for face in track_faces(video.frames))  # FaceMesh finds the face in each
+
+
+def test_benchmark_measures_each_step(engine: MouthWarpLipSyncer, speech: SynthesizedSpeech, tmp_path: Path) -> None:
+    row, frames = measure(engine, clip_of(speech, 1.0), (320, 240))
+    assert row["frames"] == len(frames) == 25 and row["fps"] > 0
+    assert set(row["ms_per_frame"]) == {"decode", "engine", "encode", "landmarks", "visemes", "warp"}
+    plot([{"engine": "cpu", **row}], tmp_path / "lipsync.png")
+    contact_sheet(frames, tmp_path / "frames.png")
+    assert (tmp_path / "lipsync.png").stat().st_size > 10_000 and (tmp_path / "frames.png").stat().st_size > 10_000
