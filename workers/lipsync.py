@@ -62,7 +62,7 @@ class LipSyncStage:
             return self._skip("late", message)
         try:
             source = load_frames(self.frames, self.bus.prefix, message.room, message.speaker, message.seq)
-            if source is None:
+            if source is None or not source.timestamps_s:
                 return self._skip("no_frames", message)
             frames = decode_frames(source)
         except (FrameError, MessageError) as exc:

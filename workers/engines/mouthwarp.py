@@ -2,12 +2,13 @@
 
 For each output frame: FaceMesh landmarks of its source frame (smoothed over time, so the mouth does
 not jitter and follows the head); the target mouth from the phonemes (workers.engines.visemes); the lip
-contours moved to that mouth in the mouth's own axes (the lower lip and jaw take most of an opening,
-the upper lip the rest, the corners move in or out for rounded or spread vowels); a thin-plate spline
-through those points and still anchors around them warps the region; the mouth interior comes from the
-speaker's own most open frame (upper teeth stay with the upper lip, lower teeth with the lower lip, the
-cavity between them) or, when they never open their mouth, a dark cavity; a feathered mask blends the
-result in, so there is no edge and nothing outside the mouth and jaw changes.
+contours moved to it point by point in the mouth's own axes (the lower lip and jaw take most of an
+opening, the upper lip the rest, the corners move in or out for rounded or spread vowels); one
+thin-plate spline per lip, through its contours and still anchors around the mouth, joined along the
+seam between the lips (one smooth warp cannot fold a parted smile shut); the mouth interior from the
+speaker's own most open frame (upper teeth stay with the upper lip, lower teeth with the jaw, a shaded
+cavity between) or, when they never show it, a cavity alone; a feathered mask blends the result in,
+so there is no edge and nothing above the nose changes.
 """
 
 from __future__ import annotations
@@ -60,9 +61,9 @@ MIN_INTERIOR_OPEN = 0.08  # a frame this open shows enough teeth and cavity to f
 MASK_FEATHER = 0.18  # of the mouth width: the blend fades over this distance around the moved region
 SEAM_PX = 1.0  # the upper and lower lips' warps meet over this many pixels
 GRID_STEP = 4  # pixels between evaluations of the spline; bilinear in between
-TPS_REGULARISATION = 1e-6
+TPS_REGULARISATION = 1e-6  # keeps the spline's linear system well conditioned
 CAVITY_RGB = (62, 24, 28)  # a mouth's dark interior, for speakers whose own is never seen
-CAVITY_RAMP_PX = 1.5
+CAVITY_RAMP_PX = 1.5  # the teeth fade into the cavity over this many pixels
 CAVITY_SHADE = 0.4  # the cavity darkens by this much toward the upper teeth, as a shadowed mouth does
 TONGUE_RGB = np.array((150, 62, 66), np.float32)
 # Teeth show once the lips are this far apart (pixels); nearly closed lips show only the dark line between.

@@ -185,7 +185,7 @@ class EspeakLibrary:
         path = ctypes.util.find_library("espeak-ng")
         if path is None:
             raise EngineUnavailable("libespeak-ng is not installed: apt-get install espeak-ng")
-        self.lib = ctypes.CDLL(path)
+        self.lib = _declare(ctypes.CDLL(path))
         options = _INITIALIZE_PHONEME_EVENTS | _INITIALIZE_PHONEME_IPA | _INITIALIZE_DONT_EXIT
         self.sample_rate = int(self.lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, None, options))
         if self.sample_rate <= 0:
@@ -228,6 +228,26 @@ class EspeakLibrary:
             raise RuntimeError(f"espeak-ng synthesis failed (error {status})")
         samples = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
         return Audio(samples, self.sample_rate, phonemes_from_starts(events, samples.size / self.sample_rate))
+
+
+def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
+    """The C signatures (speak_lib.h) of the calls used, so ctypes passes each argument at its real width."""
+    c_int, c_uint = ctypes.c_int, ctypes.c_uint
+    signatures: dict[str, tuple[Any, list[Any]]] = {
+        "espeak_Initialize": (c_int, [c_int, c_int, ctypes.c_char_p, c_int]),
+        "espeak_SetSynthCallback": (None, [_ESPEAK_CALLBACK]),
+        "espeak_SetVoiceByName": (c_int, [ctypes.c_char_p]),
+        "espeak_SetParameter": (c_int, [c_int, c_int, c_int]),
+        "espeak_Synth": (
+            c_int,
+            [ctypes.c_void_p, ctypes.c_size_t, c_uint, c_int, c_uint, c_uint, ctypes.POINTER(c_uint), ctypes.c_void_p],
+        ),
+        "espeak_Synchronize": (c_int, []),
+    }
+    for name, (restype, argtypes) in signatures.items():
+        function = getattr(lib, name)
+        function.restype, function.argtypes = restype, argtypes
+    return lib
 
 
 def phonemes_from_starts(starts: Iterable[tuple[str, float]], end_s: float) -> tuple[Phoneme, ...]:

@@ -80,9 +80,9 @@ _AFFRICATES = {"tʃ": "CH", "dʒ": "CH", "ts": "DNT", "dz": "DNT"}
 LOUDNESS_SWING = 0.6
 MAX_OPEN = 0.4  # wider looks like a shout
 ENVELOPE_ONLY_OPEN = 0.38  # the opening of the loudest frame when there are no phonemes
-ENVELOPE_FRAME_S = 0.02
-SMOOTH_S = 0.01  # a last light smoothing of the track: no frame-to-frame flicker
+ENVELOPE_FRAME_S = 0.02  # loudness is measured over 20 ms
 SUBSAMPLES = 4  # per video frame: short phonemes are not missed between two frame times
+PAUSE_S = 0.05  # a gap this long between phonemes is a pause: the mouth goes to rest
 
 
 def viseme_of(symbol: str) -> Viseme:
@@ -113,8 +113,6 @@ def mouth_track(phonemes: Sequence[Phoneme], samples: Samples, rate: int, fps: f
     width = width.reshape(frames, SUBSAMPLES).mean(axis=1)
     closed = _bilabial_at(phonemes, times, fps)
     opening = opening * (1 - LOUDNESS_SWING + 2 * LOUDNESS_SWING * loudness)
-    sigma = SMOOTH_S * fps
-    opening, width = gaussian_filter1d(opening, sigma), gaussian_filter1d(width, sigma)
     opening[closed] = 0.0
     return MouthTrack(times, np.clip(opening, 0, MAX_OPEN), width, closed)
 
@@ -124,7 +122,7 @@ def _with_rests(phonemes: Sequence[Phoneme], end_s: float) -> list[tuple[Viseme,
     spans: list[tuple[Viseme, float, float]] = []
     previous_end = 0.0
     for p in phonemes:
-        if p.start_s - previous_end > 0.05:
+        if p.start_s - previous_end > PAUSE_S:
             spans.append((REST, previous_end, p.start_s))
         spans.append((viseme_of(p.symbol), p.start_s, p.end_s))
         previous_end = max(previous_end, p.end_s)
