@@ -159,9 +159,9 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
         axis.bar(labels, values, bottom=bottom, label=step)
         bottom += values
     axis.axhline(1000 / TARGET_FPS, color="black", linestyle="--", label=f"{TARGET_FPS:.0f} fps")
-    axis.set_yscale("log")
-    axis.set_ylim(bottom=0.1)
-    axis.set_ylabel("ms per frame (log scale)")
+    for x, row in enumerate(rows):
+        axis.annotate(f"{row['fps']:.0f} fps", (x, bottom[x]), ha="center", va="bottom", fontsize=9)
+    axis.set_ylabel("ms per frame")
     axis.set_title("Lip-sync cost per frame by step (CPU)")
     axis.legend(fontsize=8)
     figure.tight_layout()
