@@ -5,9 +5,10 @@ PY := $(VENV)/bin/python
 PORT ?= 8080
 
 # Debian packages: Redis for the bus, Janus (the SFU) with janus.js and its WebRTC adapter for the page,
-# espeak-ng for speech, Apertium and its pairs for offline MT.
-APT_RUNTIME := redis-server janus libjs-janus-gateway libjs-webrtc-adapter espeak-ng sox apertium apertium-eng-spa apertium-eng-cat apertium-en-gl \
-	apertium-es-pt apertium-fr-es
+# espeak-ng for speech, Apertium and its pairs for offline MT, libgl1 and libglib2.0-0 for OpenCV
+# (FaceMesh's, for lip-sync).
+APT_RUNTIME := redis-server janus libjs-janus-gateway libjs-webrtc-adapter espeak-ng sox apertium apertium-eng-spa \
+	apertium-eng-cat apertium-en-gl apertium-es-pt apertium-fr-es libgl1 libglib2.0-0
 APT_TEST := chromium chromium-driver firefox-esr docker-compose iproute2
 # `make up` needs no torch. The tests load the torch engines on tiny random models, so `make test`
 # adds the CPU build of torch (a local wheel on the CI machines; elsewhere add
@@ -32,6 +33,7 @@ bench: system-deps venv
 	$(VENV)/bin/babelroom bench stages --out out/bench
 	$(VENV)/bin/babelroom bench scaling --out out/bench
 	$(VENV)/bin/babelroom bench pipeline --out out/bench
+	$(VENV)/bin/babelroom bench lipsync --out out/bench
 
 # RESULTS.md: every benchmark this machine can run, into results/, then the report (GPU hosts: see RESULTS.md).
 results: system-deps system-test-deps test-venv
@@ -39,6 +41,7 @@ results: system-deps system-test-deps test-venv
 	$(VENV)/bin/babelroom bench media --out results
 	$(VENV)/bin/babelroom bench scaling --out results
 	$(VENV)/bin/babelroom bench pipeline --out results
+	$(VENV)/bin/babelroom bench lipsync --out results
 	$(VENV)/bin/babelroom bench gpu --tiny --out results
 	$(VENV)/bin/babelroom bench report --out results
 

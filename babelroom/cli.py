@@ -66,11 +66,15 @@ def parser() -> argparse.ArgumentParser:
     )
     token.set_defaults(run=run_token)
 
-    translate = commands.add_parser("translate", help="translate a recorded WAV file with the same engines")
-    translate.add_argument("input", type=Path)
+    translate = commands.add_parser(
+        "translate", help="translate a recording (WAV, or a video: dubbed and lip-synced) with the same engines"
+    )
+    translate.add_argument("input", type=Path, help="a .wav, .mp4, .webm, .y4m, .mkv or .mov file")
     translate.add_argument("--from", dest="source", required=True, help="language spoken in the file, e.g. en")
     translate.add_argument("--to", dest="target", required=True, help="language to translate into, e.g. es")
-    translate.add_argument("--out", type=Path, required=True, help="folder for result.json and speech.wav")
+    translate.add_argument(
+        "--out", type=Path, required=True, help="folder for result.json, speech.wav, captions.vtt (and video.mp4)"
+    )
     translate.set_defaults(run=run_translate)
 
     bench = commands.add_parser("bench", help="run a benchmark and write its figures (JSON, PNG)")
@@ -94,7 +98,7 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
-BENCHMARKS = ("stages", "scaling", "media", "pipeline", "gpu", "report")
+BENCHMARKS = ("stages", "scaling", "media", "lipsync", "pipeline", "gpu", "report")
 
 
 def rooms_list(text: str) -> tuple[int, ...]:
@@ -191,12 +195,21 @@ def run_token(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
 
 def run_translate(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    from pipeline.video import VIDEO_SUFFIXES, VideoError
+    from workers.stage import PermanentError
     from workers.translate_file import translate_file
 
     if not args.input.is_file():
         print(f"babelroom translate: no such file: {args.input}", file=sys.stderr)
         return 2
-    result = translate_file(args.input, args.source, args.target, args.out, env)
+    if args.input.suffix.lower() not in (".wav", *VIDEO_SUFFIXES):
+        print(f"babelroom translate: {args.input.name}: expected .wav or {', '.join(VIDEO_SUFFIXES)}", file=sys.stderr)
+        return 2
+    try:
+        result = translate_file(args.input, args.source, args.target, args.out, env)
+    except (VideoError, PermanentError) as exc:
+        print(f"babelroom translate: {exc}", file=sys.stderr)
+        return 2
     print(json.dumps(result, indent=2, ensure_ascii=False))
     return 0
 
@@ -216,6 +229,10 @@ def run_bench(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         from benchmarks.scaling import run as run_scaling
 
         run_scaling(args.out)
+    elif args.name == "lipsync":
+        from benchmarks.lipsync import run as run_lipsync
+
+        run_lipsync(args.out)
     elif args.name == "media":
         from benchmarks.media import run as run_media
 

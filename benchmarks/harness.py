@@ -30,7 +30,7 @@ import numpy as np
 from pipeline.audio import Samples, float_to_pcm16
 from pipeline.bus import Bus
 from pipeline.messages import SAMPLE_RATE, SpeechSegment, SynthesizedSpeech
-from pipeline.routes import RESULTS, WORKER_KINDS
+from pipeline.routes import RESULTS, SPEECH_KINDS
 from workers.base import alive_workers
 from workers.stage import Stage
 
@@ -182,7 +182,7 @@ async def running_workers(
     log_dir.mkdir(parents=True, exist_ok=True)
     procs = []
     try:
-        for kind in WORKER_KINDS:
+        for kind in SPEECH_KINDS:
             with (log_dir / f"worker-{kind}.log").open("wb") as log:
                 procs.append(subprocess.Popen(worker_argv(kind), env=env, stdout=log, stderr=subprocess.STDOUT))
         await wait_loaded(bus, procs, log_dir)
@@ -206,7 +206,7 @@ async def wait_loaded(bus: Bus, procs: list[subprocess.Popen[bytes]], log_dir: P
         if dead:
             raise RuntimeError(f"a worker exited while loading ({dead[0].args!r}); see the logs in {log_dir}")
         alive = await alive_workers(bus)
-        if all(alive.get(kind, 0) > 0 for kind in WORKER_KINDS):
+        if all(alive.get(kind, 0) > 0 for kind in SPEECH_KINDS):
             return
         await asyncio.sleep(0.5)
     raise RuntimeError(f"the workers did not load within {WORKERS_READY_S:.0f} s; see the logs in {log_dir}")

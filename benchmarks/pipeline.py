@@ -41,7 +41,7 @@ from pipeline.audio import Samples, resample
 from pipeline.bus import Bus
 from pipeline.config import WORKER_CONCURRENCY, BusOptions
 from pipeline.messages import SAMPLE_RATE
-from pipeline.routes import WORKER_KINDS
+from pipeline.routes import SPEECH_KINDS
 from workers.stage import Stage
 
 ROOMS = (1, 2, 4, 8)
@@ -103,7 +103,7 @@ def engine_settings(device: str, models: ModelSet | None) -> tuple[dict[str, str
 def load_stages(env: Mapping[str, str]) -> dict[str, Stage]:
     from workers.registry import build_stage
 
-    stages = {kind: build_stage(kind, env) for kind in WORKER_KINDS}
+    stages = {kind: build_stage(kind, env) for kind in SPEECH_KINDS}
     for stage in stages.values():
         stage.load()
     return stages

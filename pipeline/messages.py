@@ -46,6 +46,16 @@ class Word:
 
 
 @dataclass(frozen=True)
+class Phoneme:
+    """One phoneme of synthetic speech: an IPA symbol (length marks kept, stress marks dropped) and
+    when it sounds, in seconds from the start of the speech."""
+
+    symbol: str
+    start_s: float
+    end_s: float
+
+
+@dataclass(frozen=True)
 class Message:
     """Fields every message shares. `kind` names the concrete type on the wire."""
 
@@ -80,6 +90,9 @@ class SpeechSegment(Message):
     end_sample: int = 0
     pcm: bytes = b""  # 16 kHz mono signed 16-bit little-endian
     match_voice: bool = False  # the speaker opted in to their pitch being matched in the translated voice
+    # The gateway stored this segment's video frames (pipeline/frames.py; only with the speaker's consent):
+    # the translated speech is lip-synced. Every later message of the segment carries it on.
+    has_frames: bool = False
 
     @property
     def duration_s(self) -> float:
@@ -97,6 +110,7 @@ class Transcript(Message):
     start_sample: int = 0
     end_sample: int = 0
     speaker_f0_hz: float = 0.0  # median pitch of the speaker, 0 when unknown or not consented
+    has_frames: bool = False
 
 
 @dataclass(frozen=True)
@@ -111,6 +125,7 @@ class Translation(Message):
     start_sample: int = 0
     end_sample: int = 0
     speaker_f0_hz: float = 0.0
+    has_frames: bool = False
 
 
 @dataclass(frozen=True)
@@ -125,18 +140,24 @@ class SynthesizedSpeech(Message):
     words: tuple[Word, ...] = ()  # word timings in the synthetic audio, when the engine knows them
     start_sample: int = 0
     end_sample: int = 0
+    phonemes: tuple[Phoneme, ...] = ()  # phoneme timings in `pcm`, when the engine knows them (lip-sync)
+    has_frames: bool = False  # also routed to the lipsync stage (pipeline.routes)
 
 
 @dataclass(frozen=True)
 class VideoClip(Message):
+    """Video frames of one segment, JPEG-compressed (pipeline/frames.py packs and bounds them): the
+    speaker's own frames as the gateway stored them (`language` empty, times from the segment's start),
+    or lip-synced to the translated speech (`language` set, times from the speech's start)."""
+
     kind: ClassVar[str] = "video"
 
     language: str = ""
     width: int = 0
     height: int = 0
-    pixel_format: str = "rgb24"
-    frames: bytes = b""  # frame_count frames of width*height*channels bytes, back to back
-    timestamps_s: tuple[float, ...] = ()
+    frames: bytes = b""  # pipeline.frames.pack_jpegs: a u32 count, then a u32 length and a JPEG per frame
+    timestamps_s: tuple[float, ...] = ()  # one per frame
+    engine: str = ""  # the lip-syncer that made it; empty for the speaker's own frames
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,10 @@
 
     gateway --SpeechSegment--> asr --Transcript--> mt --Translation--> tts --SynthesizedSpeech--> results
                                         \\--> results (original caption)   \\--> results (translated caption)
+    tts --SynthesizedSpeech (has_frames)--> lipsync --VideoClip--> results
 
-The gateway reads `results` for captions and playout.
+The gateway reads `results` for captions, playout and lip-synced video. Speech goes to `results` at
+once whether or not it is also lip-synced: audio never waits for video.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from pipeline.messages import (
 )
 
 ASR, MT, TTS, LIPSYNC, RESULTS, DEAD = "asr", "mt", "tts", "lipsync", "results", "dead"
-WORKER_KINDS = (ASR, MT, TTS)
+SPEECH_KINDS = (ASR, MT, TTS)  # what a caption and translated speech need; lip-sync comes on top
+WORKER_KINDS = (*SPEECH_KINDS, LIPSYNC)
 
 ROUTES: dict[type[Message], tuple[str, ...]] = {
     SpeechSegment: (ASR,),
@@ -34,4 +37,7 @@ ROUTES: dict[type[Message], tuple[str, ...]] = {
 
 
 def destinations(message: Message) -> tuple[str, ...]:
-    return ROUTES[type(message)]
+    routes = ROUTES[type(message)]
+    if isinstance(message, SynthesizedSpeech) and message.has_frames and message.pcm:
+        return (*routes, LIPSYNC)
+    return routes

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.audio import resample, write_wav
+from pipeline.routes import WORKER_KINDS
 from tests.speech import espeak, silence
 
 CHROMIUM = "/usr/bin/chromium"
@@ -83,7 +84,7 @@ def gateway_command(port: int) -> list[str]:
 
 
 def worker_commands() -> list[list[str]]:
-    return [[sys.executable, "-m", "babelroom.cli", "worker", kind] for kind in ("asr", "mt", "tts")]
+    return [[sys.executable, "-m", "babelroom.cli", "worker", kind] for kind in WORKER_KINDS]
 
 
 def get_json(url: str) -> tuple[int, Any]:

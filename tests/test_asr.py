@@ -216,10 +216,11 @@ def test_speaker_pitch_travels_only_for_speakers_who_opted_in(
     base: FasterWhisperRecognizer, piper_clip: Samples
 ) -> None:
     stage = AsrStage(AsrOptions(), recognizer=base)
-    opted_in = dataclasses.replace(segment(piper_clip), match_voice=True)
+    opted_in = dataclasses.replace(segment(piper_clip), match_voice=True, has_frames=True)
     [with_pitch] = stage.process(opted_in)
     [without] = stage.process(segment(piper_clip))
     assert isinstance(with_pitch, Transcript) and isinstance(without, Transcript)
+    assert with_pitch.has_frames and not without.has_frames  # the segment's video travels on to lip-sync
     assert 60 < with_pitch.speaker_f0_hz < 300  # the Piper voice is a male voice
     assert without.speaker_f0_hz == 0.0
     [switched_off] = AsrStage(AsrOptions(speaker_pitch=False), recognizer=base).process(opted_in)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import struct
+from dataclasses import replace
 
 import pytest
 
@@ -8,6 +9,7 @@ from pipeline.messages import (
     MESSAGE_TYPES,
     ControlEvent,
     MessageError,
+    Phoneme,
     SchemaVersionError,
     SpeechSegment,
     StageFailure,
@@ -22,6 +24,7 @@ from pipeline.messages import (
     encode,
     latency_s,
 )
+from pipeline.routes import LIPSYNC, RESULTS, destinations
 
 PCM = bytes(range(256)) * 40
 
@@ -35,6 +38,7 @@ EXAMPLES = [
         start_sample=160,
         end_sample=160 + len(PCM) // 2,
         match_voice=True,
+        has_frames=True,
         pcm=PCM,
         stamps=(("captured", 1.5), ("segmented", 2.0)),
     ),
@@ -58,8 +62,28 @@ EXAMPLES = [
         text="hola ñandú",
         note="",
     ),
-    SynthesizedSpeech(room="r", speaker="ana", seq=3, language="es", text="hola", sample_rate=22050, pcm=PCM),
-    VideoClip(room="r", speaker="ana", seq=3, width=4, height=2, frames=b"\x00" * 48, timestamps_s=(0.0, 0.04)),
+    SynthesizedSpeech(
+        room="r",
+        speaker="ana",
+        seq=3,
+        language="es",
+        text="hola",
+        sample_rate=22050,
+        pcm=PCM,
+        phonemes=(Phoneme("o", 0.0, 0.1), Phoneme("l", 0.1, 0.15), Phoneme("a", 0.15, 0.3)),
+        has_frames=True,
+    ),
+    VideoClip(
+        room="r",
+        speaker="ana",
+        seq=3,
+        language="es",
+        width=4,
+        height=2,
+        frames=b"\x00" * 48,
+        timestamps_s=(0.0, 0.04),
+        engine="mouthwarp",
+    ),
     ControlEvent(room="r", speaker="ana", seq=0, action="grant"),
     StageFailure(room="r", speaker="ana", seq=3, stage="asr", error="boom", attempts=3, original=b"\x01\x02"),
 ]
@@ -104,6 +128,15 @@ def test_stamps_give_latency() -> None:
     segment = EXAMPLES[0].stamped("asr", at=2.75)
     assert latency_s(segment, "captured", "asr") == pytest.approx(1.25)
     assert latency_s(segment, "captured", "tts") is None
+
+
+def test_speech_with_frames_is_also_lip_synced_but_never_waits_for_it() -> None:
+    speech = EXAMPLES[3]
+    assert isinstance(speech, SynthesizedSpeech)
+    assert destinations(speech) == (RESULTS, LIPSYNC)
+    assert destinations(replace(speech, has_frames=False)) == (RESULTS,)
+    assert destinations(replace(speech, pcm=b"")) == (RESULTS,)  # nothing voiced: nothing to lip-sync
+    assert destinations(EXAMPLES[4]) == (RESULTS,)
 
 
 def test_dedup_key_separates_languages_and_stages() -> None:

@@ -32,7 +32,7 @@ def apertium() -> Iterator[ApertiumTranslator]:
 def transcript(text: str, language: str = "en", targets: tuple[str, ...] = ("es",)) -> Transcript:
     return Transcript(
         room="r1", speaker="bob", seq=7, stamps=(("segment", 1.0), ("asr", 2.0)), language=language,
-        targets=targets, text=text, start_sample=100, end_sample=48_100, speaker_f0_hz=120.0,
+        targets=targets, text=text, start_sample=100, end_sample=48_100, speaker_f0_hz=120.0, has_frames=True,
     )  # fmt: skip
 
 
@@ -99,7 +99,7 @@ def test_stage_emits_one_translation_per_target(apertium: ApertiumTranslator) ->
     for m in out:
         assert isinstance(m, Translation)
         assert (m.room, m.speaker, m.seq, m.source_language, m.source_text) == ("r1", "bob", 7, "en", "The dog sleeps.")
-        assert (m.start_sample, m.end_sample, m.speaker_f0_hz) == (100, 48_100, 120.0)
+        assert (m.start_sample, m.end_sample, m.speaker_f0_hz, m.has_frames) == (100, 48_100, 120.0, True)
         assert [s for s, _ in m.stamps] == ["segment", "asr", "mt"] and m.text and not m.note
 
 

@@ -3,18 +3,25 @@ speaker-adaptive pitch, and the stage's message handling."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
 from pipeline.audio import Samples, median_f0_hz, pcm16_to_float, resample
-from pipeline.messages import SAMPLE_RATE, SynthesizedSpeech, Translation
+from pipeline.messages import SAMPLE_RATE, Phoneme, SynthesizedSpeech, Translation
 from workers.engines.tts import (
+    Audio,
     EspeakSynthesizer,
     PiperSynthesizer,
     TtsOptions,
     VoiceRouter,
     fit_tempo,
     parse_voices,
+    phonemes_from_starts,
+    piper_phonemes,
+    render,
+    retime,
     shift_pitch,
     time_stretch,
     trim_silence,
@@ -107,8 +114,9 @@ def test_stage_fits_duration_and_copies_fields(router: VoiceRouter) -> None:
     raw = router.synthesize("La casa es muy grande.", "es")
     natural = trim_silence(resample(raw.samples, raw.sample_rate, SR), SR).size / SR
     target = natural / 1.2  # a 20 % faster source: fitted exactly (within the 0.75-1.5 bounds)
-    (out,) = stage.process(translation("La casa es muy grande.", seconds=target))
-    assert isinstance(out, SynthesizedSpeech)
+    (out,) = stage.process(dataclasses.replace(translation("La casa es muy grande.", seconds=target), has_frames=True))
+    assert isinstance(out, SynthesizedSpeech) and out.has_frames
+    assert out.phonemes and out.phonemes[-1].end_s <= len(out.pcm) / 2 / SR
     got = pcm16_to_float(out.pcm).size / SR
     print(f"\nnatural {natural:.2f} s, target {target:.2f} s, fitted {got:.2f} s")
     assert got == pytest.approx(target, abs=0.02)
@@ -148,3 +156,50 @@ def test_espeak_and_piper_engines_directly() -> None:
     assert espeak.synthesize("-5 grados", "es").duration_s > 0.3  # a leading dash is text, not an option
     piper = PiperSynthesizer()
     assert piper.supports("en") and not piper.supports("es")
+
+
+VOWELS = frozenset("aeiouɑæɐəɛɪʊɔʌɜøœyɒ")
+STOPS = frozenset(("p", "b", "t", "d", "k", "ɡ"))
+
+
+def loudness_ratio(audio: Audio) -> float:
+    """Mean RMS over vowels / over the first half of stops (the closure, nearly silent): high only when
+    the timings sit on the sounds they name."""
+
+    def rms(start_s: float, end_s: float) -> float:
+        a, b = int(start_s * audio.sample_rate), int(end_s * audio.sample_rate)
+        return float(np.sqrt(np.mean(audio.samples[a : max(b, a + 1)] ** 2)))
+
+    vowels = [rms(p.start_s, p.end_s) for p in audio.phonemes if p.symbol[0] in VOWELS]
+    closures = [rms(p.start_s, (p.start_s + p.end_s) / 2) for p in audio.phonemes if p.symbol in STOPS]
+    return float(np.mean(vowels) / max(np.mean(closures), 1e-6))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("language", "text"), [("en", "Please bring my bag, mom."), ("es", "Por favor, trae mi bolso, mamá.")]
+)
+def test_phoneme_timings_sit_on_the_audio_and_follow_duration_fitting(
+    router: VoiceRouter, language: str, text: str
+) -> None:
+    raw = router.synthesize(text, language)
+    fitted, info = render(raw, target_s=raw.duration_s / 1.3)
+    for audio in (raw, fitted):
+        starts = [p.start_s for p in audio.phonemes]
+        assert starts == sorted(starts) and all(0 <= p.start_s < p.end_s <= audio.duration_s for p in audio.phonemes)
+        assert {"p", "m"} <= {p.symbol for p in audio.phonemes}
+    late = Audio(raw.samples, raw.sample_rate, retime(raw.phonemes, -0.06, 1.0, raw.duration_s))
+    ratios = [loudness_ratio(a) for a in (raw, fitted, late)]
+    print(f"\n{language}: {len(raw.phonemes)} phonemes; vowel/closure loudness raw, fitted, 60 ms late: {ratios}")
+    assert ratios[0] > 1.8 and ratios[1] > 1.8 and ratios[2] < 0.5 * ratios[0]  # Piper varies run to run
+    span = raw.phonemes[-1].end_s - raw.phonemes[0].start_s
+    fitted_span = fitted.phonemes[-1].end_s - fitted.phonemes[0].start_s
+    assert fitted_span == pytest.approx(span / info["tempo"], rel=0.02)
+
+
+def test_phoneme_symbols_from_engine_events() -> None:
+    espeak = phonemes_from_starts([("p", 0.0), ("ˈa", 0.05), ("", 0.2), ("m", 0.3)], 0.4)
+    assert espeak == (Phoneme("p", 0.0, 0.05), Phoneme("a", 0.05, 0.2), Phoneme("m", 0.3, 0.4))
+    piper = piper_phonemes([("^", 100), ("b", 100), ("ˈ", 100), ("ɑ", 100), ("ː", 100), (" ", 100), ("m", 100)], 1000)
+    assert piper == [Phoneme("b", 0.1, 0.2), Phoneme("ɑː", 0.2, 0.5), Phoneme("m", 0.6, 0.7)]
+    assert retime(piper, 0.1, 2.0, 0.2) == (Phoneme("b", 0.0, 0.05), Phoneme("ɑː", 0.05, 0.2))

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from babelroom.supervisor import free_port
+from pipeline.routes import WORKER_KINDS
 
 ROOT = Path(__file__).resolve().parents[1]
 COLD_START_LIMIT_S = 180
@@ -72,14 +73,14 @@ def test_up_prints_the_url_serves_health_and_stops_cleanly() -> None:
         while time.monotonic() - started < COLD_START_LIMIT_S:
             status, body = health(port)
             workers = body.get("workers", {})
-            if status == 200 and all(workers.get(kind, 0) >= 1 for kind in ("asr", "mt", "tts")):  # type: ignore[union-attr]
+            if status == 200 and all(workers.get(kind, 0) >= 1 for kind in WORKER_KINDS):  # type: ignore[union-attr]
                 break
             time.sleep(0.5)
         cold_start_s = time.monotonic() - started
         print(f"cold_start_s={cold_start_s:.1f} health={body}")
         assert status == 200 and body.get("status") == "ok", body
         descendants = children_of(up.pid)
-        assert len(descendants) >= 5  # redis, gateway, asr, mt, tts (plus engine helpers)
+        assert len(descendants) >= 6  # redis, gateway, asr, mt, tts, lipsync (plus engine helpers)
     finally:
         up.send_signal(signal.SIGTERM)
         up.wait(timeout=60)

@@ -44,7 +44,9 @@ class AsrStage:
         ]
 
     def _with_pitch(self, transcript: Transcript, segment: SpeechSegment) -> Transcript:
-        """Pitch only for words, and only with the speaker's opt-in and the operator's switch both on."""
+        """Pitch only for words, and only with the speaker's opt-in and the operator's switch both on; the
+        segment's frames (has_frames) travel on for lip-sync."""
+        transcript = dataclasses.replace(transcript, has_frames=segment.has_frames)
         if not (transcript.text and segment.match_voice and self.options.speaker_pitch):
             return transcript
         return dataclasses.replace(transcript, speaker_f0_hz=median_f0_hz(pcm16_to_float(segment.pcm)))

@@ -73,6 +73,7 @@ def translations(message: Transcript, results: dict[str, TranslationResult]) -> 
             start_sample=message.start_sample,
             end_sample=message.end_sample,
             speaker_f0_hz=message.speaker_f0_hz,
+            has_frames=message.has_frames,
         ).stamped(MtStage.kind)
         for target in message.targets
     ]

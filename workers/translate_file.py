@@ -1,61 +1,65 @@
-"""`babelroom translate IN.wav --from en --to es --out DIR`: the asr, mt and tts stages on one file.
+"""`babelroom translate IN --from en --to es --out DIR`: the pipeline's stages on one recording.
 
-Writes DIR/result.json (transcript, translation, per-stage timings in seconds, engine names) and
-DIR/speech.wav (the translated speech, fitted to the input's duration)."""
+IN is a WAV, or a video (.mp4, .webm, .y4m, .mkv, .mov) whose sound track is translated. Writes
+DIR/result.json (transcript, translation, per-stage timings in seconds, engine names), DIR/speech.wav
+(the translated speech, fitted to the input's duration) and DIR/captions.vtt. For a video also
+DIR/video.mp4: the speaker's video with the translated speech, lip-synced, and in result.json
+`lipsync: {corr, lag_frames, ...}`, the sync measured on the output (workers/lipsync_metric.py)."""
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
-from pipeline.audio import float_to_pcm16, pcm16_to_float, read_wav, write_wav
-from pipeline.messages import SAMPLE_RATE, SpeechSegment, SynthesizedSpeech, Transcript, Translation
+from pipeline.audio import Samples, float_to_pcm16, pcm16_to_float, read_wav, write_wav
+from pipeline.messages import SAMPLE_RATE, Message, SpeechSegment, SynthesizedSpeech, Transcript, Translation
+from pipeline.video import Video, VideoError, is_video, read_video, write_mp4
 from workers.asr import AsrStage
 from workers.engines.asr import AsrOptions
+from workers.engines.lipsync import LipSyncOptions, load_lipsyncer
 from workers.engines.mt import MtOptions, check_language
 from workers.engines.tts import TtsOptions
+from workers.lipsync_metric import measure_sync
 from workers.mt import MtStage
 from workers.tts import TtsStage
 
+CAPTION_CHARS = 42  # at most this many characters on screen at once: a caption line people can read
+T = TypeVar("T")
 
-def translate_file(in_wav: Path, source: str, target: str, out_dir: Path, env: Mapping[str, str]) -> dict[str, Any]:
+
+def translate_file(path: Path, source: str, target: str, out_dir: Path, env: Mapping[str, str]) -> dict[str, Any]:
     check_language(source)
     check_language(target)
+    video = read_video(path) if is_video(path) else None
+    samples = video.audio if video else read_wav(path)
+    if samples.size == 0:
+        raise VideoError(f"{path} has no sound to translate")
+    timings: dict[str, float] = {}
     asr, mt, tts = (
         AsrStage(AsrOptions.from_env(env)),
         MtStage(MtOptions.from_env(env)),
         TtsStage(TtsOptions.from_env(env)),
     )
-    timings: dict[str, float] = {}
     for stage in (asr, mt, tts):
-        started = time.perf_counter()
-        stage.load()
-        timings[f"{stage.kind}_load"] = time.perf_counter() - started
-    samples = read_wav(in_wav)
+        timed(timings, f"{stage.kind}_load", stage.load)
     segment = SpeechSegment(
-        room="file", speaker=in_wav.stem, seq=0, language=source, targets=(target,),
+        room="file", speaker=path.stem, seq=0, language=source, targets=(target,),
         start_sample=0, end_sample=samples.size, pcm=float_to_pcm16(samples),
     )  # fmt: skip
-
-    def timed(kind: str, run: Any) -> Any:
-        started = time.perf_counter()
-        out = run()
-        timings[kind] = time.perf_counter() - started
-        return out[0] if out else None
-
-    transcript: Transcript | None = timed("asr", lambda: asr.process(segment.stamped("segment")))
-    translation: Translation | None = timed("mt", lambda: mt.process(transcript)) if transcript else None
-    speech: SynthesizedSpeech | None = timed("tts", lambda: tts.process(translation)) if translation else None
+    transcript = first(timed(timings, "asr", lambda: asr.process(segment.stamped("segment"))), Transcript)
+    translation = first(timed(timings, "mt", lambda: mt.process(transcript)), Translation) if transcript else None
+    speech = first(timed(timings, "tts", lambda: tts.process(translation)), SynthesizedSpeech) if translation else None
     out_dir.mkdir(parents=True, exist_ok=True)
     audio = pcm16_to_float(speech.pcm) if speech else np.zeros(0, dtype=np.float32)
     write_wav(out_dir / "speech.wav", audio, SAMPLE_RATE)
+    (out_dir / "captions.vtt").write_text(webvtt(translation.text if translation else "", speech))
     result = {
-        "input": str(in_wav),
+        "input": str(path),
         "input_s": samples.size / SAMPLE_RATE,
         "source": source,
         "target": target,
@@ -64,8 +68,82 @@ def translate_file(in_wav: Path, source: str, target: str, out_dir: Path, env: M
         "translation": translation.text if translation else "",
         "note": translation.note if translation else "",
         "speech_s": audio.size / SAMPLE_RATE,
-        "timings": {k: round(v, 4) for k, v in timings.items()},
         "engines": {"asr": asr.engine_name, "mt": mt.engine_name, "tts": tts.engine_name(target)},
     }
+    if video is not None:
+        result |= dub(video, speech, audio, out_dir, env, timings)
+    result["timings"] = {k: round(v, 4) for k, v in timings.items()}
     (out_dir / "result.json").write_text(json.dumps(result, ensure_ascii=False, indent=2) + "\n")
     return result
+
+
+def dub(
+    video: Video,
+    speech: SynthesizedSpeech | None,
+    audio: Samples,
+    out_dir: Path,
+    env: Mapping[str, str],
+    timings: dict[str, float],
+) -> dict[str, Any]:
+    """DIR/video.mp4 with the translated speech and the lip-synced face; nothing voiced, the original video."""
+    if speech is None or audio.size == 0:
+        write_mp4(out_dir / "video.mp4", video.frames, video.fps, video.audio)
+        return {"video": {"frames": len(video.frames), "fps": video.fps}, "lipsync": None}
+    options = LipSyncOptions.from_env(env)
+    syncer = timed(timings, "lipsync_load", lambda: load_lipsyncer(options))
+    synced = timed(timings, "lipsync", lambda: syncer.sync(speech, video.frames, video.times_s))
+    write_mp4(out_dir / "video.mp4", synced.frames, synced.fps, audio)
+    score = timed(timings, "lipsync_measure", lambda: measure_sync(synced.frames, synced.fps, audio, SAMPLE_RATE))
+    height, width = synced.frames[0].shape[:2]
+    return {
+        "video": {"frames": len(synced.frames), "fps": round(synced.fps, 3), "width": width, "height": height},
+        "lipsync": {**score.as_dict(), "engine": syncer.name, "synced_frames": synced.synced},
+    }
+
+
+def webvtt(text: str, speech: SynthesizedSpeech | None) -> str:
+    """The translation as WebVTT cues of at most CAPTION_CHARS, spread over the speech by their length
+    (from the first phoneme to the last when the engine gave timings)."""
+    lines = ["WEBVTT", ""]
+    if not text.strip() or speech is None:
+        return "\n".join(lines) + "\n"
+    end = len(speech.pcm) / 2 / speech.sample_rate
+    start, end = (speech.phonemes[0].start_s, speech.phonemes[-1].end_s) if speech.phonemes else (0.0, end)
+    chunks = caption_chunks(text)
+    total = sum(len(c) for c in chunks)
+    at = start
+    for chunk in chunks:
+        until = at + (end - start) * len(chunk) / total
+        lines += [f"{_vtt_time(at)} --> {_vtt_time(until)}", chunk, ""]
+        at = until
+    return "\n".join(lines)
+
+
+def caption_chunks(text: str) -> list[str]:
+    chunks: list[str] = []
+    for word in text.split():
+        if chunks and len(chunks[-1]) + 1 + len(word) <= CAPTION_CHARS and not chunks[-1].endswith((".", "?", "!")):
+            chunks[-1] += f" {word}"
+        else:
+            chunks.append(word)
+    return chunks
+
+
+def _vtt_time(seconds: float) -> str:
+    ms = round(seconds * 1000)
+    return f"{ms // 3_600_000:02d}:{ms // 60_000 % 60:02d}:{ms // 1000 % 60:02d}.{ms % 1000:03d}"
+
+
+def timed(timings: dict[str, float], name: str, run: Callable[[], T]) -> T:
+    started = time.perf_counter()
+    out = run()
+    timings[name] = time.perf_counter() - started
+    return out
+
+
+M = TypeVar("M", bound=Message)
+
+
+def first(messages: Any, kind: type[M]) -> M | None:
+    """The stage's first output, when it is of the expected kind (a stage may answer with nothing)."""
+    return next((m for m in messages or () if isinstance(m, kind)), None)

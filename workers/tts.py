@@ -1,5 +1,5 @@
-"""The tts stage: Translation -> [SynthesizedSpeech], fitted to the source segment's duration and, when the
-speaker opted in (speaker_f0_hz > 0), moved toward the speaker's pitch.
+"""The tts stage: Translation -> [SynthesizedSpeech] with its phoneme timings, fitted to the source segment's
+duration and, when the speaker opted in (speaker_f0_hz > 0), moved toward the speaker's pitch.
 
 An untranslated caption (the pair is unsupported: note set, text still in the source language) and a
 language no voice speaks get empty speech: the caption is still shown, and playout does not wait."""
@@ -11,13 +11,15 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from pipeline.audio import Samples, float_to_pcm16
+from pipeline.audio import float_to_pcm16
 from pipeline.messages import SAMPLE_RATE, Message, SynthesizedSpeech, Translation
 from workers.engines.mt import check_language
 from workers.engines.tts import Audio, TtsOptions, VoiceRouter, render
 from workers.stage import Outcome, PermanentError, batched, single
 
 log = logging.getLogger(__name__)
+
+SILENCE = Audio(np.zeros(0, dtype=np.float32), SAMPLE_RATE)  # nothing to voice: playout stops waiting
 
 
 class TtsStage:
@@ -56,8 +58,8 @@ class TtsStage:
             if isinstance(result, Exception):
                 outcomes.append(result)
                 continue
-            samples = np.zeros(0, dtype=np.float32) if result is None else self._fitted(result, message)
-            outcomes.append([speech(message, samples).stamped(self.kind)])
+            fitted = SILENCE if result is None else self._fitted(result, message)
+            outcomes.append([speech(message, fitted).stamped(self.kind)])
         return outcomes
 
     def _needs_voice(self, message: Translation) -> bool:
@@ -70,10 +72,11 @@ class TtsStage:
             return False
         return True
 
-    def _fitted(self, audio: Audio, message: Translation) -> Samples:
+    def _fitted(self, audio: Audio, message: Translation) -> Audio:
+        """The speech fitted to the source segment's length, its phoneme timings moved with it."""
         target_s = max(0, message.end_sample - message.start_sample) / SAMPLE_RATE
-        samples, _ = render(audio, target_s, message.speaker_f0_hz, self.options)
-        return samples
+        fitted, _ = render(audio, target_s, message.speaker_f0_hz, self.options)
+        return fitted
 
 
 def checked_translation(message: Message) -> Translation:
@@ -83,7 +86,7 @@ def checked_translation(message: Message) -> Translation:
     return message
 
 
-def speech(message: Translation, samples: Samples) -> SynthesizedSpeech:
+def speech(message: Translation, audio: Audio) -> SynthesizedSpeech:
     return SynthesizedSpeech(
         room=message.room,
         speaker=message.speaker,
@@ -93,9 +96,11 @@ def speech(message: Translation, samples: Samples) -> SynthesizedSpeech:
         text=message.text,
         source_text=message.source_text,
         sample_rate=SAMPLE_RATE,
-        pcm=float_to_pcm16(samples),
+        pcm=float_to_pcm16(audio.samples),
         start_sample=message.start_sample,
         end_sample=message.end_sample,
+        phonemes=audio.phonemes,
+        has_frames=message.has_frames,
     )
 
 

@@ -1,9 +1,11 @@
 """Speech synthesis engines behind one protocol, `Synthesizer.synthesize(text, language) -> Audio`, and the
 signal processing that fits the synthetic speech to the speaker: duration and pitch.
 
-- `EspeakSynthesizer`: espeak-ng, every language it has a voice for (robotic, instant).
-- `PiperSynthesizer`: a Piper ONNX voice kept loaded (the bundled en_US "joe" voice, or any .onnx by path).
-- `VitsSynthesizer`: transformers VITS (MMS-TTS) on torch, for GPUs.
+- `EspeakSynthesizer`: espeak-ng, every language it has a voice for (robotic, instant), through libespeak-ng
+  so each phoneme's time comes with the audio (the lip-sync stage needs them).
+- `PiperSynthesizer`: a Piper ONNX voice kept loaded (the bundled en_US "joe" voice, or any .onnx by path),
+  with phoneme timings from its alignment output.
+- `VitsSynthesizer`: transformers VITS (MMS-TTS) on torch, for GPUs (no phoneme timings).
 - `VoiceRouter`: the voice per language from config ("en=piper:bundled,es=espeak:es,de=vits:facebook/mms-tts-deu").
 
 `time_stretch` is WSOLA (waveform-similarity overlap-add): it changes duration, not pitch, so translated
@@ -13,22 +15,23 @@ stretches back, moving the voice's median F0 toward the speaker's when the parti
 
 from __future__ import annotations
 
-import io
+import ctypes
+import ctypes.util
+import itertools
 import subprocess
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
-import soundfile as sf
 from scipy.signal import resample as fft_resample
 
 from pipeline.audio import Samples, median_f0_hz, resample
 from pipeline.config import env_flag
-from pipeline.messages import SAMPLE_RATE
+from pipeline.messages import SAMPLE_RATE, Phoneme
 from workers.engines.asr import EngineUnavailable, import_torch_transformers, torch_device
 from workers.stage import one_by_one
 
@@ -61,10 +64,18 @@ WSOLA_TOLERANCE_S = 0.008
 # F0 search range covers low male to high female/child voices.
 
 
+# Phoneme symbols: stress marks are dropped, a length mark joins the phoneme before it, and Piper's
+# sentence markers, word gaps and punctuation are silence (no phoneme).
+STRESS_MARKS = "ˈˌ"
+LENGTH_MARKS = "ːˑ"
+SILENCE_SYMBOLS = frozenset("^$_ .,;:!?¡¿—-…\"'()")
+
+
 @dataclass(frozen=True)
 class Audio:
     samples: Samples  # mono float32 in [-1, 1]
     sample_rate: int
+    phonemes: tuple[Phoneme, ...] = ()  # timings in `samples`, when the engine knows them
 
     @property
     def duration_s(self) -> float:
@@ -120,6 +131,7 @@ class EspeakSynthesizer:
             self.voices = espeak_voices()
         except FileNotFoundError as exc:
             raise EngineUnavailable("espeak-ng is not installed: apt-get install espeak-ng") from exc
+        self.library = EspeakLibrary.shared()
         self.voice = voice  # empty: pick by language
         self.wpm = words_per_minute
         self.name = f"espeak-ng:{voice}" if voice else "espeak-ng"
@@ -139,11 +151,127 @@ class EspeakSynthesizer:
         voice = self.voice_for(language)
         if voice is None:
             raise ValueError(f"espeak-ng has no voice for {language!r}")
-        # "--" so a caption starting with "-" is text, not an option.
-        cmd = ["espeak-ng", "-v", voice, "-s", str(self.wpm), "--stdout", "--", text]
-        wav = subprocess.run(cmd, capture_output=True, check=True, timeout=60).stdout
-        samples, rate = sf.read(io.BytesIO(wav), dtype="float32")
-        return Audio(np.asarray(samples, dtype=np.float32), int(rate))
+        return self.library.synthesize(text, voice, self.wpm)
+
+
+class _EspeakEvent(ctypes.Structure):
+    """espeak_EVENT from speak_lib.h; `name` is the union's char[8] (the phoneme, with PHONEME_EVENTS)."""
+
+    _fields_ = (
+        ("type", ctypes.c_int),
+        ("unique_identifier", ctypes.c_uint),
+        ("text_position", ctypes.c_int),
+        ("length", ctypes.c_int),
+        ("audio_position", ctypes.c_int),  # ms from the start of the synthesis
+        ("sample", ctypes.c_int),
+        ("user_data", ctypes.c_void_p),
+        ("name", ctypes.c_char * 8),
+    )
+
+
+_ESPEAK_CALLBACK = ctypes.CFUNCTYPE(
+    ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.POINTER(_EspeakEvent)
+)
+_AUDIO_OUTPUT_SYNCHRONOUS = 2
+_INITIALIZE_PHONEME_EVENTS, _INITIALIZE_PHONEME_IPA, _INITIALIZE_DONT_EXIT = 0x0001, 0x0002, 0x8000
+_EVENT_LIST_TERMINATED, _EVENT_PHONEME = 0, 7
+_PARAMETER_RATE, _POS_CHARACTER, _CHARS_UTF8 = 1, 1, 1
+_END_PAUSE = 0x1000  # espeakENDPAUSE: the closing pause the command line adds too (ASR misses last words without it)
+
+
+class EspeakLibrary:
+    """libespeak-ng through ctypes, once per process (the library keeps global state, so calls are
+    serialised). Each synthesis returns its audio and the phoneme events (IPA names, audio positions)."""
+
+    _shared: EspeakLibrary | None = None
+    _shared_lock = threading.Lock()
+
+    def __init__(self) -> None:
+        path = ctypes.util.find_library("espeak-ng")
+        if path is None:
+            raise EngineUnavailable("libespeak-ng is not installed: apt-get install espeak-ng")
+        self.lib = _declare(ctypes.CDLL(path))
+        options = _INITIALIZE_PHONEME_EVENTS | _INITIALIZE_PHONEME_IPA | _INITIALIZE_DONT_EXIT
+        self.sample_rate = int(self.lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, None, options))
+        if self.sample_rate <= 0:
+            raise EngineUnavailable("libespeak-ng failed to initialise (is espeak-ng-data installed?)")
+        self._chunks: list[Samples] = []
+        self._events: list[tuple[str, float]] = []
+        self._callback = _ESPEAK_CALLBACK(self._collect)  # kept referenced: the library calls it later
+        self.lib.espeak_SetSynthCallback(self._callback)
+        self.lock = threading.Lock()
+
+    @classmethod
+    def shared(cls) -> EspeakLibrary:
+        with cls._shared_lock:
+            if cls._shared is None:
+                cls._shared = cls()
+            return cls._shared
+
+    def _collect(self, wav: Any, count: int, events: Any) -> int:
+        if count > 0:
+            self._chunks.append(np.ctypeslib.as_array(wav, (count,)).astype(np.float32) / 32768.0)
+        for i in itertools.count():
+            event = events[i]
+            if event.type == _EVENT_LIST_TERMINATED:
+                break
+            if event.type == _EVENT_PHONEME:
+                self._events.append((event.name.decode("utf-8", "replace"), event.audio_position / 1000))
+        return 0  # go on synthesising
+
+    def synthesize(self, text: str, voice: str, words_per_minute: int) -> Audio:
+        data = text.encode("utf-8") + b"\0"
+        with self.lock:
+            self._chunks, self._events = [], []
+            # `espeak-ng --voices` lists language codes (fr-fr); the library loads voices by name (fr)
+            names = (voice, voice.split("-")[0])
+            if all(self.lib.espeak_SetVoiceByName(name.encode()) != 0 for name in names):
+                raise ValueError(f"espeak-ng could not load voice {voice!r}")
+            self.lib.espeak_SetParameter(_PARAMETER_RATE, words_per_minute, 0)
+            status = self.lib.espeak_Synth(data, len(data), 0, _POS_CHARACTER, 0, _CHARS_UTF8 | _END_PAUSE, None, None)
+            self.lib.espeak_Synchronize()
+            chunks, events = self._chunks, self._events
+        if status != 0:
+            raise RuntimeError(f"espeak-ng synthesis failed (error {status})")
+        samples = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
+        return Audio(samples, self.sample_rate, phonemes_from_starts(events, samples.size / self.sample_rate))
+
+
+def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
+    """The C signatures (speak_lib.h) of the calls used, so ctypes passes each argument at its real width."""
+    c_int, c_uint = ctypes.c_int, ctypes.c_uint
+    signatures: dict[str, tuple[Any, list[Any]]] = {
+        "espeak_Initialize": (c_int, [c_int, c_int, ctypes.c_char_p, c_int]),
+        "espeak_SetSynthCallback": (None, [_ESPEAK_CALLBACK]),
+        "espeak_SetVoiceByName": (c_int, [ctypes.c_char_p]),
+        "espeak_SetParameter": (c_int, [c_int, c_int, c_int]),
+        "espeak_Synth": (
+            c_int,
+            [ctypes.c_void_p, ctypes.c_size_t, c_uint, c_int, c_uint, c_uint, ctypes.POINTER(c_uint), ctypes.c_void_p],
+        ),
+        "espeak_Synchronize": (c_int, []),
+    }
+    for name, (restype, argtypes) in signatures.items():
+        function = getattr(lib, name)
+        function.restype, function.argtypes = restype, argtypes
+    return lib
+
+
+def phonemes_from_starts(starts: Iterable[tuple[str, float]], end_s: float) -> tuple[Phoneme, ...]:
+    """Each phoneme lasts until the next event (a pause is an event with no name) or the end."""
+    events = list(starts)
+    ends = [t for _, t in events[1:]] + [end_s]
+    return tuple(
+        Phoneme(symbol, start, max(start, end))
+        for (name, start), end in zip(events, ends, strict=True)
+        if (symbol := clean_symbol(name))
+    )
+
+
+def clean_symbol(name: str) -> str:
+    """An IPA phoneme without stress marks; empty for silence."""
+    symbol = "".join(c for c in name.strip() if c not in STRESS_MARKS)
+    return "" if not symbol or symbol in SILENCE_SYMBOLS else symbol
 
 
 def bundled_piper_voice() -> Path:
@@ -162,7 +290,7 @@ class PiperSynthesizer:
         path = bundled_piper_voice() if model in ("", BUNDLED_VOICE) else Path(model).expanduser()
         if not path.exists():
             raise EngineUnavailable(f"Piper voice {path} not found (a .onnx with its .onnx.json beside it)")
-        self.voice = PiperVoice.load(path, use_cuda=use_cuda)
+        self.voice = PiperVoice.load(path, use_cuda=use_cuda, include_alignments=alignments_available())
         self.language = str(self.voice.config.espeak_voice).split("-")[0]
         self.lock = threading.Lock()  # one ONNX session; keep concurrent calls from interleaving
         self.name = f"piper:{path.stem}"
@@ -172,9 +300,47 @@ class PiperSynthesizer:
 
     def synthesize(self, text: str, language: str) -> Audio:
         with self.lock:
-            chunks = [c.audio_float_array for c in self.voice.synthesize(text)]
-        samples = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
-        return Audio(samples.astype(np.float32), int(self.voice.config.sample_rate))
+            chunks = list(self.voice.synthesize(text, include_alignments=True))
+        rate = int(self.voice.config.sample_rate)
+        samples = [c.audio_float_array for c in chunks]
+        phonemes: list[Phoneme] = []
+        offset = 0
+        for chunk in chunks:  # one chunk per sentence, back to back
+            aligned = [(a.phoneme, int(a.num_samples)) for a in chunk.phoneme_alignments or ()]
+            phonemes += piper_phonemes(aligned, rate, offset / rate)
+            offset += chunk.audio_float_array.size
+        audio = np.concatenate(samples) if samples else np.zeros(0, dtype=np.float32)
+        return Audio(audio.astype(np.float32), rate, tuple(phonemes))
+
+
+def alignments_available() -> bool:
+    """Piper's phoneme alignments patch the voice model in memory with `onnx`."""
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def piper_phonemes(aligned: Iterable[tuple[str, int]], rate: int, offset_s: float = 0.0) -> list[Phoneme]:
+    """Piper's (symbol, samples) alignments as timed phonemes: a stress mark's time goes to the phoneme
+    after it, a length mark's to the one before it; silence symbols leave a gap."""
+    phonemes: list[Phoneme] = []
+    position, pending_start = 0, None
+    for symbol, count in aligned:
+        start, end = offset_s + position / rate, offset_s + (position + count) / rate
+        position += count
+        if symbol in STRESS_MARKS:
+            pending_start = start if pending_start is None else pending_start
+        elif symbol in LENGTH_MARKS and phonemes:
+            last = phonemes[-1]
+            phonemes[-1] = Phoneme(last.symbol + symbol, last.start_s, end)
+        elif symbol := clean_symbol(symbol):
+            phonemes.append(Phoneme(symbol, start if pending_start is None else pending_start, end))
+            pending_start = None
+        else:
+            pending_start = None
+    return phonemes
 
 
 class VitsSynthesizer:
@@ -310,20 +476,33 @@ class VoiceRouter:
 # --- signal processing ------------------------------------------------------------------------------------
 
 
-def trim_silence(samples: Samples, rate: int, below_peak_db: float = TRIM_DB, pad_s: float = 0.03) -> Samples:
-    """Drop the silence engines pad around speech, so duration fitting measures the speech itself."""
-    if samples.size == 0:
-        return samples
+def speech_bounds(samples: Samples, rate: int, below_peak_db: float = TRIM_DB, pad_s: float = 0.03) -> tuple[int, int]:
+    """Where the speech is, without the silence engines pad around it: (start, end) sample indices."""
     frame = max(1, int(0.01 * rate))
     n = samples.size // frame
     if n == 0:
-        return samples
+        return 0, samples.size
     energy = np.sqrt(np.mean(samples[: n * frame].reshape(n, frame).astype(np.float64) ** 2, axis=1))
     loud = np.flatnonzero(energy > energy.max() * 10 ** (-below_peak_db / 20))
+    if loud.size == 0:
+        return 0, samples.size
     pad = int(pad_s * rate)
-    start = max(0, loud[0] * frame - pad)
-    end = min(samples.size, (loud[-1] + 1) * frame + pad)
+    return max(0, loud[0] * frame - pad), min(samples.size, (loud[-1] + 1) * frame + pad)
+
+
+def trim_silence(samples: Samples, rate: int, below_peak_db: float = TRIM_DB, pad_s: float = 0.03) -> Samples:
+    """Drop the silence engines pad around speech, so duration fitting measures the speech itself."""
+    start, end = speech_bounds(samples, rate, below_peak_db, pad_s)
     return samples[start:end]
+
+
+def retime(phonemes: Iterable[Phoneme], shift_s: float, tempo: float, duration_s: float) -> tuple[Phoneme, ...]:
+    """Phoneme times after dropping `shift_s` of leading audio and playing at `tempo`, kept in the audio."""
+
+    def at(t: float) -> float:
+        return float(np.clip((t - shift_s) / tempo, 0.0, duration_s))
+
+    return tuple(Phoneme(p.symbol, at(p.start_s), at(p.end_s)) for p in phonemes if at(p.end_s) > at(p.start_s))
 
 
 def time_stretch(samples: Samples, tempo: float, rate: int = SAMPLE_RATE) -> Samples:
@@ -383,10 +562,13 @@ def fit_tempo(speech_s: float, target_s: float, min_tempo: float = MIN_TEMPO, ma
 
 def render(
     audio: Audio, target_s: float = 0.0, speaker_f0_hz: float = 0.0, options: TtsOptions = TtsOptions()
-) -> tuple[Samples, dict[str, Any]]:
+) -> tuple[Audio, dict[str, Any]]:
     """Synthetic speech at 16 kHz, trimmed, pitch-moved toward the speaker (when given) and fitted to
-    `target_s` (when given). Returns the samples and what was done, for logs and benchmarks."""
-    samples = trim_silence(resample(audio.samples, audio.sample_rate, SAMPLE_RATE), SAMPLE_RATE)
+    `target_s` (when given), its phoneme timings moved with it. Returns it and what was done, for logs
+    and benchmarks."""
+    samples = resample(audio.samples, audio.sample_rate, SAMPLE_RATE)
+    start, end = speech_bounds(samples, SAMPLE_RATE)
+    samples = samples[start:end]
     info: dict[str, Any] = {"speech_s": samples.size / SAMPLE_RATE, "tempo": 1.0, "pitch_ratio": 1.0}
     if speaker_f0_hz > 0 and options.pitch_strength > 0:
         info["voice_f0_hz"] = median_f0_hz(samples)
@@ -398,4 +580,5 @@ def render(
     peak = float(np.max(np.abs(samples))) if samples.size else 0.0
     if peak > 1.0:  # overlap-add can overshoot slightly; never clip
         samples = (samples / peak).astype(np.float32)
-    return samples, info
+    phonemes = retime(audio.phonemes, start / SAMPLE_RATE, info["tempo"], samples.size / SAMPLE_RATE)
+    return Audio(samples, SAMPLE_RATE, phonemes), info
