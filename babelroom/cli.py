@@ -58,7 +58,7 @@ def parser() -> argparse.ArgumentParser:
     translate.set_defaults(run=run_translate)
 
     bench = commands.add_parser("bench", help="run a benchmark and write its figures")
-    bench.add_argument("name", choices=("stages", "scaling"))
+    bench.add_argument("name", choices=("stages", "scaling", "hops"))
     bench.add_argument("--out", type=Path, required=True)
     bench.set_defaults(run=run_bench)
     return top
@@ -138,6 +138,10 @@ def run_bench(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         from benchmarks.stages import run as run_stages
 
         run_stages(args.out)
+    elif args.name == "hops":
+        from benchmarks.hops import run as run_hops
+
+        run_hops(args.out)
     else:
         from benchmarks.scaling import run as run_scaling
 

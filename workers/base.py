@@ -26,6 +26,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from pipeline.bus import Bus, Delivery
 from pipeline.config import WorkerOptions
+from pipeline.stamps import format_spans, start_stamp
 from workers.stage import PermanentError, Stage
 
 log = logging.getLogger(__name__)
@@ -140,6 +141,7 @@ class Worker:
             )
             return
         started = time.monotonic()
+        message = message.stamped(start_stamp(self.stage.kind))  # outputs inherit it: queue time vs work
         keep_claimed = asyncio.create_task(self._keep_claimed(delivery))
         try:
             outputs = await asyncio.wait_for(
@@ -159,11 +161,12 @@ class Worker:
         await self.bus.forget(self.stage.kind, self.group, delivery.entry_id)
         self.processed += 1
         log.info(
-            "%s %s -> %d output(s) in %.2f s",
+            "%s %s -> %d output(s) in %.2f s; %s",
             self.stage.kind,
             message.log_context,
             len(outputs),
             time.monotonic() - started,
+            format_spans(outputs[0].stamps if outputs else message.stamps),
         )
 
     async def _keep_claimed(self, delivery: Delivery) -> None:

@@ -6,7 +6,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from pipeline.messages import Message, Transcript, Translation
-from workers.engines.mt import MtOptions, Translator, check_language, load_translator, translate_all
+from workers.engines.mt import (
+    ApertiumTranslator,
+    MtOptions,
+    Translator,
+    check_language,
+    load_translator,
+    translate_all,
+)
 from workers.stage import PermanentError
 
 
@@ -24,6 +31,8 @@ class MtStage:
     def load(self) -> None:
         if self.translator is None:
             self.translator = load_translator(self.options)
+        if isinstance(self.translator, ApertiumTranslator):  # the slow first call happens now, not on a caption
+            self.translator.warm([p for p in self.options.warm_pairs if self.translator.supports(*p)])
 
     def process(self, message: Message) -> Sequence[Message]:
         if not isinstance(message, Transcript):
