@@ -15,7 +15,9 @@ COPY gateway gateway
 COPY pipeline pipeline
 COPY workers workers
 COPY benchmarks benchmarks
-RUN pip install '.[all,gpu]'
+# pipecat-ai only for the Smart Turn model file it ships (end-of-turn detection): none of its dependencies.
+RUN pip install '.[all,gpu]' \
+    && pip install --no-deps 'pipecat-ai==1.14.0'
 
 EXPOSE 8080
 CMD ["babelroom", "gateway", "--port", "8080"]
