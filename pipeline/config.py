@@ -23,6 +23,8 @@ MESSAGE_TIMEOUT_S = 60.0
 HEARTBEAT_INTERVAL_S = 2.0
 HEARTBEAT_TTL_S = 6.0
 DRAIN_TIMEOUT_S = 30.0
+# A queued interim job older than this is dropped unprocessed: newer audio of its segment has come since.
+MAX_INTERIM_AGE_S = 2.0
 
 DEFAULT_PORT = 8080
 
@@ -68,6 +70,7 @@ class WorkerOptions:
     heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S
     heartbeat_ttl_s: float = HEARTBEAT_TTL_S
     drain_timeout_s: float = DRAIN_TIMEOUT_S
+    max_interim_age_s: float = MAX_INTERIM_AGE_S
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> WorkerOptions:

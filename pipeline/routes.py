@@ -4,12 +4,22 @@
                                         \\--> results (original caption)   \\--> results (translated caption)
 
 The gateway reads `results` for captions and playout.
+
+While the floor holder speaks, interim work takes its own streams, so it never waits in front of a final:
+
+    gateway --InterimRequest--> asr_interim --InterimTranscript--> mt_interim --InterimTranslation--> results
+                                                    \\--> results (interim caption, original words)
+
+A worker of a kind with an interim stream serves both, finals first (workers/base.py).
 """
 
 from __future__ import annotations
 
 from pipeline.messages import (
     ControlEvent,
+    InterimRequest,
+    InterimTranscript,
+    InterimTranslation,
     Message,
     SpeechSegment,
     StageFailure,
@@ -20,7 +30,9 @@ from pipeline.messages import (
 )
 
 ASR, MT, TTS, LIPSYNC, RESULTS, DEAD = "asr", "mt", "tts", "lipsync", "results", "dead"
+ASR_INTERIM, MT_INTERIM = "asr_interim", "mt_interim"
 WORKER_KINDS = (ASR, MT, TTS)
+INTERIM_STREAMS = {ASR: ASR_INTERIM, MT: MT_INTERIM}  # a worker kind's second, lower-priority stream
 
 ROUTES: dict[type[Message], tuple[str, ...]] = {
     SpeechSegment: (ASR,),
@@ -30,6 +42,9 @@ ROUTES: dict[type[Message], tuple[str, ...]] = {
     VideoClip: (RESULTS,),
     ControlEvent: (RESULTS,),
     StageFailure: (DEAD,),
+    InterimRequest: (ASR_INTERIM,),
+    InterimTranscript: (MT_INTERIM, RESULTS),
+    InterimTranslation: (RESULTS,),
 }
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from pipeline.messages import Message, Transcript, Translation
+from pipeline.messages import InterimTranscript, InterimTranslation, Message, Transcript, Translation
 from workers.engines.mt import (
     ApertiumTranslator,
     MtOptions,
@@ -35,12 +35,14 @@ class MtStage:
             self.translator.warm([p for p in self.options.warm_pairs if self.translator.supports(*p)])
 
     def process(self, message: Message) -> Sequence[Message]:
-        if not isinstance(message, Transcript):
+        if not isinstance(message, Transcript | InterimTranscript):
             raise PermanentError(f"mt takes transcripts, got a {message.kind} message")
         if self.translator is None:
             self.load()
         assert self.translator is not None
         check_language(message.language)
+        if isinstance(message, InterimTranscript):
+            return self._interim(message)
         results = translate_all(self.translator, message.text, message.language, message.targets)
         return [
             Translation(
@@ -59,6 +61,21 @@ class MtStage:
             ).stamped(self.kind)
             for target in message.targets
         ]
+
+    def _interim(self, message: InterimTranscript) -> Sequence[Message]:
+        """Interim text for the listeners of other languages: only the targets that differ from the source."""
+        assert self.translator is not None
+        targets = [t for t in message.targets if t != message.language]
+        results = translate_all(self.translator, message.text, message.language, targets)
+        return [
+            InterimTranslation(
+                room=message.room, speaker=message.speaker, seq=message.seq, stamps=message.stamps,
+                revision=message.revision, source_language=message.language, language=target,
+                source_text=message.text, source_committed=message.committed,
+                text=results[target].text, note=results[target].note,
+            ).stamped(self.kind)
+            for target in targets
+        ]  # fmt: skip
 
 
 def build_stage(env: Mapping[str, str]) -> MtStage:
