@@ -72,8 +72,9 @@ class InterimTracker:
     """The sender's side, one per speaker: when to ask, what to send, which replies to show.
 
     The gateway calls `request` as audio arrives (it returns a request when one is due), `accept` for each
-    InterimTranscript of this speaker on `results` (True: show it), and `close` when the segment's final
-    is published. It stamps the request ("captured") and publishes it like a segment."""
+    InterimTranscript of this speaker on `results` (True: show it), and `close` when the segment closes,
+    before publishing it with the committed words `close` returns. It stamps each request ("captured")
+    and publishes it like a segment."""
 
     def __init__(self, options: InterimOptions | None = None) -> None:
         self.options = options or InterimOptions()
@@ -121,11 +122,14 @@ class InterimTracker:
         self.previous, self.committed = result.text, result.committed
         return True
 
-    def close(self, seq: int) -> None:
-        """The segment's final was published: its interim replies still on their way are not shown."""
+    def close(self, seq: int) -> str:
+        """The segment closed: its interim replies still on their way are not shown. Returns the words its
+        interim captions committed, for the final SpeechSegment's `committed` (the final keeps them)."""
+        committed = self.committed if self.seq == seq else ""
         self.closed = {s for s in self.closed if s > seq - 8} | {seq}
         if self.seq == seq:
             self.seq = None
+        return committed
 
     def _open(self, seq: int) -> None:
         self.seq, self.revision, self.shown_revision = seq, -1, -1

@@ -80,6 +80,7 @@ class SpeechSegment(Message):
     end_sample: int = 0
     pcm: bytes = b""  # 16 kHz mono signed 16-bit little-endian
     match_voice: bool = False  # the speaker opted in to their pitch being matched in the translated voice
+    committed: str = ""  # words its interim captions committed: the final decodes after them, keeping them
 
     @property
     def duration_s(self) -> float:

@@ -160,7 +160,14 @@ class Segment:
         return (self.end_sample - self.start_sample) / SAMPLE_RATE
 
     def to_message(
-        self, room: str, speaker: str, seq: int, language: str, targets: tuple[str, ...] = (), match_voice: bool = False
+        self,
+        room: str,
+        speaker: str,
+        seq: int,
+        language: str,
+        targets: tuple[str, ...] = (),
+        match_voice: bool = False,
+        committed: str = "",
     ) -> SpeechSegment:
         return SpeechSegment(
             room=room,
@@ -172,6 +179,7 @@ class Segment:
             end_sample=self.end_sample,
             pcm=float_to_pcm16(self.samples),
             match_voice=match_voice,
+            committed=committed,
         )
 
 

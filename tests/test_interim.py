@@ -230,3 +230,22 @@ async def test_stale_and_failing_interim_jobs_are_dropped(bus: Bus) -> None:
     assert [(seq, rev) for _, seq, rev, _, _ in stage.ran] == [(3, 0)]
     assert await pending(bus, MT_INTERIM) == 0
     assert await bus.tail("dead", last_id="0") == []
+
+
+def test_text_placed_after_the_audio_is_dropped() -> None:
+    from workers.engines.asr import heard_tokens
+
+    begin, eot = 1000, 900
+    at = lambda seconds: begin + round(seconds / 0.02)  # noqa: E731 - a timestamp token
+    tokens = [at(0.0), 1, 2, at(2.0), at(2.0), 3, at(4.0), at(4.4), 4, 5, at(4.9), eot]
+    assert heard_tokens(tokens, begin, eot, duration_s=4.5) == [1, 2, 3]  # 4, 5 start 0.1 s before the end
+    assert heard_tokens([7, 8, eot], begin, eot, duration_s=1.0) == [7, 8]  # no timestamps: all heard
+
+
+def test_audio_context_setting() -> None:
+    from workers.engines.asr import AsrOptions
+
+    assert AsrOptions.from_env({}).audio_context == "fit"
+    assert AsrOptions.from_env({"BABELROOM_ASR_CONTEXT": "full"}).audio_context == "full"
+    with pytest.raises(ValueError, match="'fit' or 'full'"):
+        AsrOptions.from_env({"BABELROOM_ASR_CONTEXT": "half"})

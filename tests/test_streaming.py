@@ -11,6 +11,7 @@ Measured (audio time, not wall time: timings belong to the latency benchmark):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -19,11 +20,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.audio import Samples, resample
+from pipeline.audio import Samples, float_to_pcm16, resample
 from pipeline.interim import InterimTracker, rewrite_rate, same_word
-from pipeline.messages import SAMPLE_RATE, InterimTranscript, InterimTranslation, Transcript
+from pipeline.messages import SAMPLE_RATE, InterimTranscript, InterimTranslation, SpeechSegment, Transcript
 from pipeline.segmenter import Segmenter
 from tests.speech import espeak, silence, with_noise
+from tests.test_quality import wer
 from workers.asr import AsrStage
 from workers.engines.asr import AsrOptions, FasterWhisperRecognizer
 from workers.engines.mt import ApertiumTranslator
@@ -48,7 +50,9 @@ class Utterance:
     language: str
     interims: list[InterimTranscript] = field(default_factory=list)
     translations: list[InterimTranslation] = field(default_factory=list)
-    final: str = ""
+    final: str = ""  # decoded after the committed words, as the gateway sends it
+    plain_final: str = ""  # the same segment decoded from scratch
+    committed_at_close: str = ""
     speech_s: float = 0.0
 
     @property
@@ -71,11 +75,13 @@ def speak_through(stages: tuple[AsrStage, MtStage], audio: Samples, language: st
         closed = segmenter.feed(audio[start : start + CHUNK]) if start < audio.size else segmenter.flush()
         for segment in closed:
             seq = len(utterances)
-            [final] = asr.process(segment.to_message("room", "ana", seq, language, (target,)))
-            assert isinstance(final, Transcript)
-            current.final = final.text
+            committed = tracker.close(seq)
+            message = segment.to_message("room", "ana", seq, language, (target,), committed=committed)
+            [final] = asr.process(message)
+            [plain] = asr.process(dataclasses.replace(message, committed=""))
+            assert isinstance(final, Transcript) and isinstance(plain, Transcript)
+            current.final, current.plain_final, current.committed_at_close = final.text, plain.text, committed
             current.speech_s = (segment.speech_end_sample - segment.speech_start_sample) / SAMPLE_RATE
-            tracker.close(seq)
             utterances.append(current)
             current = Utterance(language)
         opened = segmenter.open_audio()
@@ -150,3 +156,38 @@ def test_interim_text_is_translated(spoken: list[Utterance]) -> None:
     translated = [t for u in english for t in u.translations]
     assert translated and all(t.language == "es" and t.text and not t.note for t in translated)
     assert any("equipo" in t.text.lower() for t in translated)  # "the whole team"
+
+
+@pytest.mark.slow
+def test_finals_that_reuse_committed_words_are_as_good(spoken: list[Utterance]) -> None:
+    """A final decoded after the committed words keeps them (no rewrite of what was shown as stable) and is
+    as accurate, against the text spoken, as the same segment decoded from scratch."""
+    for u in spoken:
+        assert u.final.startswith(u.committed_at_close)
+    english = [u for u in spoken if u.language == "en"]
+    reused, scratch = corpus_wer(english, "final"), corpus_wer(english, "plain_final")
+    print(f"\nEnglish finals: WER {reused:.3f} after committed words, {scratch:.3f} from scratch")
+    assert reused <= scratch + 0.02
+
+
+def corpus_wer(utterances: list[Utterance], field_name: str) -> float:
+    """Word error rate of the utterances' finals against the sentences spoken, as test_quality counts it."""
+    spoken_text = " ".join([*DATA["asr_en"], LONG_EN])
+    heard = " ".join(getattr(u, field_name) for u in utterances)
+    edits, words = wer(spoken_text, heard)
+    return edits / words
+
+
+@pytest.mark.slow
+def test_full_window_finals_also_keep_committed_words() -> None:
+    """BABELROOM_ASR_CONTEXT=full: Whisper's 30 s window (slower), same contract: the committed words lead."""
+    full = FasterWhisperRecognizer(AsrOptions(audio_context="full"))
+    audio = PiperSynthesizer().synthesize(DATA["asr_en"][2], "en")  # "Please send me the report after lunch."
+    samples = clip(resample(audio.samples, audio.sample_rate, SAMPLE_RATE))
+    message = SpeechSegment(
+        room="room", speaker="ana", seq=0, language="en", end_sample=samples.size, pcm=float_to_pcm16(samples),
+        committed="Please send",
+    )  # fmt: skip
+    transcript = full.transcribe(message)
+    print(f"\nfull window after 'Please send': {transcript.text!r}")
+    assert transcript.text.startswith("Please send") and "report" in transcript.text and transcript.words
