@@ -72,7 +72,7 @@ class InterimTracker:
     """The sender's side, one per speaker: when to ask, what to send, which replies to show.
 
     The gateway calls `request` as audio arrives (it returns a request when one is due), `accept` for each
-    InterimTranscript of this speaker on `results` (True: show it), and `close` when the segment closes,
+    interim result of this speaker on `results` (True: show it), and `close` when the segment closes,
     before publishing it with the committed words `close` returns. It stamps each request ("captured")
     and publishes it like a segment."""
 
@@ -82,7 +82,7 @@ class InterimTracker:
         self.revision = -1
         self.previous = ""
         self.committed = ""
-        self.shown_revision = -1
+        self.shown: dict[str, int] = {}  # language -> newest revision shown
         self.closed: set[int] = set()
         self._last_request_sample = 0
 
@@ -113,13 +113,16 @@ class InterimTracker:
             previous=self.previous, committed=self.committed,
         )  # fmt: skip
 
-    def accept(self, result: InterimTranscript) -> bool:
-        """Take the reply's hypothesis and committed words as the state for the next request; False when it
-        is stale (an older revision than one already shown, or its segment closed)."""
-        if result.seq != self.seq or result.seq in self.closed or result.revision <= self.shown_revision:
+    def accept(self, result: InterimTranscript | InterimTranslation) -> bool:
+        """Whether to show an interim result: False when it is stale (its segment closed, or an older
+        revision than one already shown in its language). A transcript's hypothesis and committed words
+        become the state the next request carries."""
+        shown = self.shown.get(result.language, -1)
+        if result.seq != self.seq or result.seq in self.closed or result.revision <= shown:
             return False
-        self.shown_revision = result.revision
-        self.previous, self.committed = result.text, result.committed
+        self.shown[result.language] = result.revision
+        if isinstance(result, InterimTranscript):
+            self.previous, self.committed = result.text, result.committed
         return True
 
     def close(self, seq: int) -> str:
@@ -132,7 +135,7 @@ class InterimTracker:
         return committed
 
     def _open(self, seq: int) -> None:
-        self.seq, self.revision, self.shown_revision = seq, -1, -1
+        self.seq, self.revision, self.shown = seq, -1, {}
         self.previous = self.committed = ""
         self._last_request_sample = 0
 
@@ -144,9 +147,9 @@ def interim_caption(message: InterimTranscript | InterimTranslation, speaker_nam
     InterimTranslation's to the listeners of its language. `committed` is the stable start of `text`
     (for a translation, of `original`: a translated prefix is not a prefix of the translation)."""
     if isinstance(message, InterimTranscript):
-        source_language, original, committed = message.language, message.text, message.committed
+        source_language, original, committed, note = message.language, message.text, message.committed, ""
     else:
-        source_language, original, committed = message.source_language, message.source_text, ""
+        source_language, original, committed, note = message.source_language, message.source_text, "", message.note
     return {
         "type": "caption",
         "id": f"{message.speaker}:{message.seq}",
@@ -160,7 +163,7 @@ def interim_caption(message: InterimTranscript | InterimTranslation, speaker_nam
         "original": original,
         "source_lang": source_language,
         "final": False,
-        "note": getattr(message, "note", ""),
+        "note": note,
         "captured_at": message.stamp("captured"),
     }
 

@@ -99,6 +99,22 @@ def test_tracker_ignores_stale_and_closed_replies() -> None:
     assert not tracker.accept(reply(r1, "late reply of a closed segment"))
 
 
+def test_tracker_orders_translations_per_language() -> None:
+    tracker = InterimTracker(InterimOptions(interval_s=0.5))
+    r0, r1 = ask(tracker, 1, 0.6), ask(tracker, 1, 1.2)
+    assert r0 is not None and r1 is not None
+
+    def translated(request: InterimRequest, language: str) -> InterimTranslation:
+        return InterimTranslation(room="room", speaker="ana", seq=1, revision=request.revision, language=language)
+
+    assert tracker.accept(translated(r1, "es")) and tracker.accept(translated(r0, "ca"))
+    assert not tracker.accept(translated(r0, "es"))  # older than the Spanish one shown
+    assert tracker.accept(reply(r0, "we"))  # the transcript has its own order
+    assert tracker.previous == "we"  # translations leave the agreement state alone
+    tracker.close(1)
+    assert not tracker.accept(translated(r1, "gl"))
+
+
 def test_interim_caption_payload() -> None:
     transcript = InterimTranscript(
         room="r", speaker="ana", seq=4, revision=2, language="en", targets=("es",),
