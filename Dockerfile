@@ -21,9 +21,11 @@ COPY gateway gateway
 COPY pipeline pipeline
 COPY workers workers
 COPY benchmarks benchmarks
-# The project itself; the ranges of its dependencies are in pyproject.toml.
+# The project itself; the ranges of its dependencies are in pyproject.toml. pipecat-ai only for the Smart
+# Turn model file it ships (end-of-turn detection): none of its dependencies.
 # hadolint ignore=DL3013
-RUN pip install --no-cache-dir ".[${EXTRAS}]"
+RUN pip install --no-cache-dir ".[${EXTRAS}]" \
+    && pip install --no-cache-dir --no-deps 'pipecat-ai==1.14.0'
 
 # Not root. /cache (the model cache volume) belongs to this user, so a fresh named volume does too.
 RUN useradd --create-home --uid 10001 babelroom && mkdir /cache && chown babelroom /cache

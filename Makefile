@@ -15,6 +15,9 @@ APT_TEST := chromium chromium-driver firefox-esr docker-compose iproute2
 # TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu", or a bare `torch` pulls a
 # multi-GB CUDA build) and transformers.
 TORCH_SPEC ?= torch==2.13.0
+# End-of-turn detection (Smart Turn v3) reads the model file the pipecat-ai wheel ships; nothing of pipecat is
+# imported, so none of its many dependencies are installed. Without it, segments close on the pause alone.
+SMART_TURN_SPEC ?= pipecat-ai==1.14.0
 TORCH_PIP_ARGS ?=
 
 .PHONY: up test lint bench results system-deps system-test-deps venv test-venv clean
@@ -55,10 +58,11 @@ venv: $(VENV)/.installed
 
 test-venv: $(VENV)/.installed-test
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[all]'
+	$(PY) -m pip install -q --no-deps '$(SMART_TURN_SPEC)'
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed

@@ -98,7 +98,7 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
-BENCHMARKS = ("stages", "scaling", "media", "lipsync", "pipeline", "gpu", "report")
+BENCHMARKS = ("stages", "scaling", "hops", "media", "lipsync", "pipeline", "gpu", "report")
 
 
 def rooms_list(text: str) -> tuple[int, ...]:
@@ -225,6 +225,10 @@ def run_bench(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         from benchmarks.stages import run as run_stages
 
         run_stages(args.out)
+    elif args.name == "hops":
+        from benchmarks.hops import run as run_hops
+
+        run_hops(args.out)
     elif args.name == "scaling":
         from benchmarks.scaling import run as run_scaling
 

@@ -6,7 +6,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from pipeline.config import env_flag
-from pipeline.segmenter import MAX_SEGMENT_S, SegmenterOptions, VadEngine
+from pipeline.segmenter import (
+    DEFAULT_END_OF_TURN,
+    END_OF_TURN_MODES,
+    MAX_SEGMENT_S,
+    EndOfTurn,
+    SegmenterOptions,
+    VadEngine,
+)
 from pipeline.turns import SILENCE_TIMEOUT_S, FloorOptions, OverlapPolicy
 
 # Languages a participant may speak or hear unless the deployment says otherwise.
@@ -104,6 +111,7 @@ class GatewayOptions:
             segmenter=SegmenterOptions(
                 vad=_vad_engine(env.get("BABELROOM_VAD", "webrtc")),
                 max_segment_s=float(env.get("BABELROOM_MAX_SEGMENT_S", MAX_SEGMENT_S)),
+                end_of_turn=_end_of_turn(env.get("BABELROOM_END_OF_TURN", DEFAULT_END_OF_TURN)),
             ),
         )
 
@@ -118,6 +126,14 @@ def _overlap_policy(value: str) -> OverlapPolicy:
     except ValueError:
         choices = ", ".join(p.value for p in OverlapPolicy)
         raise ValueError(f"BABELROOM_OVERLAP={value!r}: choose one of {choices}") from None
+
+
+def _end_of_turn(value: str) -> EndOfTurn:
+    mode = value.strip().lower()
+    for known in END_OF_TURN_MODES:
+        if mode == known:
+            return known
+    raise ValueError(f"BABELROOM_END_OF_TURN={value!r}: choose one of {', '.join(END_OF_TURN_MODES)}")
 
 
 def _vad_engine(value: str) -> VadEngine:

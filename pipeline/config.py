@@ -26,6 +26,8 @@ MESSAGE_TIMEOUT_S = 60.0
 HEARTBEAT_INTERVAL_S = 2.0
 HEARTBEAT_TTL_S = 6.0
 DRAIN_TIMEOUT_S = 30.0
+# A queued interim job older than this is dropped unprocessed: newer audio of its segment has come since.
+MAX_INTERIM_AGE_S = 2.0
 
 DEFAULT_PORT = 8080
 
@@ -72,6 +74,7 @@ class WorkerOptions:
     heartbeat_ttl_s: float = HEARTBEAT_TTL_S
     drain_timeout_s: float = DRAIN_TIMEOUT_S
     batch_size: int = BATCH_SIZE
+    max_interim_age_s: float = MAX_INTERIM_AGE_S
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> WorkerOptions:

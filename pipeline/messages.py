@@ -93,6 +93,7 @@ class SpeechSegment(Message):
     # The gateway stored this segment's video frames (pipeline/frames.py; only with the speaker's consent):
     # the translated speech is lip-synced. Every later message of the segment carries it on.
     has_frames: bool = False
+    committed: str = ""  # words its interim captions committed: the final decodes after them, keeping them
 
     @property
     def duration_s(self) -> float:
@@ -161,6 +162,59 @@ class VideoClip(Message):
 
 
 @dataclass(frozen=True)
+class InterimRequest(Message):
+    """The open segment's audio so far, sent every INTERIM_INTERVAL_S while the floor holder speaks.
+
+    `seq` is the one its final SpeechSegment will carry, so the final caption replaces the interim ones;
+    `revision` counts the requests of one segment. `previous` (the last hypothesis the sender received
+    for this segment) and `committed` (the words already agreed on) carry the LocalAgreement state, so
+    any ASR worker can serve any request."""
+
+    kind: ClassVar[str] = "interim_request"
+
+    revision: int = 0
+    language: str = ""
+    targets: tuple[str, ...] = ()
+    start_sample: int = 0
+    end_sample: int = 0
+    pcm: bytes = b""
+    previous: str = ""
+    committed: str = ""
+
+    @property
+    def log_context(self) -> str:
+        return f"{super().log_context} revision={self.revision}"
+
+
+@dataclass(frozen=True)
+class InterimTranscript(Message):
+    """What the speaker has said so far: `committed` is the stable start of `text` (never withdrawn by a
+    later interim), the rest of `text` may still change."""
+
+    kind: ClassVar[str] = "interim_transcript"
+
+    revision: int = 0
+    language: str = ""
+    targets: tuple[str, ...] = ()
+    text: str = ""
+    committed: str = ""
+    end_sample: int = 0  # how far into the speaker's timeline this hypothesis heard
+
+
+@dataclass(frozen=True)
+class InterimTranslation(Message):
+    kind: ClassVar[str] = "interim_translation"
+
+    revision: int = 0
+    source_language: str = ""
+    language: str = ""
+    source_text: str = ""
+    source_committed: str = ""
+    text: str = ""
+    note: str = ""
+
+
+@dataclass(frozen=True)
 class ControlEvent(Message):
     """Floor control and cancellation: `action` is e.g. "request", "grant", "release", "cancel"."""
 
@@ -184,8 +238,20 @@ class StageFailure(Message):
 
 MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.kind: cls
-    for cls in (SpeechSegment, Transcript, Translation, SynthesizedSpeech, VideoClip, ControlEvent, StageFailure)
+    for cls in (
+        SpeechSegment,
+        Transcript,
+        Translation,
+        SynthesizedSpeech,
+        VideoClip,
+        ControlEvent,
+        StageFailure,
+        InterimRequest,
+        InterimTranscript,
+        InterimTranslation,
+    )
 }
+INTERIM_TYPES = (InterimRequest, InterimTranscript, InterimTranslation)
 
 M = TypeVar("M", bound=Message)
 
@@ -281,7 +347,9 @@ def _from_json(hint: Any, value: Any) -> Any:
 def dedup_key(message: Message, stage: str) -> str:
     """Identity of one stage's output for one segment: a redelivered input yields the same key."""
     language = getattr(message, "language", "")
-    return f"{stage}:{message.room}:{message.speaker}:{message.seq}:{language}"
+    key = f"{stage}:{message.room}:{message.speaker}:{message.seq}:{language}"
+    # Interim outputs share seq and language with the final; their kind and revision tell them apart.
+    return f"{key}:{message.kind}:{message.revision}" if isinstance(message, INTERIM_TYPES) else key
 
 
 def latency_s(message: Message, since: str, until: str) -> float | None:

@@ -6,12 +6,22 @@
 
 The gateway reads `results` for captions, playout and lip-synced video. Speech goes to `results` at
 once whether or not it is also lip-synced: audio never waits for video.
+
+While the floor holder speaks, interim work takes its own streams, so it never waits in front of a final:
+
+    gateway --InterimRequest--> asr_interim --InterimTranscript--> mt_interim --InterimTranslation--> results
+                                                    \\--> results (interim caption, original words)
+
+A worker of a kind with an interim stream serves both, finals first (workers/base.py).
 """
 
 from __future__ import annotations
 
 from pipeline.messages import (
     ControlEvent,
+    InterimRequest,
+    InterimTranscript,
+    InterimTranslation,
     Message,
     SpeechSegment,
     StageFailure,
@@ -22,8 +32,10 @@ from pipeline.messages import (
 )
 
 ASR, MT, TTS, LIPSYNC, RESULTS, DEAD = "asr", "mt", "tts", "lipsync", "results", "dead"
+ASR_INTERIM, MT_INTERIM = "asr_interim", "mt_interim"
 SPEECH_KINDS = (ASR, MT, TTS)  # what a caption and translated speech need; lip-sync comes on top
 WORKER_KINDS = (*SPEECH_KINDS, LIPSYNC)
+INTERIM_STREAMS = {ASR: ASR_INTERIM, MT: MT_INTERIM}  # a worker kind's second, lower-priority stream
 
 ROUTES: dict[type[Message], tuple[str, ...]] = {
     SpeechSegment: (ASR,),
@@ -33,6 +45,9 @@ ROUTES: dict[type[Message], tuple[str, ...]] = {
     VideoClip: (RESULTS,),
     ControlEvent: (RESULTS,),
     StageFailure: (DEAD,),
+    InterimRequest: (ASR_INTERIM,),
+    InterimTranscript: (MT_INTERIM, RESULTS),
+    InterimTranslation: (RESULTS,),
 }
 
 

@@ -21,6 +21,10 @@ Algorithm, per frame of FRAME_MS (20 ms; 32 ms with Silero):
    Speech is then extended over adjacent frames still EXTEND_GATE_DB above the floor (unvoiced
    fricatives such as a final "s", which the VAD misses; gaps up to EXTEND_BRIDGE_S are bridged, as
    before a final "k" burst), and the segment ends POST_ROLL_S later.
+   End of turn (end_of_turn="smart-turn", the default): once a pause reaches TURN_CHECK_PAUSE_S, Smart
+   Turn v3 (pipeline/endofturn.py) judges the last 8 s; when it says the turn is complete the segment
+   closes then, without waiting for the closing pause. Otherwise, and when the model is not installed
+   or end_of_turn="pause", the closing pause decides.
 4. A segment with less than MIN_SPEECH_S of speech (a click, a cough) is dropped.
 5. At MAX_SEGMENT_S the segment is cut at the quietest QUIET_WINDOW_S of its last CUT_SEARCH_S
    (between words, not mid-word); the next segment continues from that sample without a gap.
@@ -38,6 +42,7 @@ import numpy.typing as npt
 from scipy.signal import firwin, resample_poly
 
 from pipeline.audio import Samples, float_to_pcm16, pcm16_to_float, rms_dbfs
+from pipeline.endofturn import COMPLETE_THRESHOLD, WINDOW_S, SmartTurn, shared_smart_turn
 from pipeline.messages import SAMPLE_RATE, SpeechSegment
 
 FRAME_MS = 20  # webrtcvad accepts 10, 20 or 30 ms
@@ -72,11 +77,20 @@ PAUSE_HISTORY = 20
 MIN_PAUSES_TO_ADAPT = 3
 MIN_COUNTED_PAUSE_S = 0.1  # shorter gaps are stop closures inside words, not pauses
 
+# Smart Turn is asked once per pause, this far into it: long enough to pass the gaps inside phrases (at 0.2 s it
+# split one in the 8 kHz test of tests/test_segmenter.py), short enough that a finished sentence closes well
+# before the adaptive pause (DEFAULT_END_PAUSE_S, and at least MIN_END_PAUSE_S).
+TURN_CHECK_PAUSE_S = 0.25
+WINDOW_SAMPLES = WINDOW_S * SAMPLE_RATE
+
 MIN_INPUT_RATE = 8_000
 MAX_INPUT_RATE = 48_000
 
 VadEngine = Literal["webrtc", "silero"]
-CutReason = Literal["pause", "max_length", "flush"]
+EndOfTurn = Literal["smart-turn", "pause"]
+END_OF_TURN_MODES: tuple[EndOfTurn, ...] = ("smart-turn", "pause")
+DEFAULT_END_OF_TURN: EndOfTurn = "smart-turn"  # falls back to the pause when the model is not installed
+CutReason = Literal["pause", "turn_end", "max_length", "flush"]
 
 
 @dataclass(frozen=True)
@@ -104,6 +118,9 @@ class SegmenterOptions:
     pause_history: int = PAUSE_HISTORY
     min_pauses_to_adapt: int = MIN_PAUSES_TO_ADAPT
     min_counted_pause_s: float = MIN_COUNTED_PAUSE_S
+    end_of_turn: EndOfTurn = DEFAULT_END_OF_TURN
+    turn_check_pause_s: float = TURN_CHECK_PAUSE_S
+    turn_threshold: float = COMPLETE_THRESHOLD
 
     def __post_init__(self) -> None:
         if self.vad == "webrtc" and self.frame_ms not in (10, 20, 30):
@@ -114,6 +131,8 @@ class SegmenterOptions:
             raise ValueError("cut_search_s must be shorter than max_segment_s")
         if not self.min_end_pause_s <= self.max_end_pause_s:
             raise ValueError("min_end_pause_s must not exceed max_end_pause_s")
+        if self.end_of_turn not in END_OF_TURN_MODES:
+            raise ValueError(f"end of turn {self.end_of_turn!r}: choose one of {', '.join(END_OF_TURN_MODES)}")
 
 
 @dataclass(frozen=True)
@@ -141,7 +160,14 @@ class Segment:
         return (self.end_sample - self.start_sample) / SAMPLE_RATE
 
     def to_message(
-        self, room: str, speaker: str, seq: int, language: str, targets: tuple[str, ...] = (), match_voice: bool = False
+        self,
+        room: str,
+        speaker: str,
+        seq: int,
+        language: str,
+        targets: tuple[str, ...] = (),
+        match_voice: bool = False,
+        committed: str = "",
     ) -> SpeechSegment:
         return SpeechSegment(
             room=room,
@@ -153,6 +179,7 @@ class Segment:
             end_sample=self.end_sample,
             pcm=float_to_pcm16(self.samples),
             match_voice=match_voice,
+            committed=committed,
         )
 
 
@@ -281,6 +308,9 @@ class Segmenter:
         self.input_rate = input_rate
         self._resampler = StreamResampler(input_rate)
         self._classifier = self._make_classifier()
+        self._turn: SmartTurn | None = (
+            shared_smart_turn(self.options.turn_threshold) if self.options.end_of_turn == "smart-turn" else None
+        )
         self._frame = self._classifier.frame_samples
         o = self.options
         self._noise = NoiseFloor(max(1, round(o.noise_window_s * SAMPLE_RATE / self._frame)), o.noise_percentile)
@@ -316,6 +346,18 @@ class Segmenter:
     def position_sample(self) -> int:
         """How much of the 16 kHz timeline has been analysed."""
         return self._framed
+
+    @property
+    def turn_detection(self) -> bool:
+        """True when Smart Turn judges pauses; False when only the adaptive pause closes segments."""
+        return self._turn is not None
+
+    def open_audio(self) -> tuple[int, Samples] | None:
+        """The open segment so far, for interim recognition: its start sample and its audio up to what has
+        been analysed (pre-roll included); None between segments."""
+        if not self._in_segment:
+            return None
+        return self._segment_start, self._slice(self._segment_start, self._framed).copy()
 
     @property
     def noise_floor_dbfs(self) -> float | None:
@@ -386,14 +428,24 @@ class Segmenter:
                 return self._cut_at_quiet_point(end)
             return []
         self._silence += self._frame
-        if self._silence >= self._seconds(self.end_pause_s):
+        reason: CutReason | None = "pause" if self._silence >= self._seconds(self.end_pause_s) else None
+        if reason is None and self._turn_complete(end):
+            reason = "turn_end"
+        if reason is not None:
             assert self._last_voiced_end is not None
             speech_end = self._extend(self._last_voiced_end, self._frame, end)
             closing = min(speech_end + self._seconds(self.options.post_roll_s), end)
-            return self._close(closing, speech_end, "pause")
+            return self._close(closing, speech_end, reason)
         if end - self._segment_start >= self._seconds(self.options.max_segment_s):
             return self._cut_at_quiet_point(end)
         return []
+
+    def _turn_complete(self, end: int) -> bool:
+        """Ask Smart Turn once per pause, on the frame where the pause reaches turn_check_pause_s."""
+        check = self._seconds(self.options.turn_check_pause_s)
+        if self._turn is None or not self._silence - self._frame < check <= self._silence:
+            return False
+        return self._turn.complete(self._slice(max(self._segment_start, end - WINDOW_SAMPLES), end))
 
     def _is_voiced(self, frame: Samples) -> bool:
         energy = rms_dbfs(frame)

@@ -210,6 +210,8 @@ def test_transformers_whisper_loads_and_decodes_a_tiny_random_model(tmp_path: Pa
     assert t.language in engine.languages
     with pytest.raises(PermanentError):
         engine.transcribe(segment(clip, "xx"))
+    # No quicker pass on this engine: an interim draft is the plain (greedy, deterministic) transcription.
+    assert engine.draft(segment(clip, "en"), "") == engine.transcribe(segment(clip, "en")).text
 
 
 def test_speaker_pitch_travels_only_for_speakers_who_opted_in(

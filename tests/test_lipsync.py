@@ -209,7 +209,7 @@ async def test_the_worker_lip_syncs_through_redis(
     frames = decode_frames(clip)
     assert (clip.language, clip.engine, clip.seq, clip.width, clip.height) == ("es", "mouthwarp", 4, 320, 240)
     assert len(frames) == len(clip.timestamps_s) == int(np.ceil(len(speech.pcm) / 2 / SAMPLE_RATE * FPS))
-    assert [s for s, _ in clip.stamps][-2:] == ["tts", "lipsync"]
+    assert [s for s, _ in clip.stamps if not s.endswith(".start")][-2:] == ["tts", "lipsync"]
     assert stage.skipped["no_frames"] == 1 and (await bus.backlog(LIPSYNC, LIPSYNC))["in_progress"] == 0
 
 

@@ -121,3 +121,24 @@ def test_options_and_model_names() -> None:
         model_family("m2m_100", "NllbTokenizerFast") == "nllb"
         and model_family("m2m_100", "M2M100Tokenizer") == "m2m100"
     )
+
+
+def test_warm_pairs_start_with_the_worker() -> None:
+    """The first caption of a warmed pair costs what any caption costs, not a pipeline start."""
+    stage = MtStage(MtOptions(warm_pairs=(("en", "es"), ("en", "xx"))))  # an unsupported pair is skipped
+    stage.load()
+    assert isinstance(stage.translator, ApertiumTranslator)
+    try:
+        pipe = stage.translator.pipes[("en", "es")]
+        assert pipe.proc is not None and pipe.proc.poll() is None
+        assert set(stage.translator.pipes) == {("en", "es")}
+    finally:
+        stage.translator.close()
+
+
+def test_warm_pairs_setting() -> None:
+    assert MtOptions.from_env({}).warm_pairs == (("en", "es"), ("es", "en"))
+    assert MtOptions.from_env({"BABELROOM_MT_WARM": "en-ca, fr-es"}).warm_pairs == (("en", "ca"), ("fr", "es"))
+    assert MtOptions.from_env({"BABELROOM_MT_WARM": ""}).warm_pairs == ()
+    with pytest.raises(ValueError, match="SOURCE-TARGET"):
+        MtOptions.from_env({"BABELROOM_MT_WARM": "enes"})

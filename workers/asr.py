@@ -1,13 +1,18 @@
 """The asr stage: SpeechSegment -> [Transcript]. When the guard finds no speech the transcript is empty:
-no caption is shown, and it tells the gateway's playout to stop waiting for this segment's speech."""
+no caption is shown, and it tells the gateway's playout to stop waiting for this segment's speech.
+
+Interim: InterimRequest -> [InterimTranscript], a quick draft of the open segment grown by LocalAgreement
+(pipeline/interim.py); nothing when there is nothing to show yet."""
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
+from typing import TypeVar
 
 from pipeline.audio import median_f0_hz, pcm16_to_float
-from pipeline.messages import Message, SpeechSegment, Transcript
+from pipeline.interim import local_agreement
+from pipeline.messages import InterimRequest, InterimTranscript, Message, SpeechSegment, Transcript
 from workers.engines.asr import AsrOptions, Recognizer, load_recognizer, transcribe_all
 from workers.stage import Outcome, PermanentError, batched, single
 
@@ -28,6 +33,8 @@ class AsrStage:
             self.recognizer = load_recognizer(self.options)
 
     def process(self, message: Message) -> Sequence[Message]:
+        if isinstance(message, InterimRequest):
+            return self._interim(checked_audio(message))
         return single(self.process_batch([message])[0])
 
     def process_batch(self, messages: Sequence[Message]) -> list[Outcome]:
@@ -51,10 +58,36 @@ class AsrStage:
             return transcript
         return dataclasses.replace(transcript, speaker_f0_hz=median_f0_hz(pcm16_to_float(segment.pcm)))
 
+    def _interim(self, request: InterimRequest) -> Sequence[Message]:
+        if self.recognizer is None:
+            self.load()
+        assert self.recognizer is not None
+        audio = SpeechSegment(
+            room=request.room, speaker=request.speaker, seq=request.seq, language=request.language,
+            start_sample=request.start_sample, end_sample=request.end_sample, pcm=request.pcm,
+        )  # fmt: skip
+        hypothesis = self.recognizer.draft(audio, request.committed)
+        agreement = local_agreement(request.previous, hypothesis, request.committed)
+        if not agreement.text:
+            return []
+        interim = InterimTranscript(
+            room=request.room, speaker=request.speaker, seq=request.seq, stamps=request.stamps,
+            revision=request.revision, language=request.language, targets=request.targets,
+            text=agreement.text, committed=agreement.committed, end_sample=request.end_sample,
+        )  # fmt: skip
+        return [interim.stamped(self.kind)]
+
+
+Audible = TypeVar("Audible", SpeechSegment, InterimRequest)
+
 
 def checked_segment(message: Message) -> SpeechSegment:
     if not isinstance(message, SpeechSegment):
         raise PermanentError(f"asr takes speech segments, got a {message.kind} message")
+    return checked_audio(message)
+
+
+def checked_audio(message: Audible) -> Audible:
     if not message.pcm or len(message.pcm) % 2:
         raise PermanentError(f"broken audio: {len(message.pcm)} bytes is not a whole number of 16-bit samples")
     return message

@@ -6,6 +6,11 @@ emit outputs exactly once, acknowledge. A heartbeat key with a TTL says the work
 Messages left pending by a dead worker are claimed after `claim_idle_ms`. A failing message is
 retried by redelivery until `max_deliveries`, then dead-lettered with its error. SIGTERM stops
 reading and drains what is in flight. A lost Redis connection is retried with backoff.
+
+A kind with an interim stream (pipeline.routes.INTERIM_STREAMS) serves it in a second loop, one job at a
+time and never while a final is in flight, so interim work takes at most one slot and only idle ones.
+Interim jobs are disposable: of several queued for one segment only the newest runs, one older than
+`max_interim_age_s` is dropped, and one that fails is dropped (the segment's final carries the same audio).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -27,11 +32,15 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from pipeline.bus import Bus, Delivery
 from pipeline.config import WorkerOptions
+from pipeline.messages import INTERIM_TYPES, Message
+from pipeline.routes import INTERIM_STREAMS
+from pipeline.stamps import format_spans, start_stamp
 from workers.stage import BatchStage, Outcome, PermanentError, Stage
 
 log = logging.getLogger(__name__)
 
 RECONNECT_BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
+INTERIM_BATCH = 16  # interim jobs read at once: enough to see every segment's newest among those queued
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError)
 
 
@@ -71,20 +80,23 @@ class Worker:
         await asyncio.to_thread(self.stage.load)
         log.info("%s worker %s loaded in %.1f s", self.stage.kind, self.consumer, time.monotonic() - started)
         heartbeat = asyncio.create_task(self._heartbeat())
+        loops = [self._serve(self.stage.kind, self._poll_once)]
+        if interim := INTERIM_STREAMS.get(self.stage.kind):
+            loops.append(self._serve(interim, lambda: self._poll_interim(interim)))
         try:
-            await self._serve()
+            await asyncio.gather(*loops)
         finally:
             await self._drain()
             heartbeat.cancel()
             await self._forget_heartbeat()
 
-    async def _serve(self) -> None:
+    async def _serve(self, stream: str, poll: Callable[[], Awaitable[None]]) -> None:
         failures = 0
         while not self._stopping.is_set():
             try:
-                await self.bus.ensure_group(self.stage.kind, self.group)
+                await self.bus.ensure_group(stream, self.group)
                 while not self._stopping.is_set():
-                    await self._poll_once()
+                    await poll()
                     failures = 0
             except REDIS_DOWN as exc:
                 delay = RECONNECT_BACKOFF_S[min(failures, len(RECONNECT_BACKOFF_S) - 1)]
@@ -155,9 +167,7 @@ class Worker:
         started = time.monotonic()
         keep_claimed = asyncio.create_task(self._keep_claimed(delivery))
         try:
-            outcome: Outcome = await asyncio.wait_for(
-                asyncio.to_thread(self.stage.process, message), timeout=self.options.message_timeout_s
-            )
+            outcome: Outcome = await self._process(message)
         except Exception as exc:
             outcome = exc
         finally:
@@ -174,10 +184,10 @@ class Worker:
                 await self.handle(delivery)
         started = time.monotonic()
         keep_claimed = [asyncio.create_task(self._keep_claimed(d)) for d in batch]
+        messages = [d.message.stamped(start_stamp(self.stage.kind)) for d in batch if d.message]
         try:
             outcomes = await asyncio.wait_for(
-                asyncio.to_thread(self.stage.process_batch, [d.message for d in batch if d.message]),
-                timeout=self.options.message_timeout_s,
+                asyncio.to_thread(self.stage.process_batch, messages), timeout=self.options.message_timeout_s
             )
         except Exception as exc:  # the batch as a whole failed (timeout, out of memory): no message is to blame,
             # so each counts an ordinary failed attempt, and is retried alone once claimed again
@@ -188,21 +198,74 @@ class Worker:
         for delivery, outcome in zip(batch, outcomes, strict=True):
             await self._settle(delivery, outcome, started)
 
+    async def _process(self, message: Message) -> Sequence[Message]:
+        """The stage's work, in a thread, within the message timeout."""
+        message = message.stamped(start_stamp(self.stage.kind))  # outputs inherit it: queue time vs work
+        return await asyncio.wait_for(
+            asyncio.to_thread(self.stage.process, message), timeout=self.options.message_timeout_s
+        )
+
     async def _settle(self, delivery: Delivery, outcome: Outcome, started: float) -> None:
         """Emit a processed message's outputs exactly once and acknowledge it, or count its failure."""
         if isinstance(outcome, PermanentError):
             await self._give_up(delivery, str(outcome), attempts=1)
-            return
-        if isinstance(outcome, Exception):
+        elif isinstance(outcome, Exception):
             await self._record_failure(delivery, outcome)
-            return
-        for output in outcome:
+        else:
+            await self._complete(delivery, outcome, started)
+
+    async def _complete(self, delivery: Delivery, outputs: Sequence[Message], started: float) -> None:
+        """Emit the outputs (once each), acknowledge, and log where the time went."""
+        for output in outputs:
             await self.bus.emit_once(output, self.stage.kind)
-        await self.bus.ack(self.stage.kind, self.group, delivery.entry_id)
-        await self.bus.forget(self.stage.kind, self.group, delivery.entry_id)
+        await self.bus.ack(delivery.stream, self.group, delivery.entry_id)
+        await self.bus.forget(delivery.stream, self.group, delivery.entry_id)
         self.processed += 1
-        context = delivery.message.log_context if delivery.message else delivery.entry_id.decode()
-        log.info("%s %s -> %d output(s) in %.2f s", self.stage.kind, context, len(outcome), time.monotonic() - started)
+        message = delivery.message
+        context = message.log_context if message else delivery.entry_id.decode()
+        spans = format_spans(outputs[0].stamps if outputs else message.stamps if message else ())
+        log.info(
+            "%s %s -> %d output(s) in %.2f s; %s",
+            self.stage.kind,
+            context,
+            len(outputs),
+            time.monotonic() - started,
+            spans,
+        )
+
+    async def _poll_interim(self, stream: str) -> None:
+        deliveries = await self.bus.read_group(
+            stream, self.group, self.consumer, count=INTERIM_BATCH, block_ms=self.bus.options.block_ms
+        )
+        newest = newest_per_segment(deliveries)
+        for delivery in deliveries:
+            if delivery not in newest:
+                await self._drop(delivery, "superseded by a newer request for its segment")
+        for delivery in newest:
+            while self._in_flight:  # finals first: an interim job starts only when no final is running
+                await asyncio.wait(set(self._in_flight))
+            if entry_age_s(delivery.entry_id) > self.options.max_interim_age_s:
+                await self._drop(delivery, f"older than {self.options.max_interim_age_s:.1f} s")
+            else:
+                await self._handle_interim(delivery)
+
+    async def _handle_interim(self, delivery: Delivery) -> None:
+        message = delivery.message
+        if message is None:
+            await self._give_up(delivery, f"undecodable message: {delivery.error}", attempts=delivery.deliveries)
+            return
+        started = time.monotonic()
+        try:
+            outputs = await self._process(message)
+        except Exception as exc:
+            log.warning("%s %s: interim job failed and is dropped: %r", self.stage.kind, message.log_context, exc)
+            outputs = []
+        await self._complete(delivery, outputs, started)
+
+    async def _drop(self, delivery: Delivery, reason: str) -> None:
+        await self.bus.ack(delivery.stream, self.group, delivery.entry_id)
+        context = delivery.message.log_context if delivery.message else ""
+        log.debug("%s %s: interim job dropped, %s", self.stage.kind, context, reason)
 
     async def _keep_claimed(self, delivery: Delivery) -> None:
         """While a message is processed, reset its idle time so no other worker claims it: only a
@@ -225,8 +288,8 @@ class Worker:
 
     async def _give_up(self, delivery: Delivery, error: str, attempts: int) -> None:
         await self.bus.dead_letter(delivery, self.stage.kind, error, attempts)
-        await self.bus.ack(self.stage.kind, self.group, delivery.entry_id)
-        await self.bus.forget(self.stage.kind, self.group, delivery.entry_id)
+        await self.bus.ack(delivery.stream, self.group, delivery.entry_id)
+        await self.bus.forget(delivery.stream, self.group, delivery.entry_id)
 
     async def _drain(self) -> None:
         if not self._in_flight:
@@ -254,6 +317,29 @@ class Worker:
     async def _sleep_unless_stopping(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
+
+
+def newest_per_segment(deliveries: Sequence[Delivery]) -> list[Delivery]:
+    """Of interim jobs for the same (room, speaker, seq), the one with the highest revision; in order."""
+    newest: dict[tuple[str, str, int], Delivery] = {}
+    for delivery in deliveries:
+        message = delivery.message
+        key = (message.room, message.speaker, message.seq) if message else ("", "", -1)
+        held = newest.get(key)
+        if message is None or held is None or _revision(message) >= _revision(held.message):
+            newest[key] = delivery
+    kept = {id(d) for d in newest.values()} | {id(d) for d in deliveries if d.message is None}
+    return [d for d in deliveries if id(d) in kept]
+
+
+def _revision(message: Message | None) -> int:
+    return message.revision if isinstance(message, INTERIM_TYPES) else 0
+
+
+def entry_age_s(entry_id: bytes, now: float | None = None) -> float:
+    """Seconds since Redis added a stream entry (its id starts with Redis' clock in milliseconds)."""
+    added_ms = int(entry_id.split(b"-")[0])
+    return (time.time() if now is None else now) - added_ms / 1000
 
 
 async def serve(stage: Stage, bus: Bus, options: WorkerOptions) -> None:

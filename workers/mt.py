@@ -5,14 +5,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from pipeline.messages import Message, Transcript, Translation
+from pipeline.messages import InterimTranscript, InterimTranslation, Message, Transcript, Translation
 from workers.engines.mt import (
+    ApertiumTranslator,
     MtOptions,
     Request,
     TranslationResult,
     Translator,
     check_language,
     load_translator,
+    translate_all,
     translate_many,
 )
 from workers.stage import Outcome, PermanentError, batched, single
@@ -32,8 +34,15 @@ class MtStage:
     def load(self) -> None:
         if self.translator is None:
             self.translator = load_translator(self.options)
+        if isinstance(self.translator, ApertiumTranslator):  # the slow first call happens now, not on a caption
+            self.translator.warm([p for p in self.options.warm_pairs if self.translator.supports(*p)])
 
     def process(self, message: Message) -> Sequence[Message]:
+        if isinstance(message, InterimTranscript):
+            check_language(message.language)
+            if self.translator is None:
+                self.load()
+            return self._interim(message)
         return single(self.process_batch([message])[0])
 
     def process_batch(self, messages: Sequence[Message]) -> list[Outcome]:
@@ -48,6 +57,21 @@ class MtStage:
             translations(t, results)
             for t, results in zip(transcripts, translate_many(self.translator, requests), strict=True)
         ]
+
+    def _interim(self, message: InterimTranscript) -> Sequence[Message]:
+        """Interim text for the listeners of other languages: only the targets that differ from the source."""
+        assert self.translator is not None
+        targets = [t for t in message.targets if t != message.language]
+        results = translate_all(self.translator, message.text, message.language, targets)
+        return [
+            InterimTranslation(
+                room=message.room, speaker=message.speaker, seq=message.seq, stamps=message.stamps,
+                revision=message.revision, source_language=message.language, language=target,
+                source_text=message.text, source_committed=message.committed,
+                text=results[target].text, note=results[target].note,
+            ).stamped(self.kind)
+            for target in targets
+        ]  # fmt: skip
 
 
 def checked_transcript(message: Message) -> Transcript:

@@ -37,6 +37,10 @@ DEFAULT_ENGINE = APERTIUM
 DEFAULT_MODES_DIRS = ("/usr/share/apertium/modes", "/usr/local/share/apertium/modes")
 # One pivot at most: every extra rule-based hop compounds errors, and two hops already cover en->pt, en->fr.
 DEFAULT_MAX_HOPS = 2
+# Pairs whose Apertium pipelines start with the worker, not on their first caption (~0.2 s per start, more on
+# a busy CPU). Every pipeline costs ~150 MB, so not all installed pairs: others start on first use (the
+# first interim caption of an utterance, well before its final).
+DEFAULT_WARM_PAIRS = (("en", "es"), ("es", "en"))
 DEFAULT_TIMEOUT_S = 10.0  # a pipeline silent this long is wedged: kill it, the next call starts a fresh one
 # Apertium marks unknown words with '*'; captions read better without the marks.
 DEFAULT_MARK_UNKNOWN = False
@@ -99,6 +103,7 @@ class MtOptions:
     device: str = DEFAULT_DEVICE
     modes_dirs: tuple[str, ...] = DEFAULT_MODES_DIRS
     max_hops: int = DEFAULT_MAX_HOPS
+    warm_pairs: tuple[tuple[str, str], ...] = DEFAULT_WARM_PAIRS
     timeout_s: float = DEFAULT_TIMEOUT_S
     mark_unknown: bool = DEFAULT_MARK_UNKNOWN
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
@@ -114,7 +119,23 @@ class MtOptions:
             modes_dirs=tuple(d for d in modes.split(os.pathsep) if d) or DEFAULT_MODES_DIRS,
             max_hops=int(env.get("BABELROOM_MT_MAX_HOPS", DEFAULT_MAX_HOPS)),
             allow_download=env_flag(env, "BABELROOM_ALLOW_DOWNLOAD"),
+            warm_pairs=parse_pairs(env.get("BABELROOM_MT_WARM", format_pairs(DEFAULT_WARM_PAIRS))),
         )
+
+
+def parse_pairs(spec: str) -> tuple[tuple[str, str], ...]:
+    """`en-es,es-en` -> (("en", "es"), ("es", "en")); empty -> ()."""
+    pairs = []
+    for item in filter(None, (p.strip() for p in spec.split(","))):
+        source, sep, target = item.partition("-")
+        if not sep or not source or not target:
+            raise ValueError(f"language pair {item!r}: expected SOURCE-TARGET, e.g. en-es")
+        pairs.append((source, target))
+    return tuple(pairs)
+
+
+def format_pairs(pairs: Sequence[tuple[str, str]]) -> str:
+    return ",".join(f"{a}-{b}" for a, b in pairs)
 
 
 def load_translator(options: MtOptions) -> Translator:
