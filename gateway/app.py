@@ -22,7 +22,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.health import BUS_KEY, healthz
+from gateway.health import BUS_KEY, TASKS_KEY, healthz
 from gateway.options import MAX_NAME_CHARS, GatewayOptions
 from gateway.rooms import Profile
 from gateway.service import Gateway, JoinError
@@ -46,6 +46,7 @@ def create_app(bus: Bus, options: GatewayOptions | None = None) -> web.Applicati
     gateway = Gateway(bus, options)
     app[BUS_KEY] = bus
     app[GATEWAY_KEY] = gateway
+    app[TASKS_KEY] = gateway.tasks
 
     async def start(app: web.Application) -> None:
         await gateway.start()

@@ -1,15 +1,21 @@
-"""GET /healthz: the gateway is up, how many workers of each kind are alive, and each stage's backlog
-(segments waiting to be read, and being processed): what an operator watches to add workers."""
+"""GET /healthz: the gateway is up, how many workers of each kind are alive, each stage's backlog
+(segments waiting to be read, and being processed), and the gateway's own tasks: what an operator
+watches to add workers. `status` is "ok" only when nothing is wrong; otherwise "degraded" with the
+reasons."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
+from gateway.tasks import TaskSupervisor
 from pipeline.bus import Bus
 from pipeline.routes import WORKER_KINDS
 from workers.base import alive_workers
 
 BUS_KEY = web.AppKey("bus", Bus)
+TASKS_KEY = web.AppKey("tasks", TaskSupervisor)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -20,5 +26,11 @@ async def healthz(request: web.Request) -> web.Response:
     except Exception as exc:  # Redis down: say so, with 503, rather than fail opaquely
         return web.json_response({"status": "redis unavailable", "error": str(exc)}, status=503)
     workers = {kind: counts.get(kind, 0) for kind in (*WORKER_KINDS, *sorted(set(counts) - set(WORKER_KINDS)))}
-    ready = all(workers[kind] > 0 for kind in WORKER_KINDS)
-    return web.json_response({"status": "ok" if ready else "degraded", "workers": workers, "backlog": backlog})
+    reasons = [f"no {kind} worker alive" for kind in WORKER_KINDS if workers[kind] == 0]
+    body: dict[str, Any] = {"workers": workers, "backlog": backlog}
+    tasks = request.app.get(TASKS_KEY)
+    if tasks is not None:
+        body["tasks"] = tasks.status()
+        if not tasks.healthy:
+            reasons.append("a gateway task failed and was restarted recently")
+    return web.json_response({"status": "degraded" if reasons else "ok", "reasons": reasons, **body})

@@ -3,7 +3,7 @@
 One segment's path through here: a participant's inbound audio track -> mono 48 kHz -> their
 Segmenter (16 kHz, closed at a natural pause) -> the room's floor control (translate, captions only,
 or wait for the floor) -> a SpeechSegment on the bus with targets = the listeners' distinct languages.
-The workers' results come back through `tail_results` -> captions.dispatch -> data channels and the
+The workers' results come back through `ResultsReader` -> `on_result` -> captions.dispatch -> data channels and the
 per-language playout timelines that every listener's translated track reads.
 """
 
@@ -16,7 +16,7 @@ import secrets
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
@@ -27,19 +27,18 @@ from gateway import captions
 from gateway.media import VideoWindow, mono_samples
 from gateway.options import GatewayOptions
 from gateway.playout import OUTPUT_RATE, PlayoutOptions, TimelineTrack
+from gateway.results import ResultsReader
 from gateway.rooms import Participant, Profile, Room
+from gateway.tasks import TaskSupervisor
 from pipeline import turns
 from pipeline.audio import resample
 from pipeline.bus import Bus
-from pipeline.messages import SAMPLE_RATE, SpeechSegment
-from pipeline.routes import RESULTS
+from pipeline.messages import SAMPLE_RATE, Message, SpeechSegment
 from pipeline.segmenter import Segment, Segmenter
 
 log = logging.getLogger(__name__)
 
 TICK_S = 0.1  # floor timeouts, playout give-ups and "still playing" notices run at this pace
-TAIL_BLOCK_MS = 1_000
-TAIL_COUNT = 100
 REDIS_RETRY_S = 1.0
 # Segments that could not be published (Redis away) are held and retried in order; one older than
 # this is dropped and counted: by then its moment in the conversation has passed.
@@ -72,19 +71,22 @@ class Gateway:
         self.rooms: dict[str, Room] = {}
         self.sessions: dict[str, Participant] = {}
         self.stats = GatewayStats()
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()  # per participant: their audio, their camera
+        self.tasks = TaskSupervisor()  # the gateway's own, long-lived: restarted when they fail
+        self.results = ResultsReader(bus, self.on_result)
         self._playing: dict[tuple[str, str], tuple[str, int] | None] = {}
         self._outbox: deque[tuple[Room, SpeechSegment, float]] = deque()
 
     # -- lifecycle --------------------------------------------------------------------------------
     async def start(self) -> None:
-        self._spawn(self.tail_results())
-        self._spawn(self._tick_forever())
-        self._spawn(self._flush_outbox_forever())
+        self.tasks.supervise("results", self.results.run)
+        self.tasks.supervise("tick", self._tick_forever)
+        self.tasks.supervise("outbox", self._flush_outbox_forever)
 
     async def stop(self) -> None:
         for participant_id in list(self.sessions):
             await self.leave(participant_id)
+        await self.tasks.stop()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -362,35 +364,10 @@ class Gateway:
                     await self.publish(room, speaker, segment, captured_at, turns.plan_targets(room.floor, speaker.id))
 
     # -- results and timers -----------------------------------------------------------------------
-    async def tail_results(self) -> None:
-        last_id = await self._results_start_id()
-        while True:
-            try:
-                deliveries = await self.bus.tail(RESULTS, last_id, TAIL_COUNT, TAIL_BLOCK_MS)
-            except (RedisError, OSError) as exc:
-                log.warning("results tail failed (%s); retrying", exc)
-                await asyncio.sleep(REDIS_RETRY_S)
-                continue
-            for delivery in deliveries:
-                last_id = delivery.entry_id
-                if delivery.message is None:
-                    log.warning("undecodable result %s: %s", delivery.entry_id, delivery.error)
-                    continue
-                self.stats.results += 1
-                try:
-                    captions.dispatch(self.rooms, delivery.message)
-                except Exception:
-                    log.exception("dispatching %s failed", delivery.message.log_context)
-
-    async def _results_start_id(self) -> bytes | str:
-        """Start after the newest entry now in the stream: results from before this gateway are not ours."""
-        while True:
-            try:
-                newest = await self.bus.client.xrevrange(self.bus.stream(RESULTS), count=1)
-                return cast(bytes, newest[0][0]) if newest else "0-0"
-            except (RedisError, OSError) as exc:
-                log.warning("redis unavailable (%s); retrying", exc)
-                await asyncio.sleep(REDIS_RETRY_S)
+    def on_result(self, message: Message) -> None:
+        """A worker's result: captions and speech to the room it belongs to (if it is ours)."""
+        self.stats.results += 1
+        captions.dispatch(self.rooms, message)
 
     async def _tick_forever(self) -> None:
         while True:

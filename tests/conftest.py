@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
 from babelroom.supervisor import free_port, redis_argv, wait_for_redis
+from pipeline.bus import Bus
+from pipeline.config import BusOptions
 
 
 @pytest.fixture(scope="session")
@@ -31,6 +33,14 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def stream_prefix(request: pytest.FixtureRequest) -> str:
     """A prefix of this test's own, so tests sharing the redis-server never see each other's streams."""
     return f"t{abs(hash(request.node.nodeid)) % 10**10}"
+
+
+@pytest.fixture
+async def bus(redis_url: str, stream_prefix: str) -> AsyncIterator[Bus]:
+    """A bus on this test's own streams, with the default options."""
+    bus = Bus.connect(BusOptions(redis_url=redis_url, prefix=stream_prefix))
+    yield bus
+    await bus.close()
 
 
 @pytest.fixture

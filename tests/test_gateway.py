@@ -92,13 +92,6 @@ async def eventually(condition: Callable[[], bool], what: str, timeout_s: float 
 
 
 @pytest.fixture
-async def bus(redis_url: str, stream_prefix: str) -> AsyncIterator[Bus]:
-    bus = Bus.connect(BusOptions(redis_url=redis_url, prefix=stream_prefix))
-    yield bus
-    await bus.close()
-
-
-@pytest.fixture
 async def server(redis_url: str, stream_prefix: str) -> AsyncIterator[BaseTestServer]:
     options = GatewayOptions(token_secret=SECRET, playout_delay_s=0.1)
     app = create_app(Bus.connect(BusOptions(redis_url=redis_url, prefix=stream_prefix)), options)

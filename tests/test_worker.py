@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 import struct
@@ -122,13 +123,41 @@ async def test_killed_worker_message_is_taken_over_and_emitted_once(bus: Bus, re
                 proc.wait(timeout=10)
 
 
-async def test_redelivered_segment_is_not_emitted_twice(bus: Bus) -> None:
-    """A worker that emitted its output and died before XACK: the redelivery emits nothing new."""
+async def test_an_entry_that_kills_its_worker_is_dead_lettered_not_crash_looped(bus: Bus, redis_url: str) -> None:
+    """Deliveries are counted before processing: after max_deliveries crashes the entry is given up, and
+    the stage goes on to the next segment."""
+    await bus.publish(dataclasses.replace(segment(1), room="poison"))
+    starts, crashes = 0, 0
+    deadline = time.monotonic() + 60
+    worker = None
+    try:
+        while not await entries(bus, "dead") and time.monotonic() < deadline:
+            if worker is None or worker.poll() is not None:
+                crashes += worker is not None and worker.returncode == 3
+                worker = start_worker_process(redis_url, bus.options.prefix, "die_on_poison")
+                starts += 1
+            await asyncio.sleep(0.1)
+        [dead] = await entries(bus, "dead")
+        await bus.publish(segment(2))
+        [good] = await wait_for_entries(bus, "mt", 1, timeout_s=20)
+    finally:
+        if worker is not None and worker.poll() is None:
+            worker.terminate()
+            worker.wait(timeout=10)
+    print(f"worker starts={starts} crashes={crashes}")
+    assert crashes == bus.options.max_deliveries
+    assert isinstance(dead.message, StageFailure) and dead.message.room == "poison"
+    assert "delivered 4 times without success: its worker died" in dead.message.error
+    assert good.message is not None and good.message.seq == 2
+
+
+async def test_a_segment_claimed_twice_is_emitted_once(bus: Bus) -> None:
+    """A stalled worker's entry is claimed and finished by another; when the stalled one wakes up and
+    commits too, nothing new is emitted downstream."""
     await bus.ensure_group("asr", "asr")
     await bus.publish(segment(7))
-    [first] = await bus.read_group("asr", "asr", "dies-before-ack", count=1, block_ms=100)
-    [output] = LengthStage().process(first.message)  # type: ignore[arg-type]
-    assert await bus.emit_once(output, "asr")
+    [first] = await bus.read_group("asr", "asr", "stalled", count=1, block_ms=100)
+    stalled_output = LengthStage().process(first.message)  # type: ignore[arg-type]
 
     worker = Worker(LengthStage(), bus, FAST, consumer="rescuer")
     task = asyncio.create_task(worker.run())
@@ -141,8 +170,9 @@ async def test_redelivered_segment_is_not_emitted_twice(bus: Bus) -> None:
     finally:
         worker.stop()
         await task
-    assert len(await entries(bus, "mt")) == 1
     assert worker.processed == 1
+    assert await bus.commit(first, "asr", stalled_output, "asr") == 0
+    assert len(await entries(bus, "mt")) == 1
 
 
 async def test_always_failing_message_is_dead_lettered_with_its_error(bus: Bus) -> None:

@@ -1,8 +1,9 @@
 """The worker runtime: one process serves one stage from its stream.
 
 Lifecycle (after arq's Worker): load the engine at start (off the event loop), then read from the
-stage's consumer group with bounded concurrency, run each message in a thread with a timeout,
-emit outputs exactly once, acknowledge. A heartbeat key with a TTL says the worker is alive.
+stage's consumer group with bounded concurrency, run each message in a thread with a timeout, then
+emit its outputs (once per identity) and acknowledge it in one atomic step. A heartbeat key with a
+TTL says the worker is alive.
 Messages left pending by a dead worker are claimed after `claim_idle_ms`. A failing message is
 retried by redelivery until `max_deliveries`, then dead-lettered with its error. SIGTERM stops
 reading and drains what is in flight. A lost Redis connection is retried with backoff.
@@ -126,10 +127,8 @@ class Worker:
             log.exception("error handling entry %s; it stays pending", delivery.entry_id)
 
     async def handle(self, delivery: Delivery) -> None:
-        message = delivery.message
-        if message is None:
-            await self._give_up(delivery, f"undecodable message: {delivery.error}", attempts=delivery.deliveries)
-            return
+        # Deliveries are counted by Redis as entries are handed out, so checking the count first means an
+        # entry that kills its worker (or cannot be decoded) is given up after max_deliveries attempts.
         if delivery.deliveries > self.bus.options.max_deliveries:
             last = await self.bus.last_error(self.stage.kind, self.group, delivery.entry_id)
             reason = last or "its worker died or timed out while processing it"
@@ -138,6 +137,10 @@ class Worker:
                 f"delivered {delivery.deliveries} times without success: {reason}",
                 attempts=delivery.deliveries,
             )
+            return
+        message = delivery.message
+        if message is None:
+            await self._give_up(delivery, f"undecodable message: {delivery.error}", attempts=delivery.deliveries)
             return
         started = time.monotonic()
         keep_claimed = asyncio.create_task(self._keep_claimed(delivery))
@@ -153,9 +156,7 @@ class Worker:
             return
         finally:
             keep_claimed.cancel()
-        for output in outputs:
-            await self.bus.emit_once(output, self.stage.kind)
-        await self.bus.ack(self.stage.kind, self.group, delivery.entry_id)
+        await self.bus.commit(delivery, self.group, outputs, self.stage.kind)
         await self.bus.forget(self.stage.kind, self.group, delivery.entry_id)
         self.processed += 1
         log.info(
@@ -186,8 +187,7 @@ class Worker:
             log.warning("%s %s failed (attempt %d): %s", self.stage.kind, context, attempts, error)
 
     async def _give_up(self, delivery: Delivery, error: str, attempts: int) -> None:
-        await self.bus.dead_letter(delivery, self.stage.kind, error, attempts)
-        await self.bus.ack(self.stage.kind, self.group, delivery.entry_id)
+        await self.bus.dead_letter(delivery, self.stage.kind, error, attempts, group=self.group)
         await self.bus.forget(self.stage.kind, self.group, delivery.entry_id)
 
     async def _drain(self) -> None:
