@@ -23,6 +23,8 @@ MESSAGE_TIMEOUT_S = 60.0
 HEARTBEAT_INTERVAL_S = 2.0
 HEARTBEAT_TTL_S = 6.0
 DRAIN_TIMEOUT_S = 30.0
+# How often a worker looks for consumers of dead workers in its group (and removes those holding nothing).
+CONSUMER_SWEEP_S = 30.0
 
 DEFAULT_PORT = 8080
 
@@ -68,6 +70,7 @@ class WorkerOptions:
     heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S
     heartbeat_ttl_s: float = HEARTBEAT_TTL_S
     drain_timeout_s: float = DRAIN_TIMEOUT_S
+    consumer_sweep_s: float = CONSUMER_SWEEP_S
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> WorkerOptions:

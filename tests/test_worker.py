@@ -243,13 +243,14 @@ async def test_sigterm_drains_the_message_in_flight(redis_url: str, stream_prefi
         await bus.close()
 
 
-async def test_worker_survives_a_redis_restart(tmp_path: Path) -> None:
+async def test_worker_survives_a_redis_that_lost_its_data(tmp_path: Path) -> None:
     port = free_port()
 
-    def start_redis() -> subprocess.Popen[bytes]:
-        return subprocess.Popen(redis_argv(port, str(tmp_path)), stdout=subprocess.DEVNULL)
+    def start_redis(data_dir: Path) -> subprocess.Popen[bytes]:
+        data_dir.mkdir()
+        return subprocess.Popen(redis_argv(port, str(data_dir)), stdout=subprocess.DEVNULL)
 
-    server = start_redis()
+    server = start_redis(tmp_path / "first")
     bus = Bus.connect(bus_options(f"redis://127.0.0.1:{port}/0", "restart"))
     await wait_until(lambda: _pings(bus), timeout_s=10)
     worker = Worker(LengthStage(), bus, FAST, consumer="survivor")
@@ -260,7 +261,7 @@ async def test_worker_survives_a_redis_restart(tmp_path: Path) -> None:
         server.terminate()
         server.wait(timeout=10)
         await asyncio.sleep(1.0)
-        server = start_redis()  # empty: streams and groups are gone, the worker must recreate its group
+        server = start_redis(tmp_path / "second")  # empty: the worker must recreate its group
         await wait_until(lambda: _pings(bus), timeout_s=10)
         await asyncio.sleep(1.0)
         await bus.publish(segment(2))
@@ -314,3 +315,26 @@ async def test_backlog_counts_waiting_and_in_progress_entries(bus: Bus) -> None:
     await bus.ensure_group("asr", "asr")
     await bus.read_group("asr", "asr", "busy", count=1, block_ms=100)
     assert await bus.backlog("asr", "asr") == {"waiting": 2, "in_progress": 1}
+
+
+async def test_dead_consumers_are_removed_once_they_hold_nothing(bus: Bus) -> None:
+    await bus.ensure_group("asr", "asr")
+    await bus.publish(segment(1))
+    await bus.publish(segment(2))
+    [done] = await bus.read_group("asr", "asr", "ghost-idle", count=1, block_ms=100)
+    await bus.client.xack(bus.stream("asr"), "asr", done.entry_id)
+    await bus.read_group("asr", "asr", "ghost-holding", count=1, block_ms=100)  # dies holding seq 2
+    options = dataclasses.replace(FAST, consumer_sweep_s=0.2)
+    worker = Worker(LengthStage(), bus, options, consumer="live")
+    task = asyncio.create_task(worker.run())
+
+    async def only_the_live_one() -> bool:
+        infos = await bus.client.xinfo_consumers(bus.stream("asr"), "asr")
+        return [info["name"] for info in infos] == [b"live"]
+
+    try:
+        await wait_until(only_the_live_one, timeout_s=15)
+    finally:
+        worker.stop()
+        await task
+    assert [d.message.seq for d in await entries(bus, "mt") if d.message] == [2]  # claimed before removal

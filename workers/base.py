@@ -4,7 +4,8 @@ Lifecycle (after arq's Worker): load the engine at start (off the event loop), t
 stage's consumer group with bounded concurrency, run each message in a thread with a timeout, then
 emit its outputs (once per identity) and acknowledge it in one atomic step. A heartbeat key with a
 TTL says the worker is alive.
-Messages left pending by a dead worker are claimed after `claim_idle_ms`. A failing message is
+Messages left pending by a dead worker are claimed after `claim_idle_ms`, and dead workers' consumers
+are then removed from the group. A failing message is
 retried by redelivery until `max_deliveries`, then dead-lettered with its error. SIGTERM stops
 reading and drains what is in flight. A lost Redis connection is retried with backoff.
 """
@@ -59,6 +60,7 @@ class Worker:
         self._stopping = asyncio.Event()
         self._in_flight: set[asyncio.Task[None]] = set()
         self._last_claim = 0.0
+        self._last_sweep = 0.0
 
     def stop(self) -> None:
         self._stopping.set()
@@ -98,6 +100,7 @@ class Worker:
         if len(self._in_flight) >= self.options.concurrency:  # bounded concurrency: wait for a free slot
             await asyncio.wait(set(self._in_flight), return_when=asyncio.FIRST_COMPLETED)
         free = self.options.concurrency - len(self._in_flight)
+        await self._sweep_if_due()
         deliveries = await self._claim_if_due(free)
         if not deliveries:
             deliveries = await self.bus.read_group(
@@ -119,6 +122,29 @@ class Worker:
         for delivery in claimed:
             log.info("claimed entry %s (delivery %d) from a stalled consumer", delivery.entry_id, delivery.deliveries)
         return claimed
+
+    async def _sweep_if_due(self) -> None:
+        if time.monotonic() - self._last_sweep < self.options.consumer_sweep_s:
+            return
+        self._last_sweep = time.monotonic()
+        for consumer in await self.dead_consumers():
+            await self.bus.client.xgroup_delconsumer(self.bus.stream(self.stage.kind), self.group, consumer)
+            log.info("removed dead consumer %s from the %s group", consumer, self.group)
+
+    async def dead_consumers(self) -> list[str]:
+        """Consumers of this group that are gone: no heartbeat, idle past its TTL, and holding nothing
+        (what a dead worker held is claimed first, so only then is it removed: deleting a consumer
+        forgets its pending entries)."""
+        infos = await self.bus.client.xinfo_consumers(self.bus.stream(self.stage.kind), self.group)
+        idle_ms = self.options.heartbeat_ttl_s * 1000
+        dead = []
+        for info in infos:
+            name = info["name"].decode() if isinstance(info["name"], bytes) else str(info["name"])
+            if name == self.consumer or info["pending"] or info["idle"] < idle_ms:
+                continue
+            if not await self.bus.client.exists(heartbeat_key(self.bus, self.stage.kind, name)):
+                dead.append(name)
+        return dead
 
     async def _handle_logged(self, delivery: Delivery) -> None:
         try:
