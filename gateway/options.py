@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from pipeline.config import env_flag
+from pipeline.config import env_flag, env_float
 from pipeline.segmenter import MAX_SEGMENT_S, SegmenterOptions, VadEngine
 from pipeline.turns import SILENCE_TIMEOUT_S, FloorOptions, OverlapPolicy
 
@@ -62,15 +62,15 @@ class GatewayOptions:
             ice_urls=_csv(env.get("BABELROOM_ICE_URLS", "")),
             ice_username=env.get("BABELROOM_ICE_USERNAME", ""),
             ice_credential=env.get("BABELROOM_ICE_CREDENTIAL", ""),
-            playout_delay_s=float(env.get("BABELROOM_PLAYOUT_DELAY_S", PLAYOUT_DELAY_S)),
-            late_bound_s=float(env.get("BABELROOM_LATE_BOUND_S", LATE_BOUND_S)),
+            playout_delay_s=env_float(env, "BABELROOM_PLAYOUT_DELAY_S", PLAYOUT_DELAY_S),
+            late_bound_s=env_float(env, "BABELROOM_LATE_BOUND_S", LATE_BOUND_S),
             floor=FloorOptions(
-                silence_timeout_s=float(env.get("BABELROOM_FLOOR_SILENCE_S", SILENCE_TIMEOUT_S)),
+                silence_timeout_s=env_float(env, "BABELROOM_FLOOR_SILENCE_S", SILENCE_TIMEOUT_S),
                 overlap=_overlap_policy(env.get("BABELROOM_OVERLAP", OverlapPolicy.QUEUE.value)),
             ),
             segmenter=SegmenterOptions(
                 vad=_vad_engine(env.get("BABELROOM_VAD", "webrtc")),
-                max_segment_s=float(env.get("BABELROOM_MAX_SEGMENT_S", MAX_SEGMENT_S)),
+                max_segment_s=env_float(env, "BABELROOM_MAX_SEGMENT_S", MAX_SEGMENT_S),
             ),
         )
 
