@@ -15,23 +15,25 @@ playout notices then travel over the participant's WebRTC data channel.
 from __future__ import annotations
 
 import json
-import re
+import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
+from gateway import validation
 from gateway.health import BUS_KEY, TASKS_KEY, healthz
-from gateway.options import MAX_NAME_CHARS, GatewayOptions
+from gateway.options import GatewayOptions
 from gateway.rooms import Profile
 from gateway.service import Gateway, JoinError
 from gateway.tokens import TokenClaims, TokenError, verify_token
 from pipeline.bus import Bus
 
+log = logging.getLogger(__name__)
+
 STATIC = Path(__file__).parent / "static"
 GATEWAY_KEY = web.AppKey("gateway", Gateway)
-ROOM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 LANGUAGE_NAMES = {
     "en": "English", "es": "Español", "ca": "Català", "gl": "Galego", "pt": "Português",
     "fr": "Français", "de": "Deutsch", "it": "Italiano", "eu": "Euskara", "nl": "Nederlands",
@@ -42,7 +44,12 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 def create_app(bus: Bus, options: GatewayOptions | None = None) -> web.Application:
     options = options or GatewayOptions()
-    app = web.Application(client_max_size=options.client_max_size, middlewares=[json_errors])
+    # auto_decompress off: a compressed body is refused (415) rather than inflated, garbage or bomb alike.
+    app = web.Application(
+        client_max_size=options.client_max_size,
+        middlewares=[json_errors],
+        handler_args={"auto_decompress": False},
+    )
     gateway = Gateway(bus, options)
     app[BUS_KEY] = bus
     app[GATEWAY_KEY] = gateway
@@ -67,13 +74,14 @@ def create_app(bus: Bus, options: GatewayOptions | None = None) -> web.Applicati
     app.router.add_get("/api/rooms/{room}", room_state)
     app.router.add_post("/api/sessions/{session}/leave", leave)
     app.router.add_get("/healthz", healthz)
-    app.router.add_static("/static", STATIC)
+    app.router.add_get("/static/{name}", static_files(STATIC))
     return app
 
 
 @web.middleware
 async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """API errors as JSON with a clear message, whatever raised them (aiohttp's 413 included)."""
+    """API errors as JSON with a clear message, whatever raised them (aiohttp's 413 included). Anything
+    unexpected is logged and answered with a JSON 500, on every path: never a traceback page."""
     try:
         return await handler(request)
     except web.HTTPException as exc:
@@ -84,6 +92,11 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
             limit = request.app[GATEWAY_KEY].options.client_max_size
             message = f"request body too large: the limit is {limit} bytes"
         return web.json_response({"error": message}, status=exc.status)
+    except validation.InvalidInput as exc:
+        return web.json_response({"error": str(exc)}, status=exc.status)
+    except Exception:
+        log.exception("unexpected error answering %s %s", request.method, request.path)
+        return web.json_response({"error": "internal error (logged on the server)"}, status=500)
 
 
 ERRORS: dict[int, type[web.HTTPException]] = {
@@ -106,7 +119,7 @@ async def index(request: web.Request) -> web.FileResponse:
 
 async def room_page(request: web.Request) -> web.StreamResponse:
     room = request.match_info["room"]
-    if not ROOM_NAME.match(room):
+    if not validation.ROOM_NAME.fullmatch(room):
         return web.Response(status=400, text=f"invalid room name {room!r}", content_type="text/plain")
     options = request.app[GATEWAY_KEY].options
     token = request.query.get("token", "")
@@ -116,6 +129,20 @@ async def room_page(request: web.Request) -> web.StreamResponse:
         except TokenError as exc:
             return web.Response(status=401, text=f"BabelRoom: cannot join {room}: {exc}", content_type="text/plain")
     return web.FileResponse(STATIC / "room.html")
+
+
+def static_files(directory: Path) -> Handler:
+    """The files of `directory`, by exact name: nothing else is looked up on disk (aiohttp's own static
+    route answers a very long name with a 500)."""
+    files = {path.name: path for path in directory.iterdir() if path.is_file()}
+
+    async def serve(request: web.Request) -> web.StreamResponse:
+        path = files.get(request.match_info["name"])
+        if path is None:
+            raise web.HTTPNotFound()
+        return web.FileResponse(path)
+
+    return serve
 
 
 # -- api --------------------------------------------------------------------------------------------
@@ -130,7 +157,7 @@ async def config(request: web.Request) -> web.Response:
 
 async def join(request: web.Request) -> web.Response:
     gateway = request.app[GATEWAY_KEY]
-    room = valid_room(request.match_info["room"])
+    room = validation.room_name(request.match_info["room"])
     body = await json_body(request)
     claims = authorize(gateway.options, room, str(body.get("token") or ""))
     profile = parse_profile(gateway.options, body, claims)
@@ -151,30 +178,19 @@ async def leave(request: web.Request) -> web.Response:
 
 async def room_state(request: web.Request) -> web.Response:
     gateway = request.app[GATEWAY_KEY]
-    room = gateway.rooms.get(valid_room(request.match_info["room"]))
+    room = gateway.rooms.get(validation.room_name(request.match_info["room"]))
     if room is None:
         raise api_error(404, "no one is in this room")
     timelines = {language: vars(t.stats) for language, t in room.timelines.items()}
     return web.json_response({"participants": room.roster(), **room.floor_state(), "playout": timelines})
 
 
-# -- validation -------------------------------------------------------------------------------------
-def valid_room(room: str) -> str:
-    if not ROOM_NAME.match(room):
-        raise api_error(400, "invalid room name: use 1-64 letters, digits, '-' or '_'")
-    return room
-
-
+# -- request parsing (the rules live in gateway/validation.py) -------------------------------------------
 async def json_body(request: web.Request) -> dict[str, Any]:
     if request.content_type != "application/json":
         raise api_error(415, "send the join request as application/json")
-    try:
-        body = await request.json()
-    except ValueError as exc:
-        raise api_error(400, f"request body is not valid JSON: {exc}") from exc
-    if not isinstance(body, dict):
-        raise api_error(400, "request body must be a JSON object")
-    return body
+    validation.plain_body(request.headers.get(hdrs.CONTENT_ENCODING, ""), request.charset)
+    return validation.json_object(await request.read())
 
 
 def authorize(options: GatewayOptions, room: str, token: str) -> TokenClaims | None:
@@ -187,17 +203,15 @@ def authorize(options: GatewayOptions, room: str, token: str) -> TokenClaims | N
 
 
 def parse_profile(options: GatewayOptions, body: dict[str, Any], claims: TokenClaims | None) -> Profile:
-    name = claims.name if claims else str(body.get("name") or "").strip()
-    if not name or len(name) > MAX_NAME_CHARS or any(ord(c) < 32 for c in name):
-        raise api_error(400, f"a display name of 1-{MAX_NAME_CHARS} printable characters is required")
+    name = validation.display_name(claims.name if claims else body.get("name"))
     speak, hear = str(body.get("speak") or ""), str(body.get("hear") or "")
     for field, code in (("speak", speak), ("hear", hear)):
         if code not in options.languages:
             supported = ", ".join(options.languages)
             raise api_error(400, f"unknown language code {code!r} for {field!r}; this deployment supports: {supported}")
     toggles = body.get("options") or {}
-    if not isinstance(toggles, dict):
-        raise api_error(400, "options must be a JSON object")
+    if not isinstance(toggles, dict) or not all(isinstance(value, bool) for value in toggles.values()):
+        raise api_error(400, "options must be a JSON object of true/false switches")
     return Profile(
         name=name,
         speak=speak,
