@@ -6,7 +6,9 @@
     POST /api/rooms/{room}/join   {name, speak, hear, token?, options, sdp} -> {id, sdp, type: answer}
     POST /api/sessions/{id}/leave
     GET  /api/rooms/{room}        roster, floor and playout counters
-    GET  /healthz                 workers alive per kind, backlog per stage
+    GET  /healthz                 workers alive per kind, backlog per stage, gateway tasks, service level
+    GET  /metrics                 Prometheus: latency per stage and end to end, backlog, dead letters,
+                                  degradations, drops, sessions and rooms
 
 Every /api error is JSON: {"error": "..."} with a 4xx status. Renegotiation, captions, floor and
 playout notices then travel over the participant's WebRTC data channel.
@@ -23,12 +25,13 @@ from typing import Any
 from aiohttp import hdrs, web
 
 from gateway import validation
-from gateway.health import BUS_KEY, TASKS_KEY, healthz
+from gateway.health import BUS_KEY, OVERLOAD_KEY, TASKS_KEY, healthz
 from gateway.options import GatewayOptions
 from gateway.rooms import Profile
 from gateway.service import Gateway, JoinError
 from gateway.tokens import TokenClaims, TokenError, verify_token
 from pipeline.bus import Bus
+from pipeline.metrics import CONTENT_TYPE
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +57,7 @@ def create_app(bus: Bus, options: GatewayOptions | None = None) -> web.Applicati
     app[BUS_KEY] = bus
     app[GATEWAY_KEY] = gateway
     app[TASKS_KEY] = gateway.tasks
+    app[OVERLOAD_KEY] = gateway.overload
 
     async def start(app: web.Application) -> None:
         await gateway.start()
@@ -74,6 +78,7 @@ def create_app(bus: Bus, options: GatewayOptions | None = None) -> web.Applicati
     app.router.add_get("/api/rooms/{room}", room_state)
     app.router.add_post("/api/sessions/{session}/leave", leave)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
     app.router.add_get("/static/{name}", static_files(STATIC))
     return app
 
@@ -96,6 +101,7 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return web.json_response({"error": str(exc)}, status=exc.status)
     except Exception:
         log.exception("unexpected error answering %s %s", request.method, request.path)
+        request.app[GATEWAY_KEY].metrics.count_http_error()
         return web.json_response({"error": "internal error (logged on the server)"}, status=500)
 
 
@@ -129,6 +135,13 @@ async def room_page(request: web.Request) -> web.StreamResponse:
         except TokenError as exc:
             return web.Response(status=401, text=f"BabelRoom: cannot join {room}: {exc}", content_type="text/plain")
     return web.FileResponse(STATIC / "room.html")
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus metrics (text exposition format)."""
+    gateway = request.app[GATEWAY_KEY]
+    gateway.metrics.set_sessions(len(gateway.sessions), len(gateway.rooms))
+    return web.Response(body=gateway.metrics.render(), headers={hdrs.CONTENT_TYPE: CONTENT_TYPE})
 
 
 def static_files(directory: Path) -> Handler:

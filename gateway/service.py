@@ -10,6 +10,7 @@ per-language playout timelines that every listener's translated track reads.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import secrets
@@ -26,6 +27,7 @@ from redis.exceptions import RedisError
 from gateway import captions
 from gateway.media import VideoWindow, mono_samples
 from gateway.options import GatewayOptions
+from gateway.overload import Decision, OverloadMonitor, OverloadOptions
 from gateway.playout import OUTPUT_RATE, PlayoutOptions, TimelineTrack
 from gateway.results import ResultsReader
 from gateway.rooms import Participant, Profile, Room
@@ -34,6 +36,7 @@ from pipeline import turns
 from pipeline.audio import resample
 from pipeline.bus import Bus
 from pipeline.messages import SAMPLE_RATE, Message, SpeechSegment
+from pipeline.metrics import Metrics
 from pipeline.segmenter import Segment, Segmenter
 
 log = logging.getLogger(__name__)
@@ -74,6 +77,9 @@ class Gateway:
         self._tasks: set[asyncio.Task[Any]] = set()  # per participant: their audio, their camera
         self.tasks = TaskSupervisor()  # the gateway's own, long-lived: restarted when they fail
         self.results = ResultsReader(bus, self.on_result)
+        self.metrics = Metrics()
+        overload = OverloadOptions(late_bound_s=options.late_bound_s)
+        self.overload = OverloadMonitor(bus, overload, self.metrics, self.announce_service)
         self._playing: dict[tuple[str, str], tuple[str, int] | None] = {}
         self._outbox: deque[tuple[Room, SpeechSegment, float]] = deque()
 
@@ -82,6 +88,7 @@ class Gateway:
         self.tasks.supervise("results", self.results.run)
         self.tasks.supervise("tick", self._tick_forever)
         self.tasks.supervise("outbox", self._flush_outbox_forever)
+        self.tasks.supervise("overload", self.overload.run)
 
     async def stop(self) -> None:
         for participant_id in list(self.sessions):
@@ -312,7 +319,8 @@ class Gateway:
         seq = room.next_seq(participant.id)
         profile = participant.profile
         message = segment.to_message(room.name, participant.id, seq, profile.speak, targets, profile.match_voice)
-        for language in targets:
+        message = dataclasses.replace(message, service=self.overload.service(captured_at))
+        for language in targets if message.service.speech else ():
             room.timeline(language).expect(participant.id, seq)
         message = message.stamped("captured", captured_at)
         if self._outbox:  # keep the order: earlier segments are still waiting for Redis
@@ -367,7 +375,13 @@ class Gateway:
     def on_result(self, message: Message) -> None:
         """A worker's result: captions and speech to the room it belongs to (if it is ours)."""
         self.stats.results += 1
+        self.metrics.observe_result(message)
         captions.dispatch(self.rooms, message)
+
+    def announce_service(self, decision: Decision) -> None:
+        """The overload policy changed the service level: every room's page says so."""
+        for room in self.rooms.values():
+            room.broadcast(decision.notice())
 
     async def _tick_forever(self) -> None:
         while True:

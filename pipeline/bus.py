@@ -10,6 +10,7 @@ losing the outputs. Messages that fail too often go to the `dead` stream with th
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -200,6 +201,31 @@ class Bus:
         """Plain XREAD (no group): every reader sees every entry, as each gateway must for its rooms."""
         reply = await self.client.xread({self.stream(name): last_id}, count=count, block=block_ms)
         return [self._delivery(name, entry_id, fields) for entry_id, fields in _entries(reply)]
+
+    # --- workers' heartbeats -----------------------------------------------------------------------
+
+    def heartbeat_key(self, kind: str, consumer: str) -> str:
+        """A live worker keeps this key (with a TTL) holding its status as JSON."""
+        return self.key("hb", kind, consumer)
+
+    async def worker_statuses(self) -> dict[str, list[dict[str, Any]]]:
+        """The status each live worker last posted with its heartbeat, by kind."""
+        keys = [key async for key in self.client.scan_iter(match=self.key("hb", "*"), count=500)]
+        values = await self.client.mget(keys) if keys else []
+        statuses: dict[str, list[dict[str, Any]]] = {}
+        for key, value in zip(keys, values, strict=True):
+            if value is None:  # expired between SCAN and MGET
+                continue
+            try:
+                status = json.loads(value)
+            except ValueError:
+                status = {}
+            statuses.setdefault(key.decode().split(":")[-2], []).append(status if isinstance(status, dict) else {})
+        return statuses
+
+    async def alive_workers(self) -> dict[str, int]:
+        """How many workers of each kind have a live heartbeat."""
+        return {kind: len(statuses) for kind, statuses in (await self.worker_statuses()).items()}
 
     async def _delivery_counts(self, name: str, group: str, ids: list[bytes]) -> dict[bytes, int]:
         counts: dict[bytes, int] = {}

@@ -48,6 +48,20 @@ class Word:
 
 
 @dataclass(frozen=True)
+class Service:
+    """What the gateway asks of the pipeline for one segment, decided by its overload policy when the
+    segment is published, and carried on to every message derived from it (the worker runtime copies
+    it from input to outputs). Under load, lip-sync goes first, then translated speech; captions stay."""
+
+    speech: bool = True  # translated speech wanted; off: the tts stage returns empty speech at once
+    lipsync: bool = True  # lip-synced video wanted
+    deadline: float = 0.0  # unix time after which a result is too late to be worth delivering; 0: none
+
+
+FULL_SERVICE = Service()
+
+
+@dataclass(frozen=True)
 class Message:
     """Fields every message shares. `kind` names the concrete type on the wire."""
 
@@ -82,6 +96,7 @@ class SpeechSegment(Message):
     end_sample: int = 0
     pcm: bytes = b""  # 16 kHz mono signed 16-bit little-endian
     match_voice: bool = False  # the speaker opted in to their pitch being matched in the translated voice
+    service: Service = FULL_SERVICE
 
     @property
     def duration_s(self) -> float:
@@ -99,6 +114,7 @@ class Transcript(Message):
     start_sample: int = 0
     end_sample: int = 0
     speaker_f0_hz: float = 0.0  # median pitch of the speaker, 0 when unknown or not consented
+    service: Service = FULL_SERVICE
 
 
 @dataclass(frozen=True)
@@ -113,6 +129,7 @@ class Translation(Message):
     start_sample: int = 0
     end_sample: int = 0
     speaker_f0_hz: float = 0.0
+    service: Service = FULL_SERVICE
 
 
 @dataclass(frozen=True)
@@ -163,10 +180,24 @@ class StageFailure(Message):
     original: bytes = b""
 
 
+@dataclass(frozen=True)
+class Dropped(Message):
+    """Work a stage gave up on purpose instead of delivering it late: the gateway stops waiting for the
+    segment's results in `languages`, and counts it."""
+
+    kind: ClassVar[str] = "dropped"
+
+    stage: str = ""
+    reason: str = ""  # e.g. "late": it could not finish before its service deadline
+    languages: tuple[str, ...] = ()
+
+
 MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.kind: cls
-    for cls in (SpeechSegment, Transcript, Translation, SynthesizedSpeech, VideoClip, ControlEvent, StageFailure)
-}
+    for cls in (
+        SpeechSegment, Transcript, Translation, SynthesizedSpeech, VideoClip, ControlEvent, StageFailure, Dropped
+    )
+}  # fmt: skip
 
 M = TypeVar("M", bound=Message)
 

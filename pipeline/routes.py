@@ -3,13 +3,14 @@
     gateway --SpeechSegment--> asr --Transcript--> mt --Translation--> tts --SynthesizedSpeech--> results
                                         \\--> results (original caption)   \\--> results (translated caption)
 
-The gateway reads `results` for captions and playout.
+The gateway reads `results` for captions and playout; a stage that drops late work says so there too.
 """
 
 from __future__ import annotations
 
 from pipeline.messages import (
     ControlEvent,
+    Dropped,
     Message,
     SpeechSegment,
     StageFailure,
@@ -30,6 +31,7 @@ ROUTES: dict[type[Message], tuple[str, ...]] = {
     VideoClip: (RESULTS,),
     ControlEvent: (RESULTS,),
     StageFailure: (DEAD,),
+    Dropped: (RESULTS,),
 }
 
 

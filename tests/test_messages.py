@@ -8,9 +8,11 @@ import pytest
 from pipeline.messages import (
     MESSAGE_TYPES,
     ControlEvent,
+    Dropped,
     Message,
     MessageError,
     SchemaVersionError,
+    Service,
     SpeechSegment,
     StageFailure,
     SynthesizedSpeech,
@@ -50,6 +52,7 @@ EXAMPLES = [
         targets=("es",),
         words=(Word("hello", 0.0, 0.4, 0.9), Word("there", 0.5, 0.9, 0.8)),
         speaker_f0_hz=180.5,
+        service=Service(speech=False, lipsync=False, deadline=1234.5),
     ),
     Translation(
         room="r",
@@ -65,6 +68,7 @@ EXAMPLES = [
     VideoClip(room="r", speaker="ana", seq=3, width=4, height=2, frames=b"\x00" * 48, timestamps_s=(0.0, 0.04)),
     ControlEvent(room="r", speaker="ana", seq=0, action="grant"),
     StageFailure(room="r", speaker="ana", seq=3, stage="asr", error="boom", attempts=3, original=b"\x01\x02"),
+    Dropped(room="r", speaker="ana", seq=3, stage="asr", reason="late", languages=("es", "ca")),
 ]
 
 

@@ -19,9 +19,9 @@ from redis.exceptions import ResponseError
 from babelroom.supervisor import free_port, redis_argv
 from pipeline.bus import FIELD, Bus, Delivery
 from pipeline.config import BusOptions, WorkerOptions
-from pipeline.messages import SpeechSegment, StageFailure, Transcript, decode, encode
+from pipeline.messages import Dropped, Service, SpeechSegment, StageFailure, Transcript, decode, encode
 from tests.runtime_stage import LengthStage
-from workers.base import Worker, alive_workers
+from workers.base import Worker
 
 ROOT = Path(__file__).resolve().parents[1]
 CLAIM_IDLE_MS = 1000
@@ -219,13 +219,13 @@ async def test_heartbeats_count_alive_workers_and_vanish_on_stop(bus: Bus) -> No
     tasks = [asyncio.create_task(w.run()) for w in workers]
 
     async def two_alive() -> bool:
-        return (await alive_workers(bus)).get("asr") == 2
+        return (await bus.alive_workers()).get("asr") == 2
 
     await wait_until(two_alive, timeout_s=5)
     for w in workers:
         w.stop()
     await asyncio.gather(*tasks)
-    assert (await alive_workers(bus)).get("asr", 0) == 0
+    assert (await bus.alive_workers()).get("asr", 0) == 0
 
 
 async def test_sigterm_drains_the_message_in_flight(redis_url: str, stream_prefix: str) -> None:
@@ -338,3 +338,25 @@ async def test_dead_consumers_are_removed_once_they_hold_nothing(bus: Bus) -> No
         worker.stop()
         await task
     assert [d.message.seq for d in await entries(bus, "mt") if d.message] == [2]  # claimed before removal
+
+
+async def test_work_past_its_deadline_is_dropped_with_a_result_and_the_service_travels_on(bus: Bus) -> None:
+    late = dataclasses.replace(segment(1), service=Service(deadline=time.time() - 1))
+    captions_only = dataclasses.replace(segment(2), service=Service(speech=False, deadline=time.time() + 60))
+    await bus.publish(late)
+    await bus.publish(captions_only)
+    worker = Worker(LengthStage(), bus, FAST, consumer="punctual")
+    task = asyncio.create_task(worker.run())
+    try:
+        found = await wait_for_entries(bus, "results", 2, timeout_s=10)
+    finally:
+        worker.stop()
+        await task
+    messages = {type(d.message).__name__: d.message for d in found}
+    dropped, transcript = messages["Dropped"], messages["Transcript"]
+    assert isinstance(dropped, Dropped) and (dropped.seq, dropped.stage, dropped.reason) == (1, "asr", "late")
+    assert dropped.languages == ("es",) and dropped.stamp("asr") is not None
+    assert isinstance(transcript, Transcript) and transcript.seq == 2
+    assert transcript.service == captions_only.service  # carried from the segment to its transcript
+    assert [d.message.seq for d in await entries(bus, "mt") if d.message] == [2]
+    assert (worker.dropped, worker.processed) == (1, 1) and worker.service_s > 0

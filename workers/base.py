@@ -6,7 +6,8 @@ emit its outputs (once per identity) and acknowledge it in one atomic step. A he
 TTL says the worker is alive.
 Messages left pending by a dead worker are claimed after `claim_idle_ms`, and dead workers' consumers
 are then removed from the group. A failing message is
-retried by redelivery until `max_deliveries`, then dead-lettered with its error. SIGTERM stops
+retried by redelivery until `max_deliveries`, then dead-lettered with its error. A message this stage
+would finish only after its service deadline is dropped with an explicit `Dropped` result instead. SIGTERM stops
 reading and drains what is in flight. A lost Redis connection is retried with backoff.
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -28,25 +30,24 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from pipeline.bus import Bus, Delivery
 from pipeline.config import WorkerOptions
+from pipeline.messages import FULL_SERVICE, Dropped, Message
 from workers.stage import PermanentError, Stage
 
 log = logging.getLogger(__name__)
 
 RECONNECT_BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
+# Weight of the newest message in the moving average of processing time that predicts a stage's pace.
+SERVICE_EWMA_WEIGHT = 0.2
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError)
 
 
-def heartbeat_key(bus: Bus, kind: str, consumer: str) -> str:
-    return bus.key("hb", kind, consumer)
-
-
-async def alive_workers(bus: Bus) -> dict[str, int]:
-    """How many workers of each kind have a live heartbeat."""
-    counts: dict[str, int] = {}
-    async for key in bus.client.scan_iter(match=bus.key("hb", "*"), count=500):
-        kind = key.decode().split(":")[-2]
-        counts[kind] = counts.get(kind, 0) + 1
-    return counts
+def carry_service(output: Message, source: Message) -> Message:
+    """The service the gateway asked for travels with the segment, from each input to its outputs."""
+    service = getattr(source, "service", None)
+    if service is None or not hasattr(output, "service"):
+        return output
+    carried: Message = dataclasses.replace(output, service=service)  # type: ignore[call-arg]
+    return carried
 
 
 class Worker:
@@ -57,6 +58,8 @@ class Worker:
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
         self.group = stage.kind
         self.processed = 0
+        self.dropped = 0
+        self.service_s = 0.0  # recent processing time per message (moving average), posted with the heartbeat
         self._stopping = asyncio.Event()
         self._in_flight: set[asyncio.Task[None]] = set()
         self._last_claim = 0.0
@@ -142,7 +145,7 @@ class Worker:
             name = info["name"].decode() if isinstance(info["name"], bytes) else str(info["name"])
             if name == self.consumer or info["pending"] or info["idle"] < idle_ms:
                 continue
-            if not await self.bus.client.exists(heartbeat_key(self.bus, self.stage.kind, name)):
+            if not await self.bus.client.exists(self.bus.heartbeat_key(self.stage.kind, name)):
                 dead.append(name)
         return dead
 
@@ -167,7 +170,33 @@ class Worker:
         message = delivery.message
         if message is None:
             await self._give_up(delivery, f"undecodable message: {delivery.error}", attempts=delivery.deliveries)
-            return
+        elif self.finishes_too_late(message):
+            await self._drop(delivery, message, "late")
+        else:
+            await self._process(delivery, message)
+
+    def finishes_too_late(self, message: Message) -> bool:
+        """Would this stage, at the pace it has been working, finish only after the segment's deadline?"""
+        deadline = getattr(message, "service", FULL_SERVICE).deadline
+        return bool(deadline) and time.time() + self.service_s > deadline
+
+    async def _drop(self, delivery: Delivery, message: Message, reason: str) -> None:
+        targets: tuple[str, ...] = getattr(message, "targets", ())
+        languages = targets or (getattr(message, "language", ""),)
+        dropped = Dropped(
+            room=message.room,
+            speaker=message.speaker,
+            seq=message.seq,
+            stamps=message.stamps,
+            stage=self.stage.kind,
+            reason=reason,
+            languages=languages,
+        )
+        await self.bus.commit(delivery, self.group, [dropped.stamped(self.stage.kind)], self.stage.kind)
+        self.dropped += 1
+        log.info("%s %s dropped: %s", self.stage.kind, message.log_context, reason)
+
+    async def _process(self, delivery: Delivery, message: Message) -> None:
         started = time.monotonic()
         keep_claimed = asyncio.create_task(self._keep_claimed(delivery))
         try:
@@ -182,16 +211,15 @@ class Worker:
             return
         finally:
             keep_claimed.cancel()
+        outputs = [carry_service(output, message) for output in outputs]
         await self.bus.commit(delivery, self.group, outputs, self.stage.kind)
         await self.bus.forget(self.stage.kind, self.group, delivery.entry_id)
-        self.processed += 1
-        log.info(
-            "%s %s -> %d output(s) in %.2f s",
-            self.stage.kind,
-            message.log_context,
-            len(outputs),
-            time.monotonic() - started,
+        elapsed = time.monotonic() - started
+        self.service_s = (
+            elapsed if not self.processed else self.service_s + SERVICE_EWMA_WEIGHT * (elapsed - self.service_s)
         )
+        self.processed += 1
+        log.info("%s %s -> %d output(s) in %.2f s", self.stage.kind, message.log_context, len(outputs), elapsed)
 
     async def _keep_claimed(self, delivery: Delivery) -> None:
         """While a message is processed, reset its idle time so no other worker claims it: only a
@@ -225,7 +253,7 @@ class Worker:
             task.cancel()
 
     async def _heartbeat(self) -> None:
-        key = heartbeat_key(self.bus, self.stage.kind, self.consumer)
+        key = self.bus.heartbeat_key(self.stage.kind, self.consumer)
         ttl_ms = int(self.options.heartbeat_ttl_s * 1000)
         while True:
             with contextlib.suppress(*REDIS_DOWN):  # the serve loop reports and retries the connection
@@ -233,11 +261,17 @@ class Worker:
             await asyncio.sleep(self.options.heartbeat_interval_s)
 
     def _status(self) -> dict[str, Any]:
-        return {"pid": os.getpid(), "processed": self.processed, "in_flight": len(self._in_flight)}
+        return {
+            "pid": os.getpid(),
+            "processed": self.processed,
+            "dropped": self.dropped,
+            "in_flight": len(self._in_flight),
+            "service_s": round(self.service_s, 4),
+        }
 
     async def _forget_heartbeat(self) -> None:
         with contextlib.suppress(*REDIS_DOWN):
-            await self.bus.client.delete(heartbeat_key(self.bus, self.stage.kind, self.consumer))
+            await self.bus.client.delete(self.bus.heartbeat_key(self.stage.kind, self.consumer))
 
     async def _sleep_unless_stopping(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):

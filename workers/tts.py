@@ -62,6 +62,8 @@ class TtsStage:
         """The fitted speech, or no samples when there is nothing to voice. Empty speech is still sent:
         it tells the gateway's playout not to wait for this segment."""
         assert self.voices is not None
+        if not message.service.speech:  # the gateway's overload policy turned translated speech off
+            return np.zeros(0, dtype=np.float32)
         if not message.text.strip() or (message.note and message.text == message.source_text):
             return np.zeros(0, dtype=np.float32)
         if not self.voices.supports(message.language):
