@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 RECONNECT_BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
 # Weight of the newest message in the moving average of processing time that predicts a stage's pace.
 SERVICE_EWMA_WEIGHT = 0.2
+# A message is dropped when now + this x the average processing time passes its deadline: one slower
+# than the average should still not arrive late.
+DEADLINE_MARGIN = 1.5
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError)
 
 
@@ -178,7 +181,7 @@ class Worker:
     def finishes_too_late(self, message: Message) -> bool:
         """Would this stage, at the pace it has been working, finish only after the segment's deadline?"""
         deadline = getattr(message, "service", FULL_SERVICE).deadline
-        return bool(deadline) and time.time() + self.service_s > deadline
+        return bool(deadline) and time.time() + DEADLINE_MARGIN * self.service_s > deadline
 
     async def _drop(self, delivery: Delivery, message: Message, reason: str) -> None:
         targets: tuple[str, ...] = getattr(message, "targets", ())
