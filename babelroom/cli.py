@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from pipeline.config import DEFAULT_PORT, BusOptions, WorkerOptions
 from pipeline.routes import WORKER_KINDS
+from workers.stage import PermanentError
 
 if TYPE_CHECKING:
     from benchmarks.models import ModelSet
@@ -26,15 +27,28 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command. What the user can fix (a bad setting or argument, an unreadable file, a busy
+    port) is one line on stderr and exit status 2, not a traceback."""
     args = parser().parse_args(argv)
-    logging.basicConfig(level=os.environ.get("BABELROOM_LOG_LEVEL", "INFO").upper(), format=LOG_FORMAT)
-    result: int = args.run(args, os.environ)
+    try:
+        logging.basicConfig(level=log_level(os.environ), format=LOG_FORMAT)
+        result: int = args.run(args, os.environ)
+    except (ValueError, OSError, PermanentError) as exc:
+        print(f"babelroom {args.command}: {exc}", file=sys.stderr)
+        return 2
     return result
+
+
+def log_level(env: Mapping[str, str]) -> str:
+    level = env.get("BABELROOM_LOG_LEVEL", "INFO").strip().upper()
+    if level not in logging.getLevelNamesMapping():
+        raise ValueError(f"BABELROOM_LOG_LEVEL={level!r}: choose one of DEBUG, INFO, WARNING, ERROR")
+    return level
 
 
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="babelroom", description="Real-time translation for video meetings.")
-    commands = top.add_subparsers(required=True, metavar="COMMAND")
+    commands = top.add_subparsers(required=True, metavar="COMMAND", dest="command")
 
     up = commands.add_parser(
         "up",
@@ -119,6 +133,7 @@ def add_listen_options(command: argparse.ArgumentParser) -> None:
 def run_up(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     from babelroom.supervisor import up
 
+    check_settings(env)  # a bad setting stops `up` here, not in a crash loop of every child
     up(env, args.host, args.port)
     return 0
 
@@ -140,6 +155,18 @@ def run_janus(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     janus.write_config(folder, config)
     argv = janus.janus_argv(folder)
     os.execv(argv[0], argv)
+
+
+def check_settings(env: Mapping[str, str]) -> None:
+    """Read every setting the service's processes will read; raises ValueError naming a bad one."""
+    from gateway.options import GatewayOptions
+    from workers.registry import build_stage
+
+    BusOptions.from_env(env)
+    WorkerOptions.from_env(env)
+    GatewayOptions.from_env(env)
+    for kind in WORKER_KINDS:
+        build_stage(kind, env)
 
 
 def run_gateway(args: argparse.Namespace, env: Mapping[str, str]) -> int:

@@ -1,13 +1,16 @@
 """`babelroom up`: the whole service on one machine.
 
-Starts a private redis-server on a free port when REDIS_URL is unset, then the gateway and one worker
-of each kind as child processes. A child that dies is restarted with exponential backoff; Ctrl-C or
-SIGTERM stops every child (SIGTERM, then SIGKILL after a grace period) and leaves no process behind.
-Children also get SIGTERM from the kernel should this supervisor itself be killed (PR_SET_PDEATHSIG).
+Starts a private redis-server on a free port when REDIS_URL is unset (durable: an append-only file in
+its own data dir, so a Redis that crashes and is restarted keeps its queues), then the gateway and one
+worker of each kind as child processes. A child that dies is restarted after a short backoff (Redis
+with the same port and data dir); Ctrl-C or SIGTERM stops every child (SIGTERM, then SIGKILL after a
+grace period), removes the data dir and leaves no process behind. Children also get SIGTERM from the
+kernel should this supervisor itself be killed (PR_SET_PDEATHSIG).
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import shutil
@@ -29,8 +32,10 @@ from pipeline.routes import WORKER_KINDS
 
 log = logging.getLogger("babelroom.up")
 
-RESTART_BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
-HEALTHY_AFTER_S = 60.0  # a child that ran this long without dying starts its backoff afresh
+# Waits before restarting a child after its 1st, 2nd, ... consecutive crash: capped at a few seconds,
+# since a stage that is down stops every room; a crash loop then costs a process start every 3 s.
+RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 3.0)
+HEALTHY_AFTER_S = 10.0  # a child that ran this long without dying starts its backoff afresh
 STOP_GRACE_S = 35.0  # a little over the workers' drain timeout
 POLL_S = 0.5
 _PR_SET_PDEATHSIG = 1
@@ -70,20 +75,28 @@ def free_port() -> int:
 
 
 def redis_argv(port: int, workdir: str) -> list[str]:
-    """A private, memory-only redis-server on loopback (the embedded default, and the tests')."""
+    """A private redis-server on loopback (the embedded default, and the tests'), durable: every write
+    goes to an append-only file in `workdir` before it is acknowledged, fsynced once a second, so a
+    Redis restarted on the same `workdir` finds its streams, groups and pending entries again."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise SystemExit(
             "redis-server is not installed: run `make up` (it installs it) or `apt-get install redis-server`"
         )
-    options = {"port": str(port), "bind": "127.0.0.1", "save": "", "appendonly": "no", "dir": workdir}
+    options = {
+        "port": str(port),
+        "bind": "127.0.0.1",
+        "dir": workdir,
+        "appendonly": "yes",
+        "appendfsync": "everysec",
+        "save": "",  # no RDB snapshots: the append-only file is the one copy
+    }
     return [binary, *(arg for key, value in options.items() for arg in (f"--{key}", value)), "--loglevel", "warning"]
 
 
-def redis_child(env: dict[str, str]) -> tuple[Child, str]:
+def redis_child(env: dict[str, str], data_dir: str) -> tuple[Child, str]:
     port = free_port()
-    argv = redis_argv(port, tempfile.mkdtemp(prefix="babelroom-redis-"))
-    return Child("redis", argv, env), f"redis://127.0.0.1:{port}/0"
+    return Child("redis", redis_argv(port, data_dir), env), f"redis://127.0.0.1:{port}/0"
 
 
 def wait_for_redis(url: str, timeout_s: float = 15.0) -> None:
@@ -114,7 +127,6 @@ class Supervisor:
         while not self.stopping:
             self.check_children()
             time.sleep(POLL_S)
-        self.stop_all()
 
     def check_children(self) -> None:
         now = time.monotonic()
@@ -133,7 +145,7 @@ class Supervisor:
             child.failures += 1
             child.history.append(code)
             child.restart_at = now + delay
-            log.warning("%s exited with code %s; restarting in %.0f s", child.name, code, delay)
+            log.warning("%s exited with code %s; restarting in %.1f s", child.name, code, delay)
 
     def stop_all(self) -> None:
         running = [c.process for c in reversed(self.children) if c.process and c.process.poll() is None]
@@ -175,35 +187,49 @@ def janus_child(env: dict[str, str], folder: Path) -> tuple[Child, janus.JanusCo
 
 def up(env: Mapping[str, str], host: str, port: int) -> None:
     child_env = dict(env)
-    children: list[Child] = []
-    if not child_env.get("REDIS_URL"):
-        redis_process, url = redis_child(child_env)
-        redis_process.start()
-        wait_for_redis(url)
-        child_env["REDIS_URL"] = url
-        children.append(redis_process)
-        log.info("started a private redis-server at %s", url)
-    with tempfile.TemporaryDirectory(prefix="babelroom-janus-") as janus_folder:
+    supervisor = Supervisor([])
+    with contextlib.ExitStack() as cleanup:
+        private_redis = not child_env.get("REDIS_URL")
+        if private_redis:  # it lives as long as `up`: its data dir goes when `up` stops (SIGKILL aside)
+            data_dir = cleanup.enter_context(tempfile.TemporaryDirectory(prefix="babelroom-redis-"))
+        janus_folder = cleanup.enter_context(tempfile.TemporaryDirectory(prefix="babelroom-janus-"))
+        cleanup.callback(supervisor.stop_all)  # runs before the folders are removed, even if starting fails
+        if private_redis:
+            child_env["REDIS_URL"] = start_private_redis(supervisor, child_env, data_dir)
         if not child_env.get("BABELROOM_JANUS_URL"):
-            janus_process, config = janus_child(child_env, Path(janus_folder))
-            janus_process.start()
-            janus.wait_for_janus(config)
-            child_env.update(janus.gateway_env(config))
-            children.append(janus_process)
-            log.info("started a private Janus at %s", config.url)
-        run_children(children, child_env, host, port)
+            child_env.update(start_private_janus(supervisor, child_env, Path(janus_folder)))
+        child_env.setdefault("BABELROOM_OPEN_ROOMS", "1")  # local use: anyone on this machine may join
+        supervisor.children.append(
+            Child("gateway", babelroom_argv("gateway", "--host", host, "--port", str(port)), child_env)
+        )
+        supervisor.children += [
+            Child(f"worker-{kind}", babelroom_argv("worker", kind), child_env) for kind in WORKER_KINDS
+        ]
+        signal.signal(signal.SIGTERM, supervisor.request_stop)
+        signal.signal(signal.SIGINT, supervisor.request_stop)
+        shown_host = "localhost" if host in ("0.0.0.0", "127.0.0.1", "::") else host
+        print(
+            f"BabelRoom is starting: open http://{shown_host}:{port}/room/demo"
+            f"  (health: http://{shown_host}:{port}/healthz)",
+            flush=True,
+        )
+        supervisor.run()
 
 
-def run_children(children: list[Child], child_env: dict[str, str], host: str, port: int) -> None:
-    child_env.setdefault("BABELROOM_OPEN_ROOMS", "1")  # local use: anyone on this machine may join
-    children.append(Child("gateway", babelroom_argv("gateway", "--host", host, "--port", str(port)), child_env))
-    children += [Child(f"worker-{kind}", babelroom_argv("worker", kind), child_env) for kind in WORKER_KINDS]
-    supervisor = Supervisor(children)
-    signal.signal(signal.SIGTERM, supervisor.request_stop)
-    signal.signal(signal.SIGINT, supervisor.request_stop)
-    shown_host = "localhost" if host in ("0.0.0.0", "127.0.0.1", "::") else host
-    print(
-        f"BabelRoom is starting: open http://{shown_host}:{port}/room/demo  (health: http://{shown_host}:{port}/healthz)",
-        flush=True,
-    )
-    supervisor.run()
+def start_private_redis(supervisor: Supervisor, env: dict[str, str], data_dir: str) -> str:
+    child, url = redis_child(env, data_dir)
+    supervisor.children.append(child)
+    child.start()
+    wait_for_redis(url)
+    log.info("started a private redis-server at %s (data in %s)", url, data_dir)
+    return url
+
+
+def start_private_janus(supervisor: Supervisor, env: dict[str, str], folder: Path) -> dict[str, str]:
+    """A private Janus (API on loopback, fresh secrets); returns what the gateway needs to drive it."""
+    child, config = janus_child(env, folder)
+    supervisor.children.append(child)
+    child.start()
+    janus.wait_for_janus(config)
+    log.info("started a private Janus at %s", config.url)
+    return janus.gateway_env(config)

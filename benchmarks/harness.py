@@ -31,7 +31,6 @@ from pipeline.audio import Samples, float_to_pcm16
 from pipeline.bus import Bus
 from pipeline.messages import SAMPLE_RATE, SpeechSegment, SynthesizedSpeech
 from pipeline.routes import RESULTS, SPEECH_KINDS
-from workers.base import alive_workers
 from workers.stage import Stage
 
 PAUSE_S = 0.6  # between one utterance and the next: a breath, as a speaker who holds the floor pauses
@@ -205,7 +204,7 @@ async def wait_loaded(bus: Bus, procs: list[subprocess.Popen[bytes]], log_dir: P
         dead = [p for p in procs if p.poll() is not None]
         if dead:
             raise RuntimeError(f"a worker exited while loading ({dead[0].args!r}); see the logs in {log_dir}")
-        alive = await alive_workers(bus)
+        alive = await bus.alive_workers()
         if all(alive.get(kind, 0) > 0 for kind in SPEECH_KINDS):
             return
         await asyncio.sleep(0.5)

@@ -33,9 +33,8 @@ from pipeline.bus import Bus
 from pipeline.config import BusOptions
 from pipeline.interim import InterimTracker
 from pipeline.messages import InterimTranscript, InterimTranslation, Message, SpeechSegment, SynthesizedSpeech
-from pipeline.routes import RESULTS, WORKER_KINDS
+from pipeline.routes import RESULTS, SPEECH_KINDS
 from pipeline.stamps import stage_spans
-from workers.base import alive_workers
 from workers.engines.tts import PiperSynthesizer
 
 ROUNDS = 2  # each sentence this many times: the first round includes every first-call cost
@@ -54,7 +53,7 @@ def service(log_dir: Path) -> Iterator[str]:
     workers: list[subprocess.Popen[bytes]] = []
     try:
         wait_for_redis(url)
-        for kind in WORKER_KINDS:
+        for kind in SPEECH_KINDS:
             log = (log_dir / f"worker-{kind}.log").open("wb")
             argv = [sys.executable, "-m", "babelroom.cli", "worker", kind]
             workers.append(subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT))
@@ -133,9 +132,9 @@ async def speak_with_interims(bus: Bus, results: Results, seq: int, clip: np.nda
 async def wait_for_workers(bus: Bus) -> None:
     """Workers heartbeat once loaded, so the first segment measures first-call costs, not model loading."""
     deadline = time.monotonic() + LOAD_TIMEOUT_S
-    while set((await alive_workers(bus)).keys()) < set(WORKER_KINDS):
+    while set((await bus.alive_workers()).keys()) < set(SPEECH_KINDS):
         if time.monotonic() > deadline:
-            raise TimeoutError(f"workers not all alive within {LOAD_TIMEOUT_S:.0f} s: {await alive_workers(bus)}")
+            raise TimeoutError(f"workers not all alive within {LOAD_TIMEOUT_S:.0f} s: {await bus.alive_workers()}")
         await asyncio.sleep(0.2)
 
 

@@ -8,7 +8,9 @@
     GET  /api/sessions/{id}/janus        WebSocket (?ticket=), protocol janus-protocol: janus.js through the proxy
     POST /api/sessions/{id}/leave        (?ticket=)
     GET  /api/rooms/{room}               roster, floor and playout counters (open rooms, or ?token=)
-    GET  /healthz                        Janus, workers alive per kind, backlog per stage
+    GET  /healthz                        Janus, workers alive per kind, backlog per stage, gateway tasks, service level
+    GET  /metrics                        Prometheus: latency per stage and end to end, backlog, dead letters,
+                                         degradations, drops, sessions and rooms
     GET  /static/vendor/janus.js, adapter.js   Debian's janus.js and webrtc-adapter: no CDN
 
 Every /api error is JSON: {"error": "..."} with a 4xx status (503 while the media server is away).
@@ -21,20 +23,21 @@ import contextlib
 import html
 import json
 import logging
-import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSMsgType, hdrs, web
 
+from gateway import validation
 from gateway.health import BUS_KEY, GATEWAY_KEY, healthz
-from gateway.options import MAX_NAME_CHARS, GatewayOptions
+from gateway.options import GatewayOptions
 from gateway.proxy import MAX_FRAME_BYTES, Grant, relay
 from gateway.rooms import Participant, Profile
 from gateway.service import Gateway, JoinError
 from gateway.tokens import TokenClaims, TokenError, verify_token
 from pipeline.bus import Bus
+from pipeline.metrics import CONTENT_TYPE
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +47,6 @@ VENDOR = {
     "janus.js": Path("/usr/share/javascript/janus-gateway/janus.js"),
     "adapter.js": Path("/usr/share/javascript/webrtc-adapter/adapter.js"),
 }
-ROOM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
-ROOM_RULE = "1 to 64 letters, digits, '-' or '_', starting with a letter or a digit"
 LANGUAGE_NAMES = {
     "en": "English", "es": "Español", "ca": "Català", "gl": "Galego", "pt": "Português",
     "fr": "Français", "de": "Deutsch", "it": "Italiano", "eu": "Euskara", "nl": "Nederlands",
@@ -57,7 +58,12 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 def create_app(bus: Bus, options: GatewayOptions | None = None) -> web.Application:
     options = options or GatewayOptions()
-    app = web.Application(client_max_size=options.client_max_size, middlewares=[json_errors])
+    # auto_decompress off: a compressed body is refused (415) rather than inflated, garbage or bomb alike.
+    app = web.Application(
+        client_max_size=options.client_max_size,
+        middlewares=[json_errors],
+        handler_args={"auto_decompress": False},
+    )
     gateway = Gateway(bus, options)
     app[BUS_KEY] = bus
     app[GATEWAY_KEY] = gateway
@@ -83,16 +89,20 @@ def create_app(bus: Bus, options: GatewayOptions | None = None) -> web.Applicati
     app.router.add_get("/api/sessions/{session}/janus", janus_socket)
     app.router.add_post("/api/sessions/{session}/leave", leave)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
     app.router.add_get("/static/vendor/{name}", vendor)
-    app.router.add_static("/static", STATIC)
+    app.router.add_get("/static/{name}", static_files(STATIC))
     return app
 
 
 @web.middleware
 async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """API errors as JSON with a clear message, whatever raised them (aiohttp's 413 included)."""
+    """API errors as JSON with a clear message, whatever raised them (aiohttp's 413 included). Anything
+    unexpected is logged and answered with a JSON 500, on every path: never a traceback page."""
     try:
         return await handler(request)
+    except validation.InvalidInput as exc:
+        return web.json_response({"error": str(exc)}, status=exc.status)
     except web.HTTPException as exc:
         if not request.path.startswith("/api/") or exc.status < 400 or exc.content_type == "application/json":
             raise
@@ -101,6 +111,10 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
             limit = request.app[GATEWAY_KEY].options.client_max_size
             message = f"request body too large: the limit is {limit} bytes"
         return web.json_response({"error": message}, status=exc.status)
+    except Exception:
+        log.exception("unexpected error answering %s %s", request.method, request.path)
+        request.app[GATEWAY_KEY].metrics.count_http_error()
+        return web.json_response({"error": "internal error (logged on the server)"}, status=500)
 
 
 ERRORS: dict[int, type[web.HTTPException]] = {
@@ -124,8 +138,9 @@ async def index(request: web.Request) -> web.FileResponse:
 
 async def room_page(request: web.Request) -> web.StreamResponse:
     room = request.match_info["room"]
-    if not ROOM_NAME.fullmatch(room):
-        return error_page(400, "This is not a room name", f"{room!r} cannot name a room. A room name has {ROOM_RULE}.")
+    if not validation.ROOM_NAME.fullmatch(room):
+        rule = validation.ROOM_NAME_RULE
+        return error_page(400, "This is not a room name", f"{room!r} cannot name a room. A room name has {rule}.")
     options = request.app[GATEWAY_KEY].options
     token = request.query.get("token", "")
     if token and options.tokens_required:
@@ -140,6 +155,27 @@ def error_page(status: int, title: str, detail: str) -> web.Response:
     body = (STATIC / "error.html").read_text()
     body = body.replace("{title}", html.escape(title)).replace("{detail}", html.escape(detail))
     return web.Response(status=status, text=body, content_type="text/html")
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus metrics (text exposition format)."""
+    gateway = request.app[GATEWAY_KEY]
+    gateway.metrics.set_sessions(len(gateway.sessions), len(gateway.rooms))
+    return web.Response(body=gateway.metrics.render(), headers={hdrs.CONTENT_TYPE: CONTENT_TYPE})
+
+
+def static_files(directory: Path) -> Handler:
+    """The files of `directory`, by exact name: nothing else is looked up on disk (aiohttp's own static
+    route answers a very long name with a 500)."""
+    files = {path.name: path for path in directory.iterdir() if path.is_file()}
+
+    async def serve(request: web.Request) -> web.StreamResponse:
+        path = files.get(request.match_info["name"])
+        if path is None:
+            raise web.HTTPNotFound()
+        return web.FileResponse(path)
+
+    return serve
 
 
 async def vendor(request: web.Request) -> web.StreamResponse:
@@ -172,7 +208,7 @@ def ice_servers(options: GatewayOptions) -> list[dict[str, str]]:
 
 async def join(request: web.Request) -> web.Response:
     gateway = request.app[GATEWAY_KEY]
-    room = valid_room(request.match_info["room"])
+    room = validation.room_name(request.match_info["room"])
     body = await json_body(request)
     claims = authorize(gateway.options, room, str(body.get("token") or ""))
     profile = parse_profile(gateway.options, body, claims)
@@ -265,7 +301,7 @@ async def janus_socket(request: web.Request) -> web.StreamResponse:
 
 async def room_state(request: web.Request) -> web.Response:
     gateway = request.app[GATEWAY_KEY]
-    name = valid_room(request.match_info["room"])
+    name = validation.room_name(request.match_info["room"])
     authorize(gateway.options, name, request.query.get("token", ""))
     room = gateway.rooms.get(name)
     if room is None:
@@ -274,23 +310,12 @@ async def room_state(request: web.Request) -> web.Response:
     return web.json_response({"participants": room.roster(), **room.floor_state(), "playout": timelines})
 
 
-# -- validation -------------------------------------------------------------------------------------
-def valid_room(room: str) -> str:
-    if not ROOM_NAME.fullmatch(room):
-        raise api_error(400, f"invalid room name {room!r}: use {ROOM_RULE}")
-    return room
-
-
+# -- request parsing (the rules live in gateway/validation.py) -------------------------------------------
 async def json_body(request: web.Request) -> dict[str, Any]:
     if request.content_type != "application/json":
         raise api_error(415, "send the join request as application/json")
-    try:
-        body = await request.json()
-    except ValueError as exc:
-        raise api_error(400, f"request body is not valid JSON: {exc}") from exc
-    if not isinstance(body, dict):
-        raise api_error(400, "request body must be a JSON object")
-    return body
+    validation.plain_body(request.headers.get(hdrs.CONTENT_ENCODING, ""), request.charset)
+    return validation.json_object(await request.read())
 
 
 def authorize(options: GatewayOptions, room: str, token: str) -> TokenClaims | None:
@@ -303,17 +328,15 @@ def authorize(options: GatewayOptions, room: str, token: str) -> TokenClaims | N
 
 
 def parse_profile(options: GatewayOptions, body: dict[str, Any], claims: TokenClaims | None) -> Profile:
-    name = claims.name if claims else str(body.get("name") or "").strip()
-    if not name or len(name) > MAX_NAME_CHARS or any(ord(c) < 32 for c in name):
-        raise api_error(400, f"a display name of 1-{MAX_NAME_CHARS} printable characters is required")
+    name = validation.display_name(claims.name if claims else body.get("name"))
     speak, hear = body.get("speak"), body.get("hear")
     for field, code in (("speak", speak), ("hear", hear)):
         if code not in options.languages:
             supported = ", ".join(options.languages)
             raise api_error(400, f"unknown language code {code!r} for {field!r}; this deployment supports: {supported}")
     toggles = body.get("options") or {}
-    if not isinstance(toggles, dict):
-        raise api_error(400, "options must be a JSON object")
+    if not isinstance(toggles, dict) or not all(isinstance(value, bool) for value in toggles.values()):
+        raise api_error(400, "options must be a JSON object of true/false switches")
     return Profile(
         name=name,
         speak=str(speak),

@@ -9,7 +9,7 @@ from typing import Any
 
 from gateway.playout import Clip
 from gateway.rooms import Room
-from pipeline.messages import Message, SynthesizedSpeech, Transcript, Translation
+from pipeline.messages import Dropped, Message, SynthesizedSpeech, Transcript, Translation
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +99,17 @@ def on_speech(room: Room, message: SynthesizedSpeech, now: float | None = None) 
     return outcome
 
 
+def on_dropped(room: Room, message: Dropped) -> None:
+    """A stage dropped this segment rather than deliver it late: stop waiting for its speech, and tell
+    its listeners (the page shows it like late speech)."""
+    reason = f"dropped by {message.stage}: {message.reason}"
+    for language in message.languages:
+        room.timeline(language).forget(message.speaker, message.seq)
+        notice = {"type": "late", "id": caption_id(message), "lang": language, "reason": reason}
+        for listener in room.listeners_for(language, except_id=message.speaker):
+            listener.send(notice)
+
+
 def stage_times(message: Message, now: float) -> str:
     """Each stage's stamp as seconds after the speech was captured: where the latency went."""
     captured = message.stamp("captured")
@@ -118,3 +129,5 @@ def dispatch(rooms: dict[str, Room], message: Message) -> None:
         on_translation(room, message)
     elif isinstance(message, SynthesizedSpeech):
         on_speech(room, message)
+    elif isinstance(message, Dropped):
+        on_dropped(room, message)

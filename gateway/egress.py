@@ -1,7 +1,7 @@
 """Egress, the second half of the bridge: the workers' results back into the room.
 
-    `results` stream -> captions to each listener's events socket, in their language
-                     -> translated speech onto the language's playout timeline
+    `results` stream (gateway/results.py) -> captions to each listener's events socket, in their language
+                                          -> translated speech onto the language's playout timeline
     timeline -> one aiortc publisher per (room, listening language) in Janus: the language's feed
 
 Every listener of a language subscribes to the same feed straight from Janus, so a room costs one
@@ -12,69 +12,27 @@ otherwise it sends nothing, and listeners see each speaker's own camera from Jan
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
-from typing import cast
 
 from aiortc import RTCConfiguration
-from redis.exceptions import RedisError
 
-from gateway import captions
 from gateway.janus import JanusClient, JanusClosed, JanusError
 from gateway.playout import TimelineTrack
 from gateway.rooms import Room
 from gateway.video import FeedVideoTrack
 from gateway.videoroom import Publisher, new_id
-from pipeline.bus import Bus
-from pipeline.routes import RESULTS
 
 log = logging.getLogger(__name__)
 
-TAIL_BLOCK_MS = 1_000
-TAIL_COUNT = 100
-REDIS_RETRY_S = 1.0
 FEED_DISPLAY = "BabelRoom translation ({language})"
 
 
 class Egress:
-    def __init__(self, bus: Bus, rooms: dict[str, Room]) -> None:
-        self.bus = bus
+    def __init__(self, rooms: dict[str, Room]) -> None:
         self.rooms = rooms
-        self.results = 0
         self._feeds: dict[tuple[str, str], Publisher] = {}
         self._playing: dict[tuple[str, str], tuple[str, int] | None] = {}
-
-    # -- results ----------------------------------------------------------------------------------
-    async def tail_results(self) -> None:
-        last_id = await self._results_start_id()
-        while True:
-            try:
-                deliveries = await self.bus.tail(RESULTS, last_id, TAIL_COUNT, TAIL_BLOCK_MS)
-            except (RedisError, OSError) as exc:
-                log.warning("results tail failed (%s); retrying", exc)
-                await asyncio.sleep(REDIS_RETRY_S)
-                continue
-            for delivery in deliveries:
-                last_id = delivery.entry_id
-                if delivery.message is None:
-                    log.warning("undecodable result %s: %s", delivery.entry_id, delivery.error)
-                    continue
-                self.results += 1
-                try:
-                    captions.dispatch(self.rooms, delivery.message)
-                except Exception:
-                    log.exception("dispatching %s failed", delivery.message.log_context)
-
-    async def _results_start_id(self) -> bytes | str:
-        """Start after the newest entry now in the stream: results from before this gateway are not ours."""
-        while True:
-            try:
-                newest = await self.bus.client.xrevrange(self.bus.stream(RESULTS), count=1)
-                return cast(bytes, newest[0][0]) if newest else "0-0"
-            except (RedisError, OSError) as exc:
-                log.warning("redis unavailable (%s); retrying", exc)
-                await asyncio.sleep(REDIS_RETRY_S)
 
     # -- playout notices --------------------------------------------------------------------------
     def tick(self, room: Room, now: float) -> None:

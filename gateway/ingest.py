@@ -11,6 +11,7 @@ back; one held longer than OUTBOX_MAX_AGE_S is dropped and counted, its moment h
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections import deque
@@ -23,6 +24,7 @@ from redis.exceptions import RedisError
 
 from gateway.media import mono_samples
 from gateway.options import GatewayOptions
+from gateway.overload import OverloadMonitor
 from gateway.playout import OUTPUT_RATE
 from gateway.rooms import Participant, Room
 from pipeline import turns
@@ -53,9 +55,10 @@ class IngestStats:
 
 
 class Ingest:
-    def __init__(self, bus: Bus, options: GatewayOptions) -> None:
+    def __init__(self, bus: Bus, options: GatewayOptions, overload: OverloadMonitor) -> None:
         self.bus = bus
         self.options = options
+        self.overload = overload  # decides, per segment, how much service it gets (speech, lip-sync)
         self.stats = IngestStats()
         self._outbox: deque[tuple[Room, SpeechSegment, float]] = deque()
 
@@ -105,7 +108,8 @@ class Ingest:
         seq = room.next_seq(participant.id)
         profile = participant.profile
         message = segment.to_message(room.name, participant.id, seq, profile.speak, targets, profile.match_voice)
-        for language in targets:
+        message = dataclasses.replace(message, service=self.overload.service(captured_at))
+        for language in targets if message.service.speech else ():
             room.timeline(language).expect(participant.id, seq)
         if participant.video_window is not None:  # the speaker consented: their face can follow the translation
             spoken_from = captured_at - (segment.end_sample - segment.start_sample) / SAMPLE_RATE

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from pipeline.config import env_flag
+from pipeline.config import env_flag, env_float, env_int
 from pipeline.segmenter import (
     DEFAULT_END_OF_TURN,
     END_OF_TURN_MODES,
@@ -98,19 +98,19 @@ class GatewayOptions:
             ice_urls=_csv(env.get("BABELROOM_ICE_URLS", "")),
             ice_username=env.get("BABELROOM_ICE_USERNAME", ""),
             ice_credential=env.get("BABELROOM_ICE_CREDENTIAL", ""),
-            playout_delay_s=float(env.get("BABELROOM_PLAYOUT_DELAY_S", PLAYOUT_DELAY_S)),
-            late_bound_s=float(env.get("BABELROOM_LATE_BOUND_S", LATE_BOUND_S)),
+            playout_delay_s=env_float(env, "BABELROOM_PLAYOUT_DELAY_S", PLAYOUT_DELAY_S),
+            late_bound_s=env_float(env, "BABELROOM_LATE_BOUND_S", LATE_BOUND_S),
             janus=JanusOptions.from_env(env),
             rtp_bind=env.get("BABELROOM_RTP_BIND", RTP_BIND),
-            rtp_port=int(env.get("BABELROOM_RTP_PORT", "0")),
+            rtp_port=env_int(env, "BABELROOM_RTP_PORT", 0),
             rtp_host=env.get("BABELROOM_RTP_HOST", ""),
             floor=FloorOptions(
-                silence_timeout_s=float(env.get("BABELROOM_FLOOR_SILENCE_S", SILENCE_TIMEOUT_S)),
+                silence_timeout_s=env_float(env, "BABELROOM_FLOOR_SILENCE_S", SILENCE_TIMEOUT_S),
                 overlap=_overlap_policy(env.get("BABELROOM_OVERLAP", OverlapPolicy.QUEUE.value)),
             ),
             segmenter=SegmenterOptions(
                 vad=_vad_engine(env.get("BABELROOM_VAD", "webrtc")),
-                max_segment_s=float(env.get("BABELROOM_MAX_SEGMENT_S", MAX_SEGMENT_S)),
+                max_segment_s=env_float(env, "BABELROOM_MAX_SEGMENT_S", MAX_SEGMENT_S),
                 end_of_turn=_end_of_turn(env.get("BABELROOM_END_OF_TURN", DEFAULT_END_OF_TURN)),
             ),
         )

@@ -25,16 +25,22 @@ from typing import Any
 
 from aiortc import RTCConfiguration, RTCIceServer
 
+from gateway import captions
 from gateway.egress import Egress
 from gateway.ingest import Ingest
 from gateway.janus import Handle, JanusClient, JanusClosed, JanusError
 from gateway.media import VideoWindow
 from gateway.options import GatewayOptions
+from gateway.overload import Decision, OverloadMonitor, OverloadOptions
 from gateway.playout import PlayoutOptions
+from gateway.results import ResultsReader
 from gateway.rooms import Participant, Profile, Room
 from gateway.rtp import RtpAudioTrack, RtpReceiver
+from gateway.tasks import TaskSupervisor
 from gateway.videoroom import PLUGIN, Feed, Monitor, Subscriber, create_room, destroy_room, forward_audio, kick, new_id
 from pipeline.bus import Bus
+from pipeline.messages import Message
+from pipeline.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +65,13 @@ class Gateway:
         self.playout = PlayoutOptions(options.playout_delay_s, options.late_bound_s, options.reorder_wait_s)
         self.rooms: dict[str, Room] = {}
         self.sessions: dict[str, Participant] = {}
-        self.ingest = Ingest(bus, options)
-        self.egress = Egress(bus, self.rooms)
+        self.metrics = Metrics()
+        overload = OverloadOptions(late_bound_s=options.late_bound_s)
+        self.overload = OverloadMonitor(bus, overload, self.metrics, self.announce_service)
+        self.ingest = Ingest(bus, options, self.overload)
+        self.egress = Egress(self.rooms)
+        self.results = ResultsReader(bus, self.on_result)
+        self.tasks = TaskSupervisor()  # the gateway's own, long-lived: restarted when they fail
         self.joined = 0
         self.janus: JanusClient | None = None
         self.janus_ready = asyncio.Event()
@@ -71,20 +82,22 @@ class Gateway:
         self._listeners: dict[str, tuple[RtpAudioTrack, asyncio.Task[None]]] = {}  # participant id -> audio
         self._events_sockets: dict[str, Any] = {}
         self._rooms_lock = asyncio.Lock()
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()  # per participant: their audio, their camera
 
     # -- lifecycle --------------------------------------------------------------------------------
     async def start(self) -> None:
         self.rtp = await RtpReceiver.listen(self.options.rtp_bind, self.options.rtp_port)
         log.info("receiving participants' audio from Janus on udp %s:%d", self.options.rtp_bind, self.rtp.port)
-        self._spawn(self._janus_forever())
-        self._spawn(self.egress.tail_results())
-        self._spawn(self.ingest.flush_outbox_forever())
-        self._spawn(self._tick_forever())
+        self.tasks.supervise("janus", self._janus_forever)
+        self.tasks.supervise("results", self.results.run)
+        self.tasks.supervise("outbox", self.ingest.flush_outbox_forever)
+        self.tasks.supervise("tick", self._tick_forever)
+        self.tasks.supervise("overload", self.overload.run)
 
     async def stop(self) -> None:
         for participant_id in list(self.sessions):
             await self.leave(participant_id, "the gateway is stopping")
+        await self.tasks.stop()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -325,6 +338,17 @@ class Gateway:
         face = self._faces.pop(participant.id, None)
         if face is not None:
             await face.stop()  # ends the window's loop
+
+    # -- results, and the service level -----------------------------------------------------------
+    def on_result(self, message: Message) -> None:
+        """A worker's result: captions, speech and video to the room it belongs to (if it is ours)."""
+        self.metrics.observe_result(message)
+        captions.dispatch(self.rooms, message)
+
+    def announce_service(self, decision: Decision) -> None:
+        """The overload policy changed the service level: every room's page says so."""
+        for room in self.rooms.values():
+            room.broadcast(decision.notice())
 
     # -- room state for the pages -----------------------------------------------------------------
     def _roster(self, room: Room) -> dict[str, Any]:

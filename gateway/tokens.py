@@ -1,6 +1,7 @@
 """Signed join tokens: who may join which room, as whom, until when.
 
-A token is `base64url(claims JSON) "." base64url(HMAC-SHA256(secret, claims JSON))`. It is
+A token is `base64url(claims JSON) "." base64url(HMAC-SHA256(secret, claims JSON))`, both in canonical
+unpadded base64url (any other spelling is refused), with a finite expiry. It is
 self-contained (no server state), so any gateway holding the secret can verify it.
 """
 
@@ -10,12 +11,15 @@ import base64
 import hashlib
 import hmac
 import json
+import math
+import re
 import time
 from dataclasses import dataclass
 
 DEFAULT_TTL_S = 4 * 3600  # a meeting's length, with room to spare
 ROLES = ("participant", "host")
 MAX_TOKEN_CHARS = 2048
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
 
 
 class TokenError(ValueError):
@@ -35,8 +39,8 @@ def issue_token(secret: str, room: str, name: str, role: str = "participant", tt
         raise ValueError("a token secret is required (BABELROOM_TOKEN_SECRET)")
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}; choose one of: {', '.join(ROLES)}")
-    if ttl_s <= 0:
-        raise ValueError("ttl_s must be positive")
+    if not math.isfinite(ttl_s) or ttl_s <= 0:
+        raise ValueError(f"a token's lifetime must be a positive number of seconds, not {ttl_s}")
     claims = {"room": room, "name": name, "role": role, "exp": round(time.time() + ttl_s, 3)}
     body = json.dumps(claims, separators=(",", ":"), ensure_ascii=False).encode()
     return f"{_b64(body)}.{_b64(_sign(secret, body))}"
@@ -67,8 +71,10 @@ def _parse_claims(body: bytes) -> TokenClaims:
     try:
         raw = json.loads(body)
         claims = TokenClaims(str(raw["room"]), str(raw["name"]), str(raw["role"]), float(raw["exp"]))
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
         raise TokenError("malformed join token claims") from exc
+    if not math.isfinite(claims.expires_at):  # NaN compares false with everything: it would never expire
+        raise TokenError("join token has no finite expiry")
     if claims.role not in ROLES:
         raise TokenError(f"join token has an unknown role {claims.role!r}")
     return claims
@@ -83,7 +89,10 @@ def _b64(data: bytes) -> str:
 
 
 def _unb64(text: str) -> bytes:
-    try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    except (ValueError, TypeError) as exc:
-        raise ValueError("not base64url") from exc
+    """Canonical unpadded base64url only: one spelling per token, so what was signed is what is read."""
+    if not _BASE64URL.fullmatch(text):
+        raise ValueError("not unpadded base64url")
+    data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    if _b64(data) != text:  # e.g. non-zero bits after the last byte
+        raise ValueError("not canonical base64url")
+    return data

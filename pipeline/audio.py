@@ -39,8 +39,12 @@ def resample(samples: npt.NDArray[np.floating], rate_in: int, rate_out: int) -> 
 
 
 def read_wav(path: str | Path, rate: int = SAMPLE_RATE) -> Samples:
-    """Mono float32 at `rate`, whatever the file's rate and channel count."""
-    data, file_rate = sf.read(str(path), dtype="float32", always_2d=True)
+    """Mono float32 at `rate`, whatever the file's rate and channel count. A file that is not audio
+    libsndfile can read is a ValueError naming it."""
+    try:
+        data, file_rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except sf.LibsndfileError as exc:
+        raise ValueError(f"{path}: not a readable audio file ({exc.error_string})") from exc
     return resample(data.mean(axis=1), int(file_rate), rate)
 
 

@@ -3,13 +3,16 @@
 One stream per stage (`{prefix}:asr`, `{prefix}:mt`, ...), one consumer group per stage. A worker reads
 with XREADGROUP, acknowledges with XACK only after its outputs are written, and takes over messages
 that another (dead) worker left pending past `claim_idle_ms` with XAUTOCLAIM. Outputs are emitted
-through a Lua script that sets a dedup key and XADDs in one step, so a redelivered input never yields
-a second copy downstream. Messages that fail too often go to the `dead` stream with their error.
+and the input acknowledged by one Lua script that also sets a dedup key per output, so a redelivered
+input never yields a second copy downstream, and a Redis crash never keeps an acknowledgement while
+losing the outputs. Messages that fail too often go to the `dead` stream with their error.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,13 +31,26 @@ log = logging.getLogger(__name__)
 
 FIELD = b"m"  # each stream entry holds one encoded message under this field
 
-# KEYS: dedup key, stream...; ARGV: ttl seconds, maxlen, payload. Returns 1 when emitted, 0 when a duplicate.
-_EMIT_ONCE = """
-if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) == false then return 0 end
-for i = 2, #KEYS do
-  redis.call('XADD', KEYS[i], 'MAXLEN', '~', ARGV[2], '*', 'm', ARGV[3])
+# Outputs and the acknowledgement of their input in one atomic step. Redis writes a script's effects
+# to the AOF together, so a crash that loses the last writes leaves a consistent prefix: the input is
+# still pending and its outputs absent (redone later), never acknowledged with its outputs lost.
+# KEYS: input stream, then per output: its dedup key and its destination streams.
+# ARGV: group ('' to acknowledge nothing), entry id, dedup ttl s, maxlen, then per output: number of
+# destinations, payload. Returns how many outputs were new (the others were emitted before).
+_COMMIT = """
+local k, a, new = 2, 5, 0
+while a <= #ARGV do
+  local n = tonumber(ARGV[a])
+  if redis.call('SET', KEYS[k], '1', 'NX', 'EX', ARGV[3]) then
+    new = new + 1
+    for i = 1, n do
+      redis.call('XADD', KEYS[k + i], 'MAXLEN', '~', ARGV[4], '*', 'm', ARGV[a + 1])
+    end
+  end
+  k, a = k + n + 1, a + 2
 end
-return 1
+if ARGV[1] ~= '' then redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) end
+return new
 """
 
 
@@ -54,7 +70,7 @@ class Bus:
     def __init__(self, client: aioredis.Redis, options: BusOptions) -> None:
         self.client = client
         self.options = options
-        self._emit_once = client.register_script(_EMIT_ONCE)
+        self._commit = client.register_script(_COMMIT)
 
     @classmethod
     def connect(cls, options: BusOptions) -> Bus:
@@ -86,16 +102,15 @@ class Bus:
         for name in (stream,) if stream else destinations(message):
             await self.client.xadd(self.stream(name), {FIELD: payload}, maxlen=self.options.maxlen, approximate=True)
 
-    async def emit_once(self, message: Message, stage: str) -> bool:
-        """Publish `message` to its routed streams unless this stage already emitted its identity."""
-        keys = [self.key("emitted", dedup_key(message, stage))]
-        keys += [self.stream(name) for name in destinations(message)]
-        emitted = await self._emit_once(
-            keys=keys, args=[self.options.dedup_ttl_s, self.options.maxlen, encode(message)]
-        )
-        return bool(emitted)
+    async def commit(self, delivery: Delivery, group: str, outputs: Sequence[Message], stage: str) -> int:
+        """Emit a stage's outputs, each once per identity (a redelivered or twice-claimed input adds no
+        copy), and acknowledge the input, atomically. Returns how many outputs were new."""
+        emits = [(self.key("emitted", dedup_key(out, stage)), destinations(out), encode(out)) for out in outputs]
+        return await self._commit_atomically(delivery, group, emits)
 
-    async def dead_letter(self, delivery: Delivery, stage: str, error: str, attempts: int) -> None:
+    async def dead_letter(self, delivery: Delivery, stage: str, error: str, attempts: int, group: str = "") -> None:
+        """Move an entry to the `dead` stream with its error and its bytes untouched (acknowledging it in
+        `group`, when given). Once per entry: a retried dead-letter adds no second copy."""
         original = delivery.message
         failure = StageFailure(
             room=original.room if original else "",
@@ -107,8 +122,19 @@ class Bus:
             attempts=attempts,
             original=delivery.raw,
         )
-        await self.publish(failure, DEAD)
+        once = self.key("deadlettered", delivery.stream, delivery.entry_id.decode())
+        await self._commit_atomically(delivery, group, [(once, (DEAD,), encode(failure))])
         log.warning("dead-lettered %s entry %s after %d attempt(s): %s", stage, delivery.entry_id, attempts, error)
+
+    async def _commit_atomically(
+        self, delivery: Delivery, group: str, emits: list[tuple[str, tuple[str, ...], bytes]]
+    ) -> int:
+        keys: list[str] = [self.stream(delivery.stream)]
+        args: list[str | int | bytes] = [group, delivery.entry_id, self.options.dedup_ttl_s, self.options.maxlen]
+        for once_key, streams, payload in emits:
+            keys += [once_key, *(self.stream(name) for name in streams)]
+            args += [len(streams), payload]
+        return int(await self._commit(keys=keys, args=args))
 
     # --- consuming -------------------------------------------------------------------------------
 
@@ -154,9 +180,6 @@ class Bus:
             return {"waiting": int(await self.client.xlen(self.stream(name))), "in_progress": 0}
         return {"waiting": int(info.get("lag") or 0), "in_progress": int(info["pending"])}
 
-    async def ack(self, name: str, group: str, entry_id: bytes) -> None:
-        await self.client.xack(self.stream(name), group, entry_id)
-
     async def record_failure(self, name: str, group: str, entry_id: bytes, error: str) -> int:
         """Count a failed attempt at an entry; returns the attempts so far."""
         key = self.key("failures", name, group)
@@ -178,6 +201,31 @@ class Bus:
         """Plain XREAD (no group): every reader sees every entry, as each gateway must for its rooms."""
         reply = await self.client.xread({self.stream(name): last_id}, count=count, block=block_ms)
         return [self._delivery(name, entry_id, fields) for entry_id, fields in _entries(reply)]
+
+    # --- workers' heartbeats -----------------------------------------------------------------------
+
+    def heartbeat_key(self, kind: str, consumer: str) -> str:
+        """A live worker keeps this key (with a TTL) holding its status as JSON."""
+        return self.key("hb", kind, consumer)
+
+    async def worker_statuses(self) -> dict[str, list[dict[str, Any]]]:
+        """The status each live worker last posted with its heartbeat, by kind."""
+        keys = [key async for key in self.client.scan_iter(match=self.key("hb", "*"), count=500)]
+        values = await self.client.mget(keys) if keys else []
+        statuses: dict[str, list[dict[str, Any]]] = {}
+        for key, value in zip(keys, values, strict=True):
+            if value is None:  # expired between SCAN and MGET
+                continue
+            try:
+                status = json.loads(value)
+            except ValueError:
+                status = {}
+            statuses.setdefault(key.decode().split(":")[-2], []).append(status if isinstance(status, dict) else {})
+        return statuses
+
+    async def alive_workers(self) -> dict[str, int]:
+        """How many workers of each kind have a live heartbeat."""
+        return {kind: len(statuses) for kind, statuses in (await self.worker_statuses()).items()}
 
     async def _delivery_counts(self, name: str, group: str, ids: list[bytes]) -> dict[bytes, int]:
         counts: dict[bytes, int] = {}

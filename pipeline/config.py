@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -28,6 +29,8 @@ HEARTBEAT_TTL_S = 6.0
 DRAIN_TIMEOUT_S = 30.0
 # A queued interim job older than this is dropped unprocessed: newer audio of its segment has come since.
 MAX_INTERIM_AGE_S = 2.0
+# How often a worker looks for consumers of dead workers in its group (and removes those holding nothing).
+CONSUMER_SWEEP_S = 30.0
 
 DEFAULT_PORT = 8080
 
@@ -45,6 +48,31 @@ def env_flag(env: Mapping[str, str], name: str, default: bool = False) -> bool:
     return word in _TRUE
 
 
+def env_int(env: Mapping[str, str], name: str, default: int) -> int:
+    """A whole-number setting; a bad value is an error that names the setting."""
+    value = env.get(name)
+    if value is None:
+        return default
+    try:
+        return int(value.strip())
+    except ValueError:
+        raise ValueError(f"{name}={value!r}: expected a whole number") from None
+
+
+def env_float(env: Mapping[str, str], name: str, default: float) -> float:
+    """A finite number setting (nan and inf are refused: no limit or delay means that)."""
+    value = env.get(name)
+    if value is None:
+        return default
+    try:
+        number = float(value.strip())
+    except ValueError:
+        raise ValueError(f"{name}={value!r}: expected a number") from None
+    if not math.isfinite(number):
+        raise ValueError(f"{name}={value!r}: expected a finite number")
+    return number
+
+
 @dataclass(frozen=True)
 class BusOptions:
     redis_url: str = DEFAULT_REDIS_URL
@@ -60,9 +88,9 @@ class BusOptions:
         return cls(
             redis_url=env.get("REDIS_URL", DEFAULT_REDIS_URL),
             prefix=env.get("BABELROOM_STREAM_PREFIX", STREAM_PREFIX),
-            maxlen=int(env.get("BABELROOM_STREAM_MAXLEN", STREAM_MAXLEN)),
-            claim_idle_ms=int(env.get("BABELROOM_CLAIM_IDLE_MS", CLAIM_IDLE_MS)),
-            max_deliveries=int(env.get("BABELROOM_MAX_DELIVERIES", MAX_DELIVERIES)),
+            maxlen=env_int(env, "BABELROOM_STREAM_MAXLEN", STREAM_MAXLEN),
+            claim_idle_ms=env_int(env, "BABELROOM_CLAIM_IDLE_MS", CLAIM_IDLE_MS),
+            max_deliveries=env_int(env, "BABELROOM_MAX_DELIVERIES", MAX_DELIVERIES),
         )
 
 
@@ -75,6 +103,7 @@ class WorkerOptions:
     drain_timeout_s: float = DRAIN_TIMEOUT_S
     batch_size: int = BATCH_SIZE
     max_interim_age_s: float = MAX_INTERIM_AGE_S
+    consumer_sweep_s: float = CONSUMER_SWEEP_S
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> WorkerOptions:
@@ -83,6 +112,6 @@ class WorkerOptions:
             raise ValueError(f"BABELROOM_BATCH_SIZE={batch_size}: expected 1 or more")
         return cls(
             batch_size=batch_size,
-            concurrency=int(env.get("BABELROOM_WORKER_CONCURRENCY", WORKER_CONCURRENCY)),
-            message_timeout_s=float(env.get("BABELROOM_MESSAGE_TIMEOUT_S", MESSAGE_TIMEOUT_S)),
+            concurrency=env_int(env, "BABELROOM_WORKER_CONCURRENCY", WORKER_CONCURRENCY),
+            message_timeout_s=env_float(env, "BABELROOM_MESSAGE_TIMEOUT_S", MESSAGE_TIMEOUT_S),
         )

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import struct
 import time
+import types
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar, get_type_hints
 
@@ -53,6 +55,20 @@ class Phoneme:
     symbol: str
     start_s: float
     end_s: float
+
+
+@dataclass(frozen=True)
+class Service:
+    """What the gateway asks of the pipeline for one segment, decided by its overload policy when the
+    segment is published, and carried on to every message derived from it (the worker runtime copies
+    it from input to outputs). Under load, lip-sync goes first, then translated speech; captions stay."""
+
+    speech: bool = True  # translated speech wanted; off: the tts stage returns empty speech at once
+    lipsync: bool = True  # lip-synced video wanted
+    deadline: float = 0.0  # unix time after which a result is too late to be worth delivering; 0: none
+
+
+FULL_SERVICE = Service()
 
 
 @dataclass(frozen=True)
@@ -94,6 +110,7 @@ class SpeechSegment(Message):
     # the translated speech is lip-synced. Every later message of the segment carries it on.
     has_frames: bool = False
     committed: str = ""  # words its interim captions committed: the final decodes after them, keeping them
+    service: Service = FULL_SERVICE
 
     @property
     def duration_s(self) -> float:
@@ -112,6 +129,7 @@ class Transcript(Message):
     end_sample: int = 0
     speaker_f0_hz: float = 0.0  # median pitch of the speaker, 0 when unknown or not consented
     has_frames: bool = False
+    service: Service = FULL_SERVICE
 
 
 @dataclass(frozen=True)
@@ -127,6 +145,7 @@ class Translation(Message):
     end_sample: int = 0
     speaker_f0_hz: float = 0.0
     has_frames: bool = False
+    service: Service = FULL_SERVICE
 
 
 @dataclass(frozen=True)
@@ -236,6 +255,18 @@ class StageFailure(Message):
     original: bytes = b""
 
 
+@dataclass(frozen=True)
+class Dropped(Message):
+    """Work a stage gave up on purpose instead of delivering it late: the gateway stops waiting for the
+    segment's results in `languages`, and counts it."""
+
+    kind: ClassVar[str] = "dropped"
+
+    stage: str = ""
+    reason: str = ""  # e.g. "late": it could not finish before its service deadline
+    languages: tuple[str, ...] = ()
+
+
 MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.kind: cls
     for cls in (
@@ -249,6 +280,7 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         InterimRequest,
         InterimTranscript,
         InterimTranslation,
+        Dropped,
     )
 }
 INTERIM_TYPES = (InterimRequest, InterimTranscript, InterimTranslation)
@@ -277,42 +309,55 @@ def encode(message: Message) -> bytes:
 
 
 def decode(data: bytes) -> Message:
-    """Parse bytes written by `encode`; raises MessageError or SchemaVersionError."""
-    view = memoryview(data)
+    """Parse bytes written by `encode`. Any failure (truncation, bad JSON, wrong field types or arity,
+    nesting too deep, lone surrogates, ...) raises MessageError, or SchemaVersionError for a newer schema:
+    a consumer never meets any other exception, so one bad entry cannot crash a stage."""
+    try:
+        return _decode(memoryview(data))
+    except MessageError:
+        raise
+    except Exception as exc:  # whatever the bytes provoke, it is the same verdict: not a message
+        raise MessageError(f"malformed message: {type(exc).__name__}: {exc}") from exc
+
+
+def _decode(view: memoryview) -> Message:
     if bytes(view[:2]) != MAGIC:
         raise MessageError("not a BabelRoom message (bad magic)")
-    try:
-        (version,) = _U16.unpack_from(view, 2)
-        if version != SCHEMA_VERSION:
-            raise SchemaVersionError(
-                f"message schema version {version} is not supported by this build "
-                f"(speaks version {SCHEMA_VERSION}); upgrade the worker or the sender"
-            )
-        kind_len = view[4]
-        kind = bytes(view[5 : 5 + kind_len]).decode("ascii")
-        cls = MESSAGE_TYPES.get(kind)
-        if cls is None:
-            raise MessageError(f"unknown message kind {kind!r}")
-        offset = 5 + kind_len
-        (head_len,) = _U32.unpack_from(view, offset)
-        offset += 4
-        header = json.loads(bytes(view[offset : offset + head_len]))
-        offset += head_len
-        values: dict[str, Any] = {}
-        hints = get_type_hints(cls)
-        for f in dataclasses.fields(cls):
-            if hints[f.name] is bytes:
-                (blob_len,) = _U32.unpack_from(view, offset)
-                offset += 4
-                values[f.name] = bytes(view[offset : offset + blob_len])
-                if len(values[f.name]) != blob_len:
-                    raise MessageError(f"{kind}: field {f.name} is truncated")
-                offset += blob_len
-            elif f.name in header:
-                values[f.name] = _from_json(hints[f.name], header[f.name])
-        return cls(**values)
-    except (struct.error, UnicodeDecodeError, json.JSONDecodeError, TypeError, IndexError) as exc:
-        raise MessageError(f"malformed message: {exc}") from exc
+    (version,) = _U16.unpack_from(view, 2)
+    if version != SCHEMA_VERSION:
+        raise SchemaVersionError(
+            f"message schema version {version} is not supported by this build "
+            f"(speaks version {SCHEMA_VERSION}); upgrade the worker or the sender"
+        )
+    kind_len = view[4]
+    kind = bytes(view[5 : 5 + kind_len]).decode("ascii")
+    cls = MESSAGE_TYPES.get(kind)
+    if cls is None:
+        raise MessageError(f"unknown message kind {kind!r}")
+    offset = 5 + kind_len
+    (head_len,) = _U32.unpack_from(view, offset)
+    offset += 4
+    header = json.loads(bytes(view[offset : offset + head_len]), parse_constant=_refuse_constant)
+    if not isinstance(header, dict):
+        raise MessageError(f"{kind}: the header is not a JSON object")
+    offset += head_len
+    values: dict[str, Any] = {}
+    hints = _hints(cls)
+    for f in dataclasses.fields(cls):
+        if hints[f.name] is bytes:
+            (blob_len,) = _U32.unpack_from(view, offset)
+            offset += 4
+            if offset + blob_len > len(view):
+                raise MessageError(f"{kind}: field {f.name} is truncated")
+            values[f.name] = bytes(view[offset : offset + blob_len])
+            offset += blob_len
+        elif f.name in header:
+            values[f.name] = _from_json(hints[f.name], header[f.name], f.name)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise MessageError(f"{kind}: required field {f.name} is missing")
+    if offset != len(view):
+        raise MessageError(f"{kind}: {len(view) - offset} unexpected byte(s) after the last field")
+    return cls(**values)
 
 
 def decode_as(data: bytes, expected: type[M]) -> M:
@@ -330,18 +375,59 @@ def _to_json(value: Any) -> Any:
     return value
 
 
-def _from_json(hint: Any, value: Any) -> Any:
-    """Rebuild tuples and nested dataclasses that JSON flattened to lists."""
-    origin = getattr(hint, "__origin__", None)
-    if origin is tuple:
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    if cls not in _HINTS:
+        _HINTS[cls] = get_type_hints(cls)
+    return _HINTS[cls]
+
+
+def _refuse_constant(name: str) -> float:
+    raise MessageError(f"{name} is not a number a message may carry")
+
+
+def _from_json(hint: Any, value: Any, name: str) -> Any:
+    """Check a JSON value against its field's type and rebuild what JSON flattened (tuples, nested
+    dataclasses). Strings must be encodable (no lone surrogates), numbers finite, bool is not an int."""
+    if hint is str:
+        if not isinstance(value, str):
+            raise MessageError(f"field {name}: expected a string, got {type(value).__name__}")
+        value.encode("utf-8")  # a lone surrogate could never be encoded again downstream
+        return value
+    if hint is bool or hint is int:
+        if type(value) is not hint:
+            raise MessageError(f"field {name}: expected {hint.__name__}, got {type(value).__name__}")
+        if hint is int and not -(2**63) <= value < 2**63:
+            raise MessageError(f"field {name}: integer outside 64 bits")
+        return value
+    if hint is float:
+        if type(value) not in (int, float) or not math.isfinite(value):
+            raise MessageError(f"field {name}: expected a finite number, got {value!r}"[:200])
+        return float(value)
+    if isinstance(hint, types.UnionType):  # e.g. `str | None`
+        if value is None and type(None) in hint.__args__:
+            return None
+        return _from_json(next(a for a in hint.__args__ if a is not type(None)), value, name)
+    if not isinstance(value, list):
+        raise MessageError(f"field {name}: expected a list, got {type(value).__name__}")
+    if getattr(hint, "__origin__", None) is tuple:
         args = hint.__args__
         if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_from_json(args[0], v) for v in value)
-        return tuple(_from_json(a, v) for a, v in zip(args, value, strict=True))
+            return tuple(_from_json(args[0], v, name) for v in value)
+        _check_arity(name, len(args), value)
+        return tuple(_from_json(a, v, name) for a, v in zip(args, value, strict=True))
     if dataclasses.is_dataclass(hint) and isinstance(hint, type):
-        inner = get_type_hints(hint)
-        return hint(*(_from_json(inner[f.name], v) for f, v in zip(dataclasses.fields(hint), value, strict=True)))
-    return value
+        inner, fields = _hints(hint), dataclasses.fields(hint)
+        _check_arity(name, len(fields), value)
+        return hint(*(_from_json(inner[f.name], v, f"{name}.{f.name}") for f, v in zip(fields, value, strict=True)))
+    raise MessageError(f"field {name}: unsupported field type {hint!r}")
+
+
+def _check_arity(name: str, expected: int, value: list[Any]) -> None:
+    if len(value) != expected:
+        raise MessageError(f"field {name}: expected {expected} items, got {len(value)}")
 
 
 def dedup_key(message: Message, stage: str) -> str:

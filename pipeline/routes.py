@@ -4,7 +4,8 @@
                                         \\--> results (original caption)   \\--> results (translated caption)
     tts --SynthesizedSpeech (has_frames)--> lipsync --VideoClip--> results
 
-The gateway reads `results` for captions, playout and lip-synced video. Speech goes to `results` at
+The gateway reads `results` for captions, playout and lip-synced video; a stage that drops late work
+says so there too. Speech goes to `results` at
 once whether or not it is also lip-synced: audio never waits for video.
 
 While the floor holder speaks, interim work takes its own streams, so it never waits in front of a final:
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 from pipeline.messages import (
     ControlEvent,
+    Dropped,
     InterimRequest,
     InterimTranscript,
     InterimTranslation,
@@ -48,6 +50,7 @@ ROUTES: dict[type[Message], tuple[str, ...]] = {
     InterimRequest: (ASR_INTERIM,),
     InterimTranscript: (MT_INTERIM, RESULTS),
     InterimTranslation: (RESULTS,),
+    Dropped: (RESULTS,),
 }
 
 

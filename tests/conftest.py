@@ -8,13 +8,15 @@ veth pair carrying 198.18.0.1, and no test traffic can reach any other host."""
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
 from babelroom import janus, netns
 from babelroom.supervisor import free_port, redis_argv, wait_for_redis
+from pipeline.bus import Bus
+from pipeline.config import BusOptions
 
 NAMESPACE_PROBLEM: list[str] = []
 
@@ -75,6 +77,14 @@ def janus_config(media_namespace: str, tmp_path_factory: pytest.TempPathFactory)
 def stream_prefix(request: pytest.FixtureRequest) -> str:
     """A prefix of this test's own, so tests sharing the redis-server never see each other's streams."""
     return f"t{abs(hash(request.node.nodeid)) % 10**10}"
+
+
+@pytest.fixture
+async def bus(redis_url: str, stream_prefix: str) -> AsyncIterator[Bus]:
+    """A bus on this test's own streams, with the default options."""
+    bus = Bus.connect(BusOptions(redis_url=redis_url, prefix=stream_prefix))
+    yield bus
+    await bus.close()
 
 
 @pytest.fixture

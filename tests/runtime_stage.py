@@ -1,7 +1,8 @@
 """A minimal stage for testing the worker runtime itself (not a stand-in for a real engine).
 
 It turns a SpeechSegment into a Transcript naming the segment's length. BEHAVIOUR selects how:
-"ok", "slow" (sleeps SLOW_S first, to be killed mid-message), or "fail" (always raises).
+"ok", "slow" (sleeps SLOW_S first, to be killed mid-message), "fail" (always raises), or "die_on_poison"
+(the whole process exits at once on a segment of room "poison", as a crash in native code would).
 Run as a process: `python -m tests.runtime_stage` with REDIS_URL, BABELROOM_STREAM_PREFIX,
 BABELROOM_CLAIM_IDLE_MS and BEHAVIOUR in the environment.
 """
@@ -38,6 +39,8 @@ class LengthStage:
         assert isinstance(message, SpeechSegment)
         if self.behaviour == "fail":
             raise RuntimeError(f"engine exploded on seq {message.seq}")
+        if self.behaviour == "die_on_poison" and message.room == "poison":
+            os._exit(3)
         if self.behaviour == "slow":
             time.sleep(self.slow_s)
         text = f"{len(message.pcm) // 2} samples"

@@ -86,3 +86,33 @@ def test_translate_refuses_what_it_cannot_read(tmp_path: Path, capsys: pytest.Ca
     broken.write_bytes(b"\x00" * 1000)
     assert main(["translate", str(broken), "--from", "en", "--to", "es", "--out", str(tmp_path)]) == 2
     assert "cannot read" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "message"),
+    [
+        (["translate", "IN", "--from", "en", "--to", "xx", "--out", "OUT"], {}, "unknown language code 'xx'"),
+        (["translate", "NOT_WAV", "--from", "en", "--to", "es", "--out", "OUT"], {}, "not a readable audio file"),
+        (["up"], {"BABELROOM_OVERLAP": "bogus"}, "BABELROOM_OVERLAP='bogus': choose one of queue, captions_only"),
+        (["up"], {"BABELROOM_LATE_BOUND_S": "nan"}, "BABELROOM_LATE_BOUND_S='nan': expected a finite number"),
+        (["worker", "mt"], {"BABELROOM_CLAIM_IDLE_MS": "soon"}, "BABELROOM_CLAIM_IDLE_MS='soon': expected a whole"),
+        (["token", "r", "--name", "Ana", "--ttl", "nan"], {"BABELROOM_TOKEN_SECRET": "s"}, "lifetime must be"),
+        (["token", "r", "--name", "Ana"], {"BABELROOM_LOG_LEVEL": "loud", "BABELROOM_TOKEN_SECRET": "s"}, "LOG_LEVEL"),
+    ],
+)
+def test_errors_are_one_clear_line(
+    argv: list[str],
+    env: dict[str, str],
+    message: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    (tmp_path / "in.wav").write_bytes(b"RIFF....WAVEfmt \x10\x00\x00\x00")
+    (tmp_path / "not.wav").write_text("this is text, not audio\n")
+    paths = {"IN": str(tmp_path / "in.wav"), "NOT_WAV": str(tmp_path / "not.wav"), "OUT": str(tmp_path / "out")}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert main([paths.get(arg, arg) for arg in argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err, err

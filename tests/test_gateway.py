@@ -64,13 +64,6 @@ class SpeechTrack(MediaStreamTrack):
         return frame
 
 
-@pytest.fixture
-async def bus(redis_url: str, stream_prefix: str) -> AsyncIterator[Bus]:
-    bus = Bus.connect(BusOptions(redis_url=redis_url, prefix=stream_prefix))
-    yield bus
-    await bus.close()
-
-
 def gateway_options(janus_config: JanusConfig, **overrides: Any) -> GatewayOptions:
     janus = JanusOptions(janus_config.url, janus_config.api_secret, janus_config.admin_key)
     return GatewayOptions(token_secret=SECRET, playout_delay_s=0.1, janus=janus, **overrides)

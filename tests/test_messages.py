@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import random
 import struct
 from dataclasses import replace
 
@@ -8,12 +9,15 @@ import pytest
 from pipeline.messages import (
     MESSAGE_TYPES,
     ControlEvent,
+    Dropped,
     InterimRequest,
     InterimTranscript,
     InterimTranslation,
+    Message,
     MessageError,
     Phoneme,
     SchemaVersionError,
+    Service,
     SpeechSegment,
     StageFailure,
     SynthesizedSpeech,
@@ -28,6 +32,7 @@ from pipeline.messages import (
     latency_s,
 )
 from pipeline.routes import LIPSYNC, RESULTS, destinations
+from tests.malformed import targeted
 
 PCM = bytes(range(256)) * 40
 
@@ -54,6 +59,7 @@ EXAMPLES = [
         targets=("es",),
         words=(Word("hello", 0.0, 0.4, 0.9), Word("there", 0.5, 0.9, 0.8)),
         speaker_f0_hz=180.5,
+        service=Service(speech=False, lipsync=False, deadline=1234.5),
     ),
     Translation(
         room="r",
@@ -125,6 +131,7 @@ EXAMPLES = [
         text="hola allí",
         note="",
     ),
+    Dropped(room="r", speaker="ana", seq=3, stage="asr", reason="late", languages=("es", "ca")),
 ]
 
 
@@ -183,3 +190,52 @@ def test_dedup_key_separates_languages_and_stages() -> None:
     assert dedup_key(es, "mt") != dedup_key(ca, "mt")
     assert dedup_key(es, "mt") != dedup_key(es, "tts")
     assert dedup_key(es, "mt") == dedup_key(Translation(room="r", speaker="ana", seq=3, language="es"), "mt")
+
+
+@pytest.mark.parametrize(
+    ("label", "reason"),
+    [
+        ("stamp with 3 items", "expected 2 items"),
+        ("word with 2 fields", "expected 4 items"),
+        ("deeply nested header", "RecursionError"),
+        ("NaN stamp", "NaN is not a number"),
+        ("lone surrogate room", "surrogate"),
+        ("seq a bool", "expected int"),
+        ("seq huge", "64 bits"),
+        ("room missing", "required field room"),
+        ("header a list", "not a JSON object"),
+        ("trailing bytes", "unexpected byte"),
+    ],
+)
+def test_each_decoder_rule_gives_a_message_error(label: str, reason: str) -> None:
+    entries = dict(targeted(EXAMPLES[1]))  # a transcript: it has stamps, words and targets
+    with pytest.raises(MessageError, match=reason):
+        decode(entries[label])
+
+
+def test_a_blob_longer_than_the_entry_is_refused() -> None:
+    with pytest.raises(MessageError, match="truncated"):
+        decode(dict(targeted(EXAMPLES[0]))["blob length lies"])
+
+
+@pytest.mark.parametrize("message", EXAMPLES, ids=lambda m: m.kind)
+def test_fuzzed_bytes_give_a_message_or_a_message_error_never_a_crash(message: Message) -> None:
+    """Every targeted mutation and 300 random ones: decode never raises anything but MessageError."""
+    rng = random.Random(message.kind)
+    data = encode(message)
+    candidates = [entry for _, entry in targeted(message)]
+    for _ in range(300):
+        damaged = bytearray(data)
+        for _ in range(rng.randrange(1, 4)):
+            damaged[rng.randrange(len(damaged))] ^= 1 << rng.randrange(8)
+        candidates.append(bytes(damaged[: rng.randrange(1, len(damaged) + 1)]))
+    refused = 0
+    for entry in candidates:
+        try:
+            decoded = decode(entry)
+        except MessageError:
+            refused += 1
+            continue
+        assert isinstance(decoded, Message)
+        assert decode(encode(decoded)) == decoded  # anything accepted survives re-encoding
+    assert refused > len(candidates) // 2

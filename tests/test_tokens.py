@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from gateway.tokens import TokenError, issue_token, verify_token
+from gateway.tokens import TokenError, _b64, _sign, issue_token, verify_token
 
 SECRET = "s3cret"
 
@@ -55,3 +55,40 @@ def test_issuing_needs_a_secret_and_a_known_role() -> None:
         issue_token("", "standup", "Ada")
     with pytest.raises(ValueError, match="role"):
         issue_token(SECRET, "standup", "Ada", role="admin")
+
+
+@pytest.mark.parametrize("ttl", [float("nan"), float("inf"), -1.0, 0.0])
+def test_only_a_finite_positive_lifetime_is_issued(ttl: float) -> None:
+    with pytest.raises(ValueError, match="positive number of seconds"):
+        issue_token(SECRET, "standup", "Ada", ttl_s=ttl)
+
+
+@pytest.mark.parametrize("exp", ["NaN", "Infinity", "-Infinity", "1e999"])
+def test_a_forged_expiry_that_never_comes_is_refused(exp: str) -> None:
+    body = f'{{"room":"standup","name":"Eve","role":"host","exp":{exp}}}'.encode()
+    token = f"{_b64(body)}.{_b64(_sign(SECRET, body))}"
+    with pytest.raises(TokenError, match="finite expiry"):
+        verify_token(SECRET, token, "standup")
+
+
+ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+
+def respell(token: str, how: str) -> str:
+    """The same bytes, spelled another way."""
+    body, signature = token.split(".")
+    if how == "padding":
+        return f"{body}.{signature}="
+    if how == "standard alphabet":
+        return token.replace("-", "+").replace("_", "/")
+    # 32 signature bytes in 43 characters: the last one carries 2 unused bits; set one of them
+    return f"{body}.{signature[:-1]}{ALPHABET[ALPHABET.index(signature[-1]) | 1]}"
+
+
+@pytest.mark.parametrize("how", ["padding", "standard alphabet", "trailing bits"])
+def test_only_the_canonical_spelling_is_accepted(how: str) -> None:
+    tokens = (issue_token(SECRET, "standup", f"Ada {i}") for i in range(1000))
+    token = next(t for t in tokens if set(t) & {"-", "_"})  # so the standard alphabet differs
+    assert respell(token, how) != token
+    with pytest.raises(TokenError, match="malformed"):
+        verify_token(SECRET, respell(token, how), "standup")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from pipeline.audio import Samples, median_f0_hz, pcm16_to_float, resample
-from pipeline.messages import SAMPLE_RATE, Phoneme, SynthesizedSpeech, Translation
+from pipeline.messages import SAMPLE_RATE, Phoneme, Service, SynthesizedSpeech, Translation
 from workers.engines.tts import (
     Audio,
     EspeakSynthesizer,
@@ -143,7 +143,8 @@ def test_stage_sends_empty_speech_for_untranslated_text_and_refuses_unknown_lang
     """Nothing to voice still gets an answer, so the gateway's playout does not wait for it."""
     stage = TtsStage(voices=VoiceRouter(TtsOptions(voices="")))
     untranslated = translation("The house is very big.", "de", note="no en->de translation available")
-    for message in (untranslated, translation("", "es")):
+    speech_off = dataclasses.replace(translation("la casa", "es"), service=Service(speech=False))  # overload
+    for message in (untranslated, translation("", "es"), speech_off):
         (speech,) = stage.process(message)
         assert isinstance(speech, SynthesizedSpeech) and speech.pcm == b"" and speech.seq == message.seq
     with pytest.raises(PermanentError, match="'xx'"):

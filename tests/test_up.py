@@ -1,4 +1,5 @@
-"""`babelroom up` (what `make up` runs): the URL, /healthz with real workers alive, a clean stop."""
+"""`babelroom up` (what `make up` runs): the URL, /healthz with real workers alive, a clean stop that
+leaves neither processes nor its Redis data dir behind."""
 
 from __future__ import annotations
 
@@ -53,9 +54,9 @@ def health(port: int) -> tuple[int, dict[str, object]]:
 
 
 @pytest.mark.slow
-def test_up_prints_the_url_serves_health_and_stops_cleanly() -> None:
+def test_up_prints_the_url_serves_health_and_stops_cleanly(tmp_path: Path) -> None:
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"} | {"TMPDIR": str(tmp_path)}
     started = time.monotonic()
     descendants: set[int] = set()
     up = subprocess.Popen(
@@ -81,6 +82,8 @@ def test_up_prints_the_url_serves_health_and_stops_cleanly() -> None:
         assert status == 200 and body.get("status") == "ok", body
         descendants = children_of(up.pid)
         assert len(descendants) >= 6  # redis, gateway, asr, mt, tts, lipsync (plus engine helpers)
+        [data_dir] = tmp_path.glob("babelroom-redis-*")
+        assert list(data_dir.glob("appendonlydir/*.aof")), "the private Redis keeps an append-only file"
     finally:
         up.send_signal(signal.SIGTERM)
         up.wait(timeout=60)
@@ -88,3 +91,4 @@ def test_up_prints_the_url_serves_health_and_stops_cleanly() -> None:
     while any(alive(pid) for pid in descendants) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not [pid for pid in descendants if alive(pid)], "babelroom up left processes behind"
+    assert list(tmp_path.glob("babelroom-redis-*")) == [], "babelroom up left its Redis data dir behind"

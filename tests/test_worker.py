@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 import struct
@@ -18,9 +19,9 @@ from redis.exceptions import ResponseError
 from babelroom.supervisor import free_port, redis_argv
 from pipeline.bus import FIELD, Bus, Delivery
 from pipeline.config import BusOptions, WorkerOptions
-from pipeline.messages import SpeechSegment, StageFailure, Transcript, decode, encode
+from pipeline.messages import Dropped, Service, SpeechSegment, StageFailure, Transcript, decode, encode
 from tests.runtime_stage import LengthStage
-from workers.base import Worker, alive_workers
+from workers.base import Worker
 
 ROOT = Path(__file__).resolve().parents[1]
 CLAIM_IDLE_MS = 1000
@@ -122,13 +123,41 @@ async def test_killed_worker_message_is_taken_over_and_emitted_once(bus: Bus, re
                 proc.wait(timeout=10)
 
 
-async def test_redelivered_segment_is_not_emitted_twice(bus: Bus) -> None:
-    """A worker that emitted its output and died before XACK: the redelivery emits nothing new."""
+async def test_an_entry_that_kills_its_worker_is_dead_lettered_not_crash_looped(bus: Bus, redis_url: str) -> None:
+    """Deliveries are counted before processing: after max_deliveries crashes the entry is given up, and
+    the stage goes on to the next segment."""
+    await bus.publish(dataclasses.replace(segment(1), room="poison"))
+    starts, crashes = 0, 0
+    deadline = time.monotonic() + 60
+    worker = None
+    try:
+        while not await entries(bus, "dead") and time.monotonic() < deadline:
+            if worker is None or worker.poll() is not None:
+                crashes += worker is not None and worker.returncode == 3
+                worker = start_worker_process(redis_url, bus.options.prefix, "die_on_poison")
+                starts += 1
+            await asyncio.sleep(0.1)
+        [dead] = await entries(bus, "dead")
+        await bus.publish(segment(2))
+        [good] = await wait_for_entries(bus, "mt", 1, timeout_s=20)
+    finally:
+        if worker is not None and worker.poll() is None:
+            worker.terminate()
+            worker.wait(timeout=10)
+    print(f"worker starts={starts} crashes={crashes}")
+    assert crashes == bus.options.max_deliveries
+    assert isinstance(dead.message, StageFailure) and dead.message.room == "poison"
+    assert "delivered 4 times without success: its worker died" in dead.message.error
+    assert good.message is not None and good.message.seq == 2
+
+
+async def test_a_segment_claimed_twice_is_emitted_once(bus: Bus) -> None:
+    """A stalled worker's entry is claimed and finished by another; when the stalled one wakes up and
+    commits too, nothing new is emitted downstream."""
     await bus.ensure_group("asr", "asr")
     await bus.publish(segment(7))
-    [first] = await bus.read_group("asr", "asr", "dies-before-ack", count=1, block_ms=100)
-    [output] = LengthStage().process(first.message)  # type: ignore[arg-type]
-    assert await bus.emit_once(output, "asr")
+    [first] = await bus.read_group("asr", "asr", "stalled", count=1, block_ms=100)
+    stalled_output = LengthStage().process(first.message)  # type: ignore[arg-type]
 
     worker = Worker(LengthStage(), bus, FAST, consumer="rescuer")
     task = asyncio.create_task(worker.run())
@@ -141,8 +170,9 @@ async def test_redelivered_segment_is_not_emitted_twice(bus: Bus) -> None:
     finally:
         worker.stop()
         await task
-    assert len(await entries(bus, "mt")) == 1
     assert worker.processed == 1
+    assert await bus.commit(first, "asr", stalled_output, "asr") == 0
+    assert len(await entries(bus, "mt")) == 1
 
 
 async def test_always_failing_message_is_dead_lettered_with_its_error(bus: Bus) -> None:
@@ -189,13 +219,13 @@ async def test_heartbeats_count_alive_workers_and_vanish_on_stop(bus: Bus) -> No
     tasks = [asyncio.create_task(w.run()) for w in workers]
 
     async def two_alive() -> bool:
-        return (await alive_workers(bus)).get("asr") == 2
+        return (await bus.alive_workers()).get("asr") == 2
 
     await wait_until(two_alive, timeout_s=5)
     for w in workers:
         w.stop()
     await asyncio.gather(*tasks)
-    assert (await alive_workers(bus)).get("asr", 0) == 0
+    assert (await bus.alive_workers()).get("asr", 0) == 0
 
 
 async def test_sigterm_drains_the_message_in_flight(redis_url: str, stream_prefix: str) -> None:
@@ -213,13 +243,14 @@ async def test_sigterm_drains_the_message_in_flight(redis_url: str, stream_prefi
         await bus.close()
 
 
-async def test_worker_survives_a_redis_restart(tmp_path: Path) -> None:
+async def test_worker_survives_a_redis_that_lost_its_data(tmp_path: Path) -> None:
     port = free_port()
 
-    def start_redis() -> subprocess.Popen[bytes]:
-        return subprocess.Popen(redis_argv(port, str(tmp_path)), stdout=subprocess.DEVNULL)
+    def start_redis(data_dir: Path) -> subprocess.Popen[bytes]:
+        data_dir.mkdir()
+        return subprocess.Popen(redis_argv(port, str(data_dir)), stdout=subprocess.DEVNULL)
 
-    server = start_redis()
+    server = start_redis(tmp_path / "first")
     bus = Bus.connect(bus_options(f"redis://127.0.0.1:{port}/0", "restart"))
     await wait_until(lambda: _pings(bus), timeout_s=10)
     worker = Worker(LengthStage(), bus, FAST, consumer="survivor")
@@ -230,7 +261,7 @@ async def test_worker_survives_a_redis_restart(tmp_path: Path) -> None:
         server.terminate()
         server.wait(timeout=10)
         await asyncio.sleep(1.0)
-        server = start_redis()  # empty: streams and groups are gone, the worker must recreate its group
+        server = start_redis(tmp_path / "second")  # empty: the worker must recreate its group
         await wait_until(lambda: _pings(bus), timeout_s=10)
         await asyncio.sleep(1.0)
         await bus.publish(segment(2))
@@ -284,3 +315,48 @@ async def test_backlog_counts_waiting_and_in_progress_entries(bus: Bus) -> None:
     await bus.ensure_group("asr", "asr")
     await bus.read_group("asr", "asr", "busy", count=1, block_ms=100)
     assert await bus.backlog("asr", "asr") == {"waiting": 2, "in_progress": 1}
+
+
+async def test_dead_consumers_are_removed_once_they_hold_nothing(bus: Bus) -> None:
+    await bus.ensure_group("asr", "asr")
+    await bus.publish(segment(1))
+    await bus.publish(segment(2))
+    [done] = await bus.read_group("asr", "asr", "ghost-idle", count=1, block_ms=100)
+    await bus.client.xack(bus.stream("asr"), "asr", done.entry_id)
+    await bus.read_group("asr", "asr", "ghost-holding", count=1, block_ms=100)  # dies holding seq 2
+    options = dataclasses.replace(FAST, consumer_sweep_s=0.2)
+    worker = Worker(LengthStage(), bus, options, consumer="live")
+    task = asyncio.create_task(worker.run())
+
+    async def only_the_live_one() -> bool:
+        infos = await bus.client.xinfo_consumers(bus.stream("asr"), "asr")
+        return [info["name"] for info in infos] == [b"live"]
+
+    try:
+        await wait_until(only_the_live_one, timeout_s=15)
+    finally:
+        worker.stop()
+        await task
+    assert [d.message.seq for d in await entries(bus, "mt") if d.message] == [2]  # claimed before removal
+
+
+async def test_work_past_its_deadline_is_dropped_with_a_result_and_the_service_travels_on(bus: Bus) -> None:
+    late = dataclasses.replace(segment(1), service=Service(deadline=time.time() - 1))
+    captions_only = dataclasses.replace(segment(2), service=Service(speech=False, deadline=time.time() + 60))
+    await bus.publish(late)
+    await bus.publish(captions_only)
+    worker = Worker(LengthStage(), bus, FAST, consumer="punctual")
+    task = asyncio.create_task(worker.run())
+    try:
+        found = await wait_for_entries(bus, "results", 2, timeout_s=10)
+    finally:
+        worker.stop()
+        await task
+    messages = {type(d.message).__name__: d.message for d in found}
+    dropped, transcript = messages["Dropped"], messages["Transcript"]
+    assert isinstance(dropped, Dropped) and (dropped.seq, dropped.stage, dropped.reason) == (1, "asr", "late")
+    assert dropped.languages == ("es",) and dropped.stamp("asr") is not None
+    assert isinstance(transcript, Transcript) and transcript.seq == 2
+    assert transcript.service == captions_only.service  # carried from the segment to its transcript
+    assert [d.message.seq for d in await entries(bus, "mt") if d.message] == [2]
+    assert (worker.dropped, worker.processed) == (1, 1) and worker.service_s > 0

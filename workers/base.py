@@ -1,10 +1,13 @@
 """The worker runtime: one process serves one stage from its stream.
 
 Lifecycle (after arq's Worker): load the engine at start (off the event loop), then read from the
-stage's consumer group with bounded concurrency, run each message in a thread with a timeout,
-emit outputs exactly once, acknowledge. A heartbeat key with a TTL says the worker is alive.
-Messages left pending by a dead worker are claimed after `claim_idle_ms`. A failing message is
-retried by redelivery until `max_deliveries`, then dead-lettered with its error. SIGTERM stops
+stage's consumer group with bounded concurrency, run each message in a thread with a timeout, then
+emit its outputs (once per identity) and acknowledge it in one atomic step. A heartbeat key with a
+TTL says the worker is alive.
+Messages left pending by a dead worker are claimed after `claim_idle_ms`, and dead workers' consumers
+are then removed from the group. A failing message is
+retried by redelivery until `max_deliveries`, then dead-lettered with its error. A message this stage
+would finish only after its service deadline is dropped with an explicit `Dropped` result instead. SIGTERM stops
 reading and drains what is in flight. A lost Redis connection is retried with backoff.
 
 A kind with an interim stream (pipeline.routes.INTERIM_STREAMS) serves it in a second loop, one job at a
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -32,7 +36,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from pipeline.bus import Bus, Delivery
 from pipeline.config import WorkerOptions
-from pipeline.messages import INTERIM_TYPES, Message
+from pipeline.messages import FULL_SERVICE, INTERIM_TYPES, Dropped, Message
 from pipeline.routes import INTERIM_STREAMS
 from pipeline.stamps import format_spans, start_stamp
 from workers.stage import BatchStage, Outcome, PermanentError, Stage
@@ -41,20 +45,21 @@ log = logging.getLogger(__name__)
 
 RECONNECT_BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
 INTERIM_BATCH = 16  # interim jobs read at once: enough to see every segment's newest among those queued
+# Weight of the newest message in the moving average of processing time that predicts a stage's pace.
+SERVICE_EWMA_WEIGHT = 0.2
+# A message is dropped when now + this x the average processing time passes its deadline: one slower
+# than the average should still not arrive late.
+DEADLINE_MARGIN = 1.5
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError)
 
 
-def heartbeat_key(bus: Bus, kind: str, consumer: str) -> str:
-    return bus.key("hb", kind, consumer)
-
-
-async def alive_workers(bus: Bus) -> dict[str, int]:
-    """How many workers of each kind have a live heartbeat."""
-    counts: dict[str, int] = {}
-    async for key in bus.client.scan_iter(match=bus.key("hb", "*"), count=500):
-        kind = key.decode().split(":")[-2]
-        counts[kind] = counts.get(kind, 0) + 1
-    return counts
+def carry_service(output: Message, source: Message) -> Message:
+    """The service the gateway asked for travels with the segment, from each input to its outputs."""
+    service = getattr(source, "service", None)
+    if service is None or not hasattr(output, "service"):
+        return output
+    carried: Message = dataclasses.replace(output, service=service)  # type: ignore[call-arg]
+    return carried
 
 
 class Worker:
@@ -65,11 +70,14 @@ class Worker:
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
         self.group = stage.kind
         self.processed = 0
+        self.dropped = 0
+        self.service_s = 0.0  # recent processing time per message (moving average), posted with the heartbeat
         self._stopping = asyncio.Event()
         self._in_flight: set[asyncio.Task[None]] = set()
         self._last_claim = 0.0
         # The batch path: only for stages that batch, and only when asked to (BABELROOM_BATCH_SIZE > 1).
         self._batching = options.batch_size > 1 and isinstance(stage, BatchStage)
+        self._last_sweep = 0.0
 
     def stop(self) -> None:
         self._stopping.set()
@@ -112,6 +120,7 @@ class Worker:
         if len(self._in_flight) >= self.options.concurrency:  # bounded concurrency: wait for a free slot
             await asyncio.wait(set(self._in_flight), return_when=asyncio.FIRST_COMPLETED)
         free = self.options.concurrency - len(self._in_flight)
+        await self._sweep_if_due()
         # Messages taken over from a dead worker always run alone: one of them may be what killed it.
         deliveries = await self._claim_if_due(free)
         if not deliveries:
@@ -143,6 +152,29 @@ class Worker:
             log.info("claimed entry %s (delivery %d) from a stalled consumer", delivery.entry_id, delivery.deliveries)
         return claimed
 
+    async def _sweep_if_due(self) -> None:
+        if time.monotonic() - self._last_sweep < self.options.consumer_sweep_s:
+            return
+        self._last_sweep = time.monotonic()
+        for consumer in await self.dead_consumers():
+            await self.bus.client.xgroup_delconsumer(self.bus.stream(self.stage.kind), self.group, consumer)
+            log.info("removed dead consumer %s from the %s group", consumer, self.group)
+
+    async def dead_consumers(self) -> list[str]:
+        """Consumers of this group that are gone: no heartbeat, idle past its TTL, and holding nothing
+        (what a dead worker held is claimed first, so only then is it removed: deleting a consumer
+        forgets its pending entries)."""
+        infos = await self.bus.client.xinfo_consumers(self.bus.stream(self.stage.kind), self.group)
+        idle_ms = self.options.heartbeat_ttl_s * 1000
+        dead = []
+        for info in infos:
+            name = info["name"].decode() if isinstance(info["name"], bytes) else str(info["name"])
+            if name == self.consumer or info["pending"] or info["idle"] < idle_ms:
+                continue
+            if not await self.bus.client.exists(self.bus.heartbeat_key(self.stage.kind, name)):
+                dead.append(name)
+        return dead
+
     async def _logged(self, work: Coroutine[Any, Any, None], deliveries: list[Delivery]) -> None:
         try:
             await work
@@ -151,10 +183,8 @@ class Worker:
             log.exception("error handling entry %s; it stays pending", ids)
 
     async def handle(self, delivery: Delivery) -> None:
-        message = delivery.message
-        if message is None:
-            await self._give_up(delivery, f"undecodable message: {delivery.error}", attempts=delivery.deliveries)
-            return
+        # Deliveries are counted by Redis as entries are handed out, so checking the count first means an
+        # entry that kills its worker (or cannot be decoded) is given up after max_deliveries attempts.
         if delivery.deliveries > self.bus.options.max_deliveries:
             last = await self.bus.last_error(self.stage.kind, self.group, delivery.entry_id)
             reason = last or "its worker died or timed out while processing it"
@@ -164,6 +194,36 @@ class Worker:
                 attempts=delivery.deliveries,
             )
             return
+        message = delivery.message
+        if message is None:
+            await self._give_up(delivery, f"undecodable message: {delivery.error}", attempts=delivery.deliveries)
+        elif self.finishes_too_late(message):
+            await self._drop(delivery, message, "late")
+        else:
+            await self._run(delivery, message)
+
+    def finishes_too_late(self, message: Message) -> bool:
+        """Would this stage, at the pace it has been working, finish only after the segment's deadline?"""
+        deadline = getattr(message, "service", FULL_SERVICE).deadline
+        return bool(deadline) and time.time() + DEADLINE_MARGIN * self.service_s > deadline
+
+    async def _drop(self, delivery: Delivery, message: Message, reason: str) -> None:
+        targets: tuple[str, ...] = getattr(message, "targets", ())
+        languages = targets or (getattr(message, "language", ""),)
+        dropped = Dropped(
+            room=message.room,
+            speaker=message.speaker,
+            seq=message.seq,
+            stamps=message.stamps,
+            stage=self.stage.kind,
+            reason=reason,
+            languages=languages,
+        )
+        await self.bus.commit(delivery, self.group, [dropped.stamped(self.stage.kind)], self.stage.kind)
+        self.dropped += 1
+        log.info("%s %s dropped: %s", self.stage.kind, message.log_context, reason)
+
+    async def _run(self, delivery: Delivery, message: Message) -> None:
         started = time.monotonic()
         keep_claimed = asyncio.create_task(self._keep_claimed(delivery))
         try:
@@ -178,10 +238,10 @@ class Worker:
         """Fresh messages, from any rooms, run as one batch (one GPU call instead of B); each is then settled
         alone, exactly as `handle` settles it. An undecodable one goes through `handle`, which dead-letters it."""
         assert isinstance(self.stage, BatchStage)
-        batch = [d for d in deliveries if d.message is not None]
+        batch = [d for d in deliveries if d.message is not None and not self.finishes_too_late(d.message)]
         for delivery in deliveries:
-            if delivery.message is None:
-                await self.handle(delivery)
+            if delivery not in batch:
+                await self.handle(delivery)  # dead-lettered, or dropped as too late
         started = time.monotonic()
         keep_claimed = [asyncio.create_task(self._keep_claimed(d)) for d in batch]
         messages = [d.message.stamped(start_stamp(self.stage.kind)) for d in batch if d.message]
@@ -216,12 +276,16 @@ class Worker:
 
     async def _complete(self, delivery: Delivery, outputs: Sequence[Message], started: float) -> None:
         """Emit the outputs (once each), acknowledge, and log where the time went."""
-        for output in outputs:
-            await self.bus.emit_once(output, self.stage.kind)
-        await self.bus.ack(delivery.stream, self.group, delivery.entry_id)
-        await self.bus.forget(delivery.stream, self.group, delivery.entry_id)
-        self.processed += 1
         message = delivery.message
+        if message is not None:
+            outputs = [carry_service(output, message) for output in outputs]
+        await self.bus.commit(delivery, self.group, outputs, self.stage.kind)
+        await self.bus.forget(delivery.stream, self.group, delivery.entry_id)
+        elapsed = time.monotonic() - started
+        self.service_s = (
+            elapsed if not self.processed else self.service_s + SERVICE_EWMA_WEIGHT * (elapsed - self.service_s)
+        )
+        self.processed += 1
         context = message.log_context if message else delivery.entry_id.decode()
         spans = format_spans(outputs[0].stamps if outputs else message.stamps if message else ())
         log.info(
@@ -229,7 +293,7 @@ class Worker:
             self.stage.kind,
             context,
             len(outputs),
-            time.monotonic() - started,
+            elapsed,
             spans,
         )
 
@@ -240,12 +304,12 @@ class Worker:
         newest = newest_per_segment(deliveries)
         for delivery in deliveries:
             if delivery not in newest:
-                await self._drop(delivery, "superseded by a newer request for its segment")
+                await self._discard_interim(delivery, "superseded by a newer request for its segment")
         for delivery in newest:
             while self._in_flight:  # finals first: an interim job starts only when no final is running
                 await asyncio.wait(set(self._in_flight))
             if entry_age_s(delivery.entry_id) > self.options.max_interim_age_s:
-                await self._drop(delivery, f"older than {self.options.max_interim_age_s:.1f} s")
+                await self._discard_interim(delivery, f"older than {self.options.max_interim_age_s:.1f} s")
             else:
                 await self._handle_interim(delivery)
 
@@ -262,8 +326,8 @@ class Worker:
             outputs = []
         await self._complete(delivery, outputs, started)
 
-    async def _drop(self, delivery: Delivery, reason: str) -> None:
-        await self.bus.ack(delivery.stream, self.group, delivery.entry_id)
+    async def _discard_interim(self, delivery: Delivery, reason: str) -> None:
+        await self.bus.commit(delivery, self.group, [], self.stage.kind)  # acknowledged, nothing emitted
         context = delivery.message.log_context if delivery.message else ""
         log.debug("%s %s: interim job dropped, %s", self.stage.kind, context, reason)
 
@@ -287,8 +351,7 @@ class Worker:
             log.warning("%s %s failed (attempt %d): %s", self.stage.kind, context, attempts, error)
 
     async def _give_up(self, delivery: Delivery, error: str, attempts: int) -> None:
-        await self.bus.dead_letter(delivery, self.stage.kind, error, attempts)
-        await self.bus.ack(delivery.stream, self.group, delivery.entry_id)
+        await self.bus.dead_letter(delivery, self.stage.kind, error, attempts, group=self.group)
         await self.bus.forget(delivery.stream, self.group, delivery.entry_id)
 
     async def _drain(self) -> None:
@@ -300,7 +363,7 @@ class Worker:
             task.cancel()
 
     async def _heartbeat(self) -> None:
-        key = heartbeat_key(self.bus, self.stage.kind, self.consumer)
+        key = self.bus.heartbeat_key(self.stage.kind, self.consumer)
         ttl_ms = int(self.options.heartbeat_ttl_s * 1000)
         while True:
             with contextlib.suppress(*REDIS_DOWN):  # the serve loop reports and retries the connection
@@ -308,11 +371,17 @@ class Worker:
             await asyncio.sleep(self.options.heartbeat_interval_s)
 
     def _status(self) -> dict[str, Any]:
-        return {"pid": os.getpid(), "processed": self.processed, "in_flight": len(self._in_flight)}
+        return {
+            "pid": os.getpid(),
+            "processed": self.processed,
+            "dropped": self.dropped,
+            "in_flight": len(self._in_flight),
+            "service_s": round(self.service_s, 4),
+        }
 
     async def _forget_heartbeat(self) -> None:
         with contextlib.suppress(*REDIS_DOWN):
-            await self.bus.client.delete(heartbeat_key(self.bus, self.stage.kind, self.consumer))
+            await self.bus.client.delete(self.bus.heartbeat_key(self.stage.kind, self.consumer))
 
     async def _sleep_unless_stopping(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):

@@ -65,6 +65,8 @@ class TtsStage:
     def _needs_voice(self, message: Translation) -> bool:
         """False for nothing to say, an untranslated caption, or a language no voice speaks."""
         assert self.voices is not None
+        if not message.service.speech:  # the gateway's overload policy turned translated speech off
+            return False
         if not message.text.strip() or (message.note and message.text == message.source_text):
             return False
         if not self.voices.supports(message.language):

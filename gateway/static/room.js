@@ -280,7 +280,7 @@ function send(message) {
 }
 
 function onMessage(message) {
-  const handlers = { roster: onRoster, floor: onFloor, caption: onCaption, playout: onPlayout, late: onLate,
+  const handlers = { roster: onRoster, floor: onFloor, caption: onCaption, playout: onPlayout, late: onLate, service: onService,
     error: (m) => console.warn("gateway:", m.error), welcome: () => {} };
   (handlers[message.type] || (() => {}))(message);
 }
@@ -486,6 +486,14 @@ function showVideo(tile, stream) {
   if (!stream || tile.video.srcObject === stream) return;
   tile.video.srcObject = stream;
   tile.video.play().catch(() => {});
+}
+
+// The server's overload policy: under load lip-sync goes first, then translated speech; captions stay.
+function onService(message) {
+  const pill = $("service");
+  pill.hidden = message.level === "full";
+  pill.textContent = message.message;
+  pill.dataset.level = message.level;
 }
 
 function onLate(message) {

@@ -1,0 +1,102 @@
+"""The service's Prometheus metrics, in one place: built on a registry of their own (one per gateway,
+so several in a process never collide) and fed through a small API the gateway calls.
+
+Latency comes from the messages themselves: each result carries a stamp per stage, so the gateway that
+reads `results` observes every stage's latency (from the previous stamp to the stage's own: waiting in
+its queue plus processing) and the end-to-end delay (from the end of the speech to the gateway).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from pipeline.messages import Dropped, Message, SynthesizedSpeech, Transcript, Translation
+
+# Seconds: from well under a stage's usual time to past the late bound.
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 60.0)
+RESULT_NAMES: Mapping[type[Message], str] = {
+    Transcript: "caption",
+    Translation: "translation",
+    SynthesizedSpeech: "speech",
+}
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.stage_latency = Histogram(
+            "babelroom_stage_latency_seconds", "A stage's part of a result's latency: queue wait plus processing",
+            ["stage"], buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.end_to_end = Histogram(
+            "babelroom_end_to_end_latency_seconds", "From the end of the speech to the result at the gateway",
+            ["result"], buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.backlog = Gauge(
+            "babelroom_backlog", "Segments per stage: waiting, or in progress", ["stage", "state"], registry=r
+        )
+        self.workers = Gauge("babelroom_workers_alive", "Workers with a live heartbeat", ["stage"], registry=r)
+        self.predicted = Gauge(
+            "babelroom_predicted_delay_seconds", "Predicted delay of a new segment's result", ["result"], registry=r
+        )
+        self.dead_letters = Gauge("babelroom_dead_letters", "Entries in the dead-letter stream", registry=r)
+        self.degradation = Gauge(
+            "babelroom_degradation_level", "0: full service; 1: lip-sync off; 2: translated speech off too", registry=r
+        )
+        self.degradations = Counter(
+            "babelroom_degradations", "Times the service stepped down to a level", ["level"], registry=r
+        )
+        self.dropped = Counter(
+            "babelroom_dropped", "Segments a stage dropped, e.g. too late", ["stage", "reason"], registry=r
+        )
+        self.sessions = Gauge("babelroom_sessions", "Participants connected to this gateway", registry=r)
+        self.rooms = Gauge("babelroom_rooms", "Rooms with at least one participant", registry=r)
+        self.http_errors = Counter(
+            "babelroom_http_unexpected_errors", "Requests answered 500 because something unexpected failed", registry=r
+        )
+
+    def observe_result(self, message: Message, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        if isinstance(message, Dropped):
+            self.dropped.labels(message.stage, message.reason).inc()
+            return
+        result = RESULT_NAMES.get(type(message))
+        if result is None or len(message.stamps) < 2:
+            return
+        (_, before), (stage, at) = message.stamps[-2], message.stamps[-1]
+        self.stage_latency.labels(stage).observe(max(0.0, at - before))
+        captured = message.stamp("captured")
+        if captured is not None:
+            self.end_to_end.labels(result).observe(max(0.0, now - captured))
+
+    def set_backlog(self, stage: str, waiting: int, in_progress: int, workers: int) -> None:
+        self.backlog.labels(stage, "waiting").set(waiting)
+        self.backlog.labels(stage, "in_progress").set(in_progress)
+        self.workers.labels(stage).set(workers)
+
+    def set_predicted(self, delays: Mapping[str, float]) -> None:
+        for result, seconds in delays.items():
+            self.predicted.labels(result).set(seconds)
+
+    def set_level(self, level: int, name: str, stepped_down: bool) -> None:
+        self.degradation.set(level)
+        if stepped_down:
+            self.degradations.labels(name).inc()
+
+    def set_dead_letters(self, count: int) -> None:
+        self.dead_letters.set(count)
+
+    def set_sessions(self, sessions: int, rooms: int) -> None:
+        self.sessions.set(sessions)
+        self.rooms.set(rooms)
+
+    def count_http_error(self) -> None:
+        self.http_errors.inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
