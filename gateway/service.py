@@ -273,7 +273,7 @@ class Gateway:
         participant = room.by_feed(feed.id)
         if participant is None:
             return  # someone already removed
-        participant.feed = feed
+        participant.feed, participant.media_lost_at = feed, None
         if participant.id not in self._listeners and feed.mids("audio"):
             self._spawn(self._listen(room, participant, feed))
         if participant.profile.face_consent and participant.id not in self._faces and feed.mids("video"):
@@ -284,7 +284,7 @@ class Gateway:
         participant = room.by_feed(feed_id)
         if participant is None:
             return
-        participant.feed = None
+        participant.feed, participant.media_lost_at = None, time.monotonic()
         self._spawn(self._stop_listening(participant))
         self._announce_roster(room)
 
@@ -412,10 +412,14 @@ class Gateway:
                 await self.expire_sessions(last_expiry)
 
     async def expire_sessions(self, now: float) -> None:
-        """Remove participants whose media never connected, or who have been gone past the grace."""
+        """Remove participants whose media never connected or stopped (their feed gone from Janus, sockets
+        open or not) for longer than the media timeout, or who have been gone past the grace."""
+        timeout = self.options.media_timeout_s
         for participant in list(self.sessions.values()):
-            if not participant.media_up and now - participant.joined_at > self.options.media_timeout_s:
-                await self.leave(participant.id, f"media never connected within {self.options.media_timeout_s:.0f} s")
+            if not participant.media_up and now - participant.joined_at > timeout:
+                await self.leave(participant.id, f"media never connected within {timeout:.0f} s")
+            elif participant.media_lost_at is not None and now - participant.media_lost_at > timeout:
+                await self.leave(participant.id, f"media stopped for more than {timeout:.0f} s")
             elif (
                 participant.disconnected_at is not None
                 and now - participant.disconnected_at > self.options.disconnect_grace_s

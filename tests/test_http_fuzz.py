@@ -8,7 +8,6 @@ a new endpoint is one more `Endpoint` line."""
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import json
 import time
@@ -114,8 +113,10 @@ async def fuzz_janus_socket(http: ClientSession, seat: dict[str, Any]) -> dict[s
         await socket.send_json({"transaction": f"no{next(ids)}", **request})
         reply = await reply_to(socket, lambda m: m.get("janus") == "error")
         assert reply["error"]["code"] == 403 and reply["error"]["reason"].startswith("BabelRoom:"), (request, reply)
-    valid = [{"janus": "keepalive", "session_id": session, "transaction": "k"},
-             {"janus": "message", "session_id": session, "handle_id": handle, "body": {"request": "leave"}}]  # fmt: skip
+    valid = [
+        {"janus": "keepalive", "session_id": session, "transaction": "k"},
+        {"janus": "message", "session_id": session, "handle_id": handle, "body": {"request": "leave"}},
+    ]
     frames = socket_frames(valid, FRAMES_PER_SOCKET, seed=13)
     for frame in frames:
         await send_frame(socket, frame.data)
