@@ -31,7 +31,7 @@ from gateway.ingest import Ingest
 from gateway.janus import Handle, JanusClient, JanusClosed, JanusError
 from gateway.media import VideoWindow
 from gateway.options import GatewayOptions
-from gateway.overload import Decision, OverloadMonitor, OverloadOptions
+from gateway.overload import Decision, Level, OverloadMonitor, OverloadOptions
 from gateway.playout import PlayoutOptions
 from gateway.results import ResultsReader
 from gateway.rooms import Participant, Profile, Room
@@ -258,6 +258,8 @@ class Gateway:
             participant.send({"type": "welcome", "id": participant.id, "room": room.name})
             participant.send(self._roster(room))
             participant.send(room.floor_state())
+            if self.overload.last.level > Level.FULL:  # a page (re)joining while degraded says so too
+                participant.send(self.overload.last.notice())
 
     def detach_events(self, participant: Participant, socket: Any) -> None:
         if self._events_sockets.get(participant.id) is socket:

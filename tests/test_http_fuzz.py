@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 from aiohttp import ClientSession, ClientTimeout, ClientWebSocketResponse, WSMsgType
+from yarl import URL
 
 from benchmarks.participant import ScriptedParticipant
 from gateway.janus import PROTOCOL
@@ -126,6 +127,33 @@ async def fuzz_janus_socket(http: ClientSession, seat: dict[str, Any]) -> dict[s
     return {"forbidden": len(forbidden), "frames": len(frames), "close": close_code or 0}
 
 
+# Room names with a trailing newline, a lone surrogate (CESU bytes), a bidi override; display names the same.
+LOOSE_ROOMS = ("demo%0A", "%ED%A0%80", "demo%E2%80%AE", "demo%E2%81%A6")
+LOOSE_NAMES = ("Ana\n\u202e", "\ud800", "a\udfffb", "\u202eevil", "Ana\u2066x", "\u061cAna")
+
+
+async def loose_names_refused(http: ClientSession) -> int:
+    """Every entry point that takes a room or display name refuses loose ones with a 400; returns the count."""
+    join_body = {"speak": "en", "hear": "es"}
+    checked = 0
+    for room in LOOSE_ROOMS:
+        for method, path, body in (
+            ("GET", f"/room/{room}?name=Ana&speak=en&hear=es", None),
+            ("GET", f"/api/rooms/{room}", None),
+            ("POST", f"/api/rooms/{room}/join", {**join_body, "name": "Ana"}),
+        ):
+            async with http.request(method, URL(path, encoded=True), json=body) as reply:
+                assert reply.status == 400, (method, path, reply.status)
+                checked += 1
+    for name in LOOSE_NAMES:
+        raw = json.dumps({**join_body, "name": name}).encode()  # \\u escapes: a lone surrogate survives
+        headers = {"Content-Type": "application/json"}
+        async with http.post("/api/rooms/names/join", data=raw, headers=headers) as reply:
+            assert reply.status == 400 and "display name" in (await reply.json())["error"], (name, reply.status)
+            checked += 1
+    return checked
+
+
 async def still_translates(base_url: str) -> str:
     """A real segment: Bob says a sentence in English, Ana reads it in Spanish."""
     ana = ScriptedParticipant(base_url, "after", "Ana", "es", "es")
@@ -156,8 +184,9 @@ async def test_malformed_requests_and_frames_get_clear_refusals_and_the_service_
             found += problems(request, outcome)
         events = await fuzz_events_socket(http, await join(http, "sockets", "Eve"))
         janus = await fuzz_janus_socket(http, await join(http, "sockets", "Mallory"))
+        names = await loose_names_refused(http)
     print(f"{len(requests)} requests, statuses {dict(sorted(statuses.items()))}; events socket {events}; "
-          f"janus socket {janus}; {time.monotonic() - started:.1f} s")  # fmt: skip
+          f"janus socket {janus}; {names} loose names refused; {time.monotonic() - started:.1f} s")  # fmt: skip
     assert not found, "\n".join(found[:20])
     assert statuses[101] == 0 and sum(statuses[s] for s in statuses if s >= 400) > REQUESTS * 0.8
 
