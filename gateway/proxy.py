@@ -279,4 +279,4 @@ async def _janus_to_browser(
         if browser.closed:
             return
         await browser.send_str(frame.data)
-    await browser.close()  # Janus went away: the page notices and rejoins
+    await browser.close(message=b"the media server closed the connection")  # the page notices and rejoins

@@ -58,6 +58,11 @@ class JoinError(Exception):
         self.status = status
 
 
+def close_reason(reason: str) -> bytes:
+    """A WebSocket close frame's reason: at most 123 bytes of UTF-8, cut on a character boundary."""
+    return reason.encode()[:123].decode(errors="ignore").encode()
+
+
 class Gateway:
     def __init__(self, bus: Bus, options: GatewayOptions) -> None:
         self.bus = bus
@@ -216,8 +221,8 @@ class Gateway:
             return False
         await self._stop_listening(participant)
         socket = self._events_sockets.pop(participant.id, None)
-        if socket is not None:
-            await socket.close()
+        if socket is not None:  # the reason goes in the close frame: the page (or an operator) sees why
+            await socket.close(message=close_reason(reason))
         room = self.rooms.get(participant.room)
         if room is not None:
             _, events = room.remove(participant_id)
@@ -252,7 +257,7 @@ class Gateway:
         old = self._events_sockets.get(participant.id)
         self._events_sockets[participant.id] = socket
         if old is not None:
-            await old.close()
+            await old.close(message=close_reason("replaced by a newer connection"))
         room = self.rooms.get(participant.room)
         if room is not None:
             participant.send({"type": "welcome", "id": participant.id, "room": room.name})

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from aiohttp import ClientSession, WSServerHandshakeError
+from aiohttp import ClientSession, WSMsgType, WSServerHandshakeError
 from aiohttp.test_utils import BaseTestServer, TestServer
 from aiortc.mediastreams import MediaStreamTrack
 from av import AudioFrame, VideoFrame
@@ -335,10 +335,16 @@ async def test_a_join_whose_media_never_connects_is_removed(
         body = {"speak": "en", "hear": "en", "token": issue_token(SECRET, ROOM, "Ghost")}
         async with http.post(f"/api/rooms/{ROOM}/join", json=body) as response:
             assert response.status == 200, await response.json()
+            ghost = await response.json()
         state_url = f"/api/rooms/{ROOM}?token={body['token']}"
         async with http.get(state_url) as response:
             assert response.status == 200
+        events = await http.ws_connect(f"{ghost['events']}?ticket={ghost['ticket']}")
         assert await room_state_after(http, state_url, 5) == 404, "the ghost session was never removed"
+        while (frame := await events.receive(timeout=5)).type is WSMsgType.TEXT:
+            pass
+        assert frame.type is WSMsgType.CLOSE and frame.data == 1000, frame
+        assert "media never connected" in frame.extra, "the close frame says why"
 
 
 async def test_a_participant_whose_media_stops_is_removed_though_their_sockets_stay_open(
