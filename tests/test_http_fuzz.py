@@ -2,7 +2,8 @@
 workers as processes, a real Janus and Redis): never a 5xx, every /api error is JSON, broken WebSocket
 upgrades are refused, hostile frames on both of a participant's sockets are answered or dropped without
 closing them, every Janus request outside the participant's grant is refused by the proxy, a frame too
-big closes a socket with a reason (1009), nothing is logged as unexpected, and afterwards the service
+big closes a socket with a reason (1009), loose room and display names get a 400 on every route that
+takes one, nothing is logged as unexpected, and afterwards the service
 still turns speech into a translated caption. The harness (tests/http_fuzz.py) is endpoint-agnostic:
 a new endpoint is one more `Endpoint` line."""
 
@@ -187,8 +188,10 @@ async def test_malformed_requests_and_frames_get_clear_refusals_and_the_service_
         events = await fuzz_events_socket(http, await join(http, "sockets", "Eve"))
         janus = await fuzz_janus_socket(http, await join(http, "sockets", "Mallory"))
         names = await loose_names_refused(http)
-    print(f"{len(requests)} requests, statuses {dict(sorted(statuses.items()))}; events socket {events}; "
-          f"janus socket {janus}; {names} loose names refused; {time.monotonic() - started:.1f} s")  # fmt: skip
+    upgrades = sum(request.label.startswith("upgrade") for request in requests)
+    print(f"{len(requests)} requests ({upgrades} broken upgrades), statuses {dict(sorted(statuses.items()))}; "
+          f"events socket {events}; janus socket {janus}; {names} loose names refused; "
+          f"{time.monotonic() - started:.1f} s")  # fmt: skip
     assert not found, "\n".join(found[:20])
     assert statuses[101] == 0 and sum(statuses[s] for s in statuses if s >= 400) > REQUESTS * 0.8
 
