@@ -3,9 +3,9 @@ workers as processes, a real Janus and Redis): never a 5xx, every /api error is 
 upgrades are refused, hostile frames on both of a participant's sockets are answered or dropped without
 closing them, every Janus request outside the participant's grant is refused by the proxy, a frame too
 big closes a socket with a reason (1009), loose room and display names get a 400 on every route that
-takes one, nothing is logged as unexpected, and afterwards the service
-still turns speech into a translated caption. The harness (tests/http_fuzz.py) is endpoint-agnostic:
-a new endpoint is one more `Endpoint` line."""
+takes one, nothing is logged as unexpected, and afterwards the service still turns speech into a
+translated caption. The harness (tests/http_fuzz.py) is endpoint-agnostic: a new endpoint is one more
+`Endpoint` line."""
 
 from __future__ import annotations
 
