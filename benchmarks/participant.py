@@ -102,6 +102,11 @@ class ScriptedParticipant:
             await asyncio.sleep(0.05)
         return value
 
+    async def stop_media(self) -> None:
+        """Hang up every peer connection (their Janus handles detach), keeping the sockets open."""
+        for peer in self._peers:
+            await peer.stop()
+
     async def close(self) -> None:
         for task in self._tasks:
             task.cancel()

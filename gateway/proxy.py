@@ -29,6 +29,7 @@ import aiohttp
 from aiohttp import web
 
 from gateway.janus import PROTOCOL, Json
+from gateway.validation import InvalidInput, json_object
 
 log = logging.getLogger(__name__)
 
@@ -241,12 +242,15 @@ async def _browser_to_janus(
     browser: web.WebSocketResponse, janus: aiohttp.ClientWebSocketResponse, vetting: Vetting, api_secret: str
 ) -> None:
     async for frame in browser:
+        if frame.type is aiohttp.WSMsgType.BINARY:
+            await browser.send_json(refusal(None, "a Janus request is a JSON text frame, not binary"))
+            continue
         if frame.type is not aiohttp.WSMsgType.TEXT:
             continue
-        try:
-            request = frame.json()
-        except ValueError:
-            await browser.send_json(refusal(None, "not JSON"))
+        try:  # strict and depth-limited: Python's parser would recurse until RecursionError on deep nesting
+            request = json_object(frame.data.encode())
+        except InvalidInput as exc:
+            await browser.send_json(refusal(None, str(exc)))
             continue
         try:
             vetted = vetting.vet(request)
@@ -275,4 +279,4 @@ async def _janus_to_browser(
         if browser.closed:
             return
         await browser.send_str(frame.data)
-    await browser.close()  # Janus went away: the page notices and rejoins
+    await browser.close(message=b"the media server closed the connection")  # the page notices and rejoins

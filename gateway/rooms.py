@@ -51,6 +51,7 @@ class Participant:
     muted: bool = False
     camera: bool = True
     media_up: bool = False  # Janus reported one of their peer connections up
+    media_lost_at: float | None = None  # monotonic time their feed left Janus (unpublished, or its handle died)
     sockets: int = 0  # open events and media (proxy) sockets
     disconnected_at: float | None = None  # when the last socket closed
     video_window: VideoWindow | None = None  # their recent camera frames, kept only with face consent

@@ -31,7 +31,7 @@ from gateway.ingest import Ingest
 from gateway.janus import Handle, JanusClient, JanusClosed, JanusError
 from gateway.media import VideoWindow
 from gateway.options import GatewayOptions
-from gateway.overload import Decision, OverloadMonitor, OverloadOptions
+from gateway.overload import Decision, Level, OverloadMonitor, OverloadOptions
 from gateway.playout import PlayoutOptions
 from gateway.results import ResultsReader
 from gateway.rooms import Participant, Profile, Room
@@ -56,6 +56,11 @@ class JoinError(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
+
+
+def close_reason(reason: str) -> bytes:
+    """A WebSocket close frame's reason: at most 123 bytes of UTF-8, cut on a character boundary."""
+    return reason.encode()[:123].decode(errors="ignore").encode()
 
 
 class Gateway:
@@ -216,8 +221,8 @@ class Gateway:
             return False
         await self._stop_listening(participant)
         socket = self._events_sockets.pop(participant.id, None)
-        if socket is not None:
-            await socket.close()
+        if socket is not None:  # the reason goes in the close frame: the page (or an operator) sees why
+            await socket.close(message=close_reason(reason))
         room = self.rooms.get(participant.room)
         if room is not None:
             _, events = room.remove(participant_id)
@@ -252,12 +257,14 @@ class Gateway:
         old = self._events_sockets.get(participant.id)
         self._events_sockets[participant.id] = socket
         if old is not None:
-            await old.close()
+            await old.close(message=close_reason("replaced by a newer connection"))
         room = self.rooms.get(participant.room)
         if room is not None:
             participant.send({"type": "welcome", "id": participant.id, "room": room.name})
             participant.send(self._roster(room))
             participant.send(room.floor_state())
+            if self.overload.last.level > Level.FULL:  # a page (re)joining while degraded says so too
+                participant.send(self.overload.last.notice())
 
     def detach_events(self, participant: Participant, socket: Any) -> None:
         if self._events_sockets.get(participant.id) is socket:
@@ -273,7 +280,7 @@ class Gateway:
         participant = room.by_feed(feed.id)
         if participant is None:
             return  # someone already removed
-        participant.feed = feed
+        participant.feed, participant.media_lost_at = feed, None
         if participant.id not in self._listeners and feed.mids("audio"):
             self._spawn(self._listen(room, participant, feed))
         if participant.profile.face_consent and participant.id not in self._faces and feed.mids("video"):
@@ -284,7 +291,7 @@ class Gateway:
         participant = room.by_feed(feed_id)
         if participant is None:
             return
-        participant.feed = None
+        participant.feed, participant.media_lost_at = None, time.monotonic()
         self._spawn(self._stop_listening(participant))
         self._announce_roster(room)
 
@@ -412,10 +419,14 @@ class Gateway:
                 await self.expire_sessions(last_expiry)
 
     async def expire_sessions(self, now: float) -> None:
-        """Remove participants whose media never connected, or who have been gone past the grace."""
+        """Remove participants whose media never connected or stopped (their feed gone from Janus, sockets
+        open or not) for longer than the media timeout, or who have been gone past the grace."""
+        timeout = self.options.media_timeout_s
         for participant in list(self.sessions.values()):
-            if not participant.media_up and now - participant.joined_at > self.options.media_timeout_s:
-                await self.leave(participant.id, f"media never connected within {self.options.media_timeout_s:.0f} s")
+            if not participant.media_up and now - participant.joined_at > timeout:
+                await self.leave(participant.id, f"media never connected within {timeout:.0f} s")
+            elif participant.media_lost_at is not None and now - participant.media_lost_at > timeout:
+                await self.leave(participant.id, f"media stopped for more than {timeout:.0f} s")
             elif (
                 participant.disconnected_at is not None
                 and now - participant.disconnected_at > self.options.disconnect_grace_s

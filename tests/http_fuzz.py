@@ -1,8 +1,11 @@
 """A fuzz harness for the gateway's HTTP endpoints: describe each endpoint once (method, path template,
 a valid body and query), and it derives malformed requests from it: bad path parameters, bodies that
 are not JSON (or JSON too deep, not an object, not UTF-8, compressed garbage), wrong headers, wrong
-field types, hostile strings, wrong methods, oversize bodies. `problems` says what the service must
-never do: answer 5xx, or answer an /api request with anything but a JSON error.
+field types, hostile strings, wrong methods, oversize bodies, and for WebSocket endpoints broken upgrade
+handshakes. `problems` says what the service must never do: answer 5xx, or answer an /api request with
+anything but a JSON error. `socket_frames` and `forbidden_janus_requests` are the hostile messages for
+an open socket: frames the gateway must answer or drop without closing, and Janus requests the proxy
+must refuse.
 
 Deterministic for a seed: a failure names its label and can be replayed.
 """
@@ -29,6 +32,7 @@ class Endpoint:
     params: Mapping[str, str] = field(default_factory=dict)  # valid values of the template's parameters
     body: Mapping[str, Any] | None = None  # a valid JSON body; None when the endpoint takes none
     query: Mapping[str, str] = field(default_factory=dict)
+    websocket: bool = False  # a GET that upgrades: also fuzzed with broken handshakes
 
 
 @dataclass(frozen=True)
@@ -85,6 +89,18 @@ CONTENT_TYPES = (
     "application/json; charset=", "application/json;;;", "text/plain", "application/x-www-form-urlencoded",
     "multipart/form-data; boundary=x", "application/json; charset=\"utf-8", "", "*/*",
 )  # fmt: skip
+# A valid upgrade handshake, and ways to break it: one header missing or wrong at a time.
+UPGRADE = {
+    "Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+    "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+}  # fmt: skip
+BROKEN_UPGRADES: tuple[tuple[str, str | None], ...] = (
+    ("Upgrade", None), ("Upgrade", "h2c"), ("Upgrade", "web socket"), ("Connection", None),
+    ("Connection", "close"), ("Sec-WebSocket-Version", None), ("Sec-WebSocket-Version", "99"),
+    ("Sec-WebSocket-Version", "-1"), ("Sec-WebSocket-Key", None), ("Sec-WebSocket-Key", ""),
+    ("Sec-WebSocket-Key", "c2hvcnQ="), ("Sec-WebSocket-Key", "!!not base64!!"), ("Sec-WebSocket-Key", "A" * 4000),
+)  # fmt: skip
+MAX_REQUEST_LINE = 8190  # aiohttp's max_line_size
 ENCODINGS = ("gzip", "deflate", "br", "x-unknown", "gzip, gzip", "identity, gzip")
 METHODS = ("GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")
 
@@ -94,7 +110,7 @@ def fuzz_requests(endpoints: Sequence[Endpoint], count: int, seed: int = 7) -> l
     rng = random.Random(seed)
     makers: list[Callable[[Endpoint, random.Random], FuzzRequest | None]] = [
         _evil_param, _raw_body, _content_type, _content_encoding, _evil_field, _missing_field, _evil_query,
-        _wrong_method, _oversize, _field_type_swap, _mangled_text,
+        _wrong_method, _oversize, _field_type_swap, _mangled_text, _broken_upgrade,
     ]  # fmt: skip
     requests: list[FuzzRequest] = []
     while len(requests) < count:
@@ -119,6 +135,8 @@ def problems(request: FuzzRequest, outcome: Outcome) -> list[str]:
     found = []
     if outcome.status >= 500:
         found.append(f"{request.label}: {request.method} {request.path[:80]} -> {outcome.status} {outcome.text[:200]}")
+    if len(request.path) > MAX_REQUEST_LINE and outcome.status == 400:
+        return found  # aiohttp's parser refuses the line before any route (or our JSON errors) is reached
     if request.path.startswith("/api/") and outcome.status >= 400:
         try:
             ok = "error" in json.loads(outcome.text)
@@ -243,3 +261,103 @@ def _oversize(endpoint: Endpoint, rng: random.Random) -> FuzzRequest | None:
         return None
     body = json.dumps({**endpoint.body, "padding": "x" * rng.choice([70_000, 1_000_000])}).encode()
     return _json_request(endpoint, f"oversize body {len(body)} bytes", body)
+
+
+def _broken_upgrade(endpoint: Endpoint, rng: random.Random) -> FuzzRequest | None:
+    if not endpoint.websocket:
+        return None
+    name, value = rng.choice(BROKEN_UPGRADES)
+    headers = {k: v for k, v in (UPGRADE | {name: value or ""}).items() if k != name or value is not None}
+    return FuzzRequest(f"upgrade {name}={str(value)[:20]!r}", "GET", _path(endpoint), headers)
+
+
+# -- an open socket -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Frame:
+    label: str
+    data: str | bytes  # bytes go as a binary frame
+
+
+def socket_frames(valid: Sequence[Mapping[str, Any]], count: int, seed: int = 7) -> list[Frame]:
+    """Hostile frames for an open socket whose valid messages are `valid`: raw garbage, binary, deep
+    nesting, and valid messages with a field made hostile, dropped or retyped. None is too big to read."""
+    rng = random.Random(seed)
+    frames: list[Frame] = []
+    while len(frames) < count:
+        message = dict(rng.choice(valid))
+        how = rng.randrange(5)
+        if how == 0:
+            label, body = rng.choice(RAW_BODIES[:-3])  # the last ones are about HTTP's charset handling
+            frames.append(Frame(f"text: {label}", body.decode("utf-8", "replace")[:60_000]))
+        elif how == 1:
+            frames.append(Frame("binary", rng.randbytes(rng.choice([0, 1, 64, 4096]))))
+        elif how == 2:
+            key, value = rng.choice(list(message)), rng.choice(EVIL_STRINGS)
+            frames.append(Frame(f"field {key}={str(value)[:20]!r}", json.dumps({**message, key: value})[:60_000]))
+        elif how == 3:
+            key = rng.choice(list(message))
+            frames.append(Frame(f"without {key}", json.dumps({k: v for k, v in message.items() if k != key})))
+        else:
+            frames.append(Frame("deep", json.dumps(message)[:-1] + ', "x": ' + "[" * 20_000 + "]" * 20_000 + "}"))
+    return frames
+
+
+def forbidden_janus_requests(room_id: int, feed_id: int, session_id: int, handle_id: int) -> list[dict[str, Any]]:
+    """Janus requests a participant of room `room_id` (feed `feed_id`, holding `session_id` and
+    `handle_id`) may not make: the proxy must refuse each with a 403 before it reaches Janus."""
+    own = {"session_id": session_id, "handle_id": handle_id}
+    other_room, other_feed = room_id + 1, feed_id + 1
+
+    def plugin(body: dict[str, Any], **fields: Any) -> dict[str, Any]:
+        return {"janus": "message", **own, "body": body, **fields}
+
+    return [
+        {"janus": "destroy", "session_id": session_id + 1},
+        {"janus": "keepalive", "session_id": 1},
+        {"janus": "attach", "session_id": session_id, "plugin": "janus.plugin.echotest"},
+        {"janus": "attach", "session_id": session_id, "plugin": "janus.plugin.streaming"},
+        {"janus": "detach", "session_id": session_id, "handle_id": handle_id + 1},
+        {"janus": "info"},
+        {"janus": "ping"},
+        {"janus": "claim", "session_id": session_id},
+        {"janus": "list_sessions"},
+        {"janus": "add_token", "token": "x"},
+        {"janus": "message", "session_id": session_id},
+        {"janus": "create", "transaction": ""},
+        {"janus": "create", "transaction": 7},
+        {"janus": "create", "transaction": "t" * 65},
+        plugin({"request": "create", "room": other_room}),
+        plugin({"request": "destroy", "room": room_id}),
+        plugin({"request": "edit", "room": room_id, "new_description": "x"}),
+        plugin({"request": "list"}),
+        plugin({"request": "exists", "room": room_id}),
+        plugin({"request": "listparticipants", "room": room_id}),
+        plugin({"request": "kick", "room": room_id, "id": other_feed}),
+        plugin({"request": "moderate", "room": room_id}),
+        plugin({"request": "rtp_forward", "room": room_id, "publisher_id": feed_id, "host": "198.18.0.1"}),
+        plugin({"request": "stop_rtp_forward", "room": room_id}),
+        plugin({"request": "listforwarders", "room": room_id}),
+        plugin({"request": "enable_recording", "room": room_id}),
+        plugin({"request": "allowed", "room": room_id}),
+        plugin({"request": "play_file", "filename": "/etc/passwd"}),
+        plugin({"request": "join", "ptype": "publisher", "room": other_room}),
+        plugin({"request": "join", "ptype": "publisher", "room": room_id, "id": other_feed}),
+        plugin({"request": "join", "ptype": "publisher", "room": room_id, "pin": "guess"}),
+        plugin({"request": "join", "ptype": "subscriber", "room": other_room, "streams": [{"feed": feed_id}]}),
+        plugin({"request": "join", "ptype": "subscriber", "room": room_id, "streams": [{"feed": other_feed}]}),
+        plugin({"request": "join", "ptype": "subscriber", "room": room_id, "streams": []}),
+        plugin({"request": "join", "ptype": "subscriber", "room": room_id, "streams": [{"feed": feed_id, "x": 1}]}),
+        plugin({"request": "join", "ptype": "listener", "room": room_id}),
+        plugin({"request": "configure", "record": True, "filename": "/tmp/x"}),
+        plugin({"request": "publish", "record": True}),
+        plugin({"request": "update", "subscribe": "all"}),
+        plugin({"request": "switch", "streams": []}),
+        plugin({"request": None}),
+        plugin({"request": ["join"]}),
+        plugin("join"),
+        plugin([{"request": "join"}]),  # type: ignore[arg-type]
+        plugin({"request": "configure"}, jsep={"type": "pranswer", "sdp": "v=0"}),
+        plugin({"request": "configure"}, handle_id=handle_id + 1),
+        {"janus": "trickle", "session_id": session_id, "handle_id": handle_id + 1, "candidate": {"completed": True}},
+        {"janus": "hangup", "session_id": session_id + 1, "handle_id": handle_id},
+    ]

@@ -5,20 +5,22 @@ Shows: a participant's speech travels browser -> Janus -> the gateway's subscrib
 as a SpeechSegment for the listeners' languages; results published on the bus come back as captions in
 each listener's language and as translated audio on their language's feed in Janus, never to the
 speaker; input validation answers 4xx with a clear JSON message while a connected session carries on;
-the floor button works over the events socket; a session whose media never connects is removed.
+the floor button works over the events socket; a session whose media never connects, or stops, is removed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fractions
+import html
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import numpy as np
 import pytest
-from aiohttp import ClientSession, WSServerHandshakeError
+from aiohttp import ClientSession, WSMsgType, WSServerHandshakeError
 from aiohttp.test_utils import BaseTestServer, TestServer
 from aiortc.mediastreams import MediaStreamTrack
 from av import AudioFrame, VideoFrame
@@ -28,6 +30,7 @@ from benchmarks.participant import ScriptedParticipant
 from gateway.app import create_app
 from gateway.options import GatewayOptions, JanusOptions
 from gateway.tokens import issue_token
+from gateway.validation import ROOM_NAME_RULE
 from pipeline.audio import float_to_pcm16, resample
 from pipeline.bus import Bus
 from pipeline.config import BusOptions
@@ -302,26 +305,65 @@ async def test_the_floor_button_asks_for_the_floor_queues_and_gives_it_up(
             await person.close()
 
 
+@contextlib.asynccontextmanager
+async def expiring_server(
+    redis_url: str, prefix: str, janus_config: JanusConfig, media_timeout_s: float
+) -> AsyncIterator[tuple[BaseTestServer, ClientSession]]:
+    """A gateway of its own with a short media timeout, connected to Janus, and a client for it."""
+    options = gateway_options(janus_config, media_timeout_s=media_timeout_s)
+    app = create_app(Bus.connect(BusOptions(redis_url=redis_url, prefix=prefix)), options)
+    async with TestServer(app, host="127.0.0.1") as server, ClientSession(base_url=str(server.make_url(""))) as http:
+        await wait_for_janus(http)
+        yield server, http
+
+
+async def room_state_after(http: ClientSession, state_url: str, timeout_s: float) -> int:
+    """The room state's status once it is no longer 200 (the room emptied), or 200 after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    status = 200
+    while status == 200 and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+        async with http.get(state_url) as response:
+            status = response.status
+    return status
+
+
 async def test_a_join_whose_media_never_connects_is_removed(
     redis_url: str, stream_prefix: str, janus_config: JanusConfig
 ) -> None:
-    options = gateway_options(janus_config, media_timeout_s=1.0)
-    app = create_app(Bus.connect(BusOptions(redis_url=redis_url, prefix=f"{stream_prefix}g")), options)
-    async with TestServer(app, host="127.0.0.1") as server, ClientSession(base_url=str(server.make_url(""))) as http:
-        await asyncio.sleep(0.5)
+    async with expiring_server(redis_url, f"{stream_prefix}g", janus_config, 1.0) as (_, http):
         body = {"speak": "en", "hear": "en", "token": issue_token(SECRET, ROOM, "Ghost")}
         async with http.post(f"/api/rooms/{ROOM}/join", json=body) as response:
             assert response.status == 200, await response.json()
+            ghost = await response.json()
         state_url = f"/api/rooms/{ROOM}?token={body['token']}"
         async with http.get(state_url) as response:
             assert response.status == 200
-        deadline = time.monotonic() + 5
-        status = 200
-        while status == 200 and time.monotonic() < deadline:
-            await asyncio.sleep(0.2)
+        events = await http.ws_connect(f"{ghost['events']}?ticket={ghost['ticket']}")
+        assert await room_state_after(http, state_url, 5) == 404, "the ghost session was never removed"
+        while (frame := await events.receive(timeout=5)).type is WSMsgType.TEXT:
+            pass
+        assert frame.type is WSMsgType.CLOSE and frame.data == 1000, frame
+        assert "media never connected" in frame.extra, "the close frame says why"
+
+
+async def test_a_participant_whose_media_stops_is_removed_though_their_sockets_stay_open(
+    redis_url: str, stream_prefix: str, janus_config: JanusConfig
+) -> None:
+    timeout_s = 2.0
+    async with expiring_server(redis_url, f"{stream_prefix}s", janus_config, timeout_s) as (server, http):
+        ana = await join(server, "Ana", "en", "en", SpeechTrack(silence(60)))
+        try:
+            await ana.wait_for(lambda: (ana.latest("roster") or {}).get("participants"), "Ana in the roster")
+            state_url = f"/api/rooms/{ROOM}?token={issue_token(SECRET, ROOM, 'Ana')}"
+            await asyncio.sleep(timeout_s + 1)
             async with http.get(state_url) as response:
-                status = response.status
-        assert status == 404, "the ghost session was never removed"
+                assert response.status == 200, "a participant whose media flows must stay"
+            await ana.stop_media()  # the Janus handle dies; the events socket stays open
+            status = await room_state_after(http, state_url, timeout_s + 5)
+            assert status == 404, "a participant whose media stopped was never removed"
+        finally:
+            await ana.close()
 
 
 async def test_healthz_and_the_room_page_are_served(http: ClientSession) -> None:
@@ -339,7 +381,7 @@ async def test_healthz_and_the_room_page_are_served(http: ClientSession) -> None
         assert response.status == 200 and "Janus.init" in await response.text()
     async with http.get("/room/bad%20room!") as response:
         page = await response.text()
-        assert response.status == 400 and "<h1>" in page and "1-64 letters, digits" in page
+        assert response.status == 400 and "<h1>" in page and html.escape(ROOM_NAME_RULE) in page
     async with http.get("/api/config") as response:
         config = await response.json()
         assert config["tokens_required"] and "es" in [lang["code"] for lang in config["languages"]]

@@ -1,19 +1,32 @@
 """The room page as a new user meets it, in headless Chromium against the real gateway and Janus: what the
-form offers and remembers, how a bad link is explained, and what happens when the connection is lost
-(a banner, then the page rejoins by itself with the same name and languages) or when one leaves."""
+form offers and remembers, how a bad link is explained, what happens when the connection is lost
+(a banner, then the page rejoins by itself with the same name and languages) or when one leaves, and
+how an overloaded service shows (the `service` pill, for a page that joins while degraded)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
-from tests.browser import CHROMIUM, CHROMIUM_FLAGS, fake_mic_wav
+from babelroom import janus
+from babelroom.janus import JanusConfig
+from babelroom.supervisor import free_port
+from pipeline.audio import float_to_pcm16
+from pipeline.bus import Bus
+from pipeline.config import BusOptions
+from pipeline.messages import SpeechSegment
+from tests.browser import CHROMIUM, CHROMIUM_FLAGS, fake_mic_wav, gateway_command, get_json, processes, service_env
+from tests.speech import espeak, silence
 
 TIMEOUT_MS = 20_000
 CONNECTED = "window.babelroom.state.connected === true"
@@ -84,3 +97,49 @@ def test_a_lost_connection_shows_a_banner_and_rejoins_with_the_same_profile(serv
         time.sleep(0.2)
     else:
         raise AssertionError("leaving did not end the session")
+
+
+def health_until(base_url: str, condition: Any, what: str, timeout_s: float = 90) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    health: Any = None
+    while time.monotonic() < deadline:
+        _, health = get_json(f"{base_url}/healthz")
+        if health and condition(health):
+            return dict(health)
+        time.sleep(0.3)
+    raise AssertionError(f"no {what} within {timeout_s} s: {health}")
+
+
+async def publish_speech(redis_url: str, prefix: str) -> None:
+    """One real segment for the ASR worker, so that it measures (and reports) its time per segment."""
+    bus = Bus.connect(BusOptions(redis_url=redis_url, prefix=prefix))
+    speech = float_to_pcm16([*silence(0.2), *espeak("the house is big"), *silence(0.2)])
+    segment = SpeechSegment(room="load", speaker="x", seq=1, language="en", targets=("es",),
+                            end_sample=len(speech) // 2, pcm=speech).stamped("captured")  # fmt: skip
+    await bus.publish(segment)
+    await bus.close()
+
+
+def test_a_page_joining_a_degraded_service_shows_the_service_pill(
+    redis_url: str, janus_config: JanusConfig, stream_prefix: str, browser: Browser, tmp_path: Path
+) -> None:
+    # A late bound of 0.2 s: one real ASR segment's measured time predicts captions past it, so the
+    # overload policy steps down to captions only, and stays there (nothing makes the ASR faster).
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    env = service_env(redis_url, stream_prefix, {**janus.gateway_env(janus_config), "BABELROOM_LATE_BOUND_S": "0.2"})
+    asr = [sys.executable, "-m", "babelroom.cli", "worker", "asr"]
+    with processes([gateway_command(port), asr], env, tmp_path):
+        health_until(base_url, lambda h: h["janus"] == "connected" and h["workers"].get("asr"), "ASR worker")
+        with ThreadPoolExecutor(1) as thread:  # Playwright's own loop runs in this one
+            thread.submit(asyncio.run, publish_speech(redis_url, stream_prefix)).result()
+        health_until(base_url, lambda h: h["service"]["level"] == "captions_only", "degradation")
+        with urllib.request.urlopen(f"{base_url}/metrics", timeout=5) as reply:
+            metrics = reply.read().decode()
+        assert "babelroom_degradation_level 2.0" in metrics, "the metrics show the level too"
+        page = open_page(browser, f"{base_url}/room/busy?name=Ana&speak=en&hear=es")
+        page.wait_for_function(CONNECTED)
+        page.wait_for_selector("#service", state="visible")
+        assert "captions continue" in page.inner_text("#service")
+        assert page.get_attribute("#service", "data-level") == "captions_only"
+        page.screenshot(path=str(tmp_path / "degraded.png"))

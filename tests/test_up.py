@@ -81,9 +81,11 @@ def test_up_prints_the_url_serves_health_and_stops_cleanly(tmp_path: Path) -> No
         print(f"cold_start_s={cold_start_s:.1f} health={body}")
         assert status == 200 and body.get("status") == "ok", body
         descendants = children_of(up.pid)
-        assert len(descendants) >= 6  # redis, gateway, asr, mt, tts, lipsync (plus engine helpers)
+        assert len(descendants) >= 7  # redis, janus, gateway, asr, mt, tts, lipsync (plus helpers)
         [data_dir] = tmp_path.glob("babelroom-redis-*")
         assert list(data_dir.glob("appendonlydir/*.aof")), "the private Redis keeps an append-only file"
+        [janus_dir] = tmp_path.glob("babelroom-janus-*")
+        assert (janus_dir / "janus.jcfg").is_file(), "the private Janus's configuration lives in its own folder"
     finally:
         up.send_signal(signal.SIGTERM)
         up.wait(timeout=60)
@@ -91,4 +93,4 @@ def test_up_prints_the_url_serves_health_and_stops_cleanly(tmp_path: Path) -> No
     while any(alive(pid) for pid in descendants) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not [pid for pid in descendants if alive(pid)], "babelroom up left processes behind"
-    assert list(tmp_path.glob("babelroom-redis-*")) == [], "babelroom up left its Redis data dir behind"
+    assert list(tmp_path.glob("babelroom-*")) == [], "babelroom up left its Redis or Janus folder behind"
