@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import logging
 import secrets
 import time
@@ -25,7 +24,7 @@ from typing import Any
 
 from aiortc import RTCConfiguration, RTCIceServer
 
-from gateway import captions
+from gateway import captions, validation
 from gateway.egress import Egress
 from gateway.ingest import Ingest
 from gateway.janus import Handle, JanusClient, JanusClosed, JanusError
@@ -368,9 +367,7 @@ class Gateway:
     # -- what the page asks over its events socket ------------------------------------------------
     async def on_client_message(self, participant: Participant, text: str) -> None:
         try:
-            message = json.loads(text)
-            if not isinstance(message, dict):
-                raise ValueError("a message is a JSON object")
+            message = validation.json_object(text.encode())  # strict: depth-bounded, an object
             kind = message.get("type")
             room = self.rooms.get(participant.room)
             if kind == "mute":
