@@ -79,13 +79,18 @@ class FeedVideoTrack(MediaStreamTrack):
     kind = "video"
 
     def __init__(
-        self, timeline: PlayoutTimeline, video: SegmentVideo, language: str, clock: Callable[[], float] = time.time
+        self,
+        timeline: PlayoutTimeline,
+        video: SegmentVideo,
+        language: str,
+        stats: VideoStats | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         super().__init__()
         self.timeline = timeline
         self.video = video
         self.language = language
-        self.stats = VideoStats()
+        self.stats = stats if stats is not None else VideoStats()  # may be shared by all feeds
         self._clock = clock
         self._origin: float | None = None  # wall time of pts 0
         self._next_at: float | None = None  # when the next frame is due, while a translation plays
