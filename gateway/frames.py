@@ -98,7 +98,7 @@ class FramePath:
         self._spawn(self._take(rooms, clip))
 
     async def drain(self) -> None:
-        """Wait for the stores and decodes under way (tests, shutdown)."""
+        """Wait for the stores and decodes under way (the tests do)."""
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
