@@ -140,3 +140,10 @@ async def test_lipsync_is_offered_while_a_lipsync_worker_is_alive(bus: Bus) -> N
     assert not await lipsync_available(bus)
     await bus.client.set(bus.heartbeat_key(LIPSYNC, "w1"), json.dumps({"service_s": 0.1}), ex=10)
     assert await lipsync_available(bus)
+
+
+def test_the_video_counters_reach_prometheus() -> None:
+    metrics = Metrics()
+    metrics.set_video({"lipsynced": 2, "original_frames": 7})
+    text = metrics.render().decode()
+    assert 'babelroom_video{what="lipsynced"} 2.0' in text and 'babelroom_video{what="original_frames"} 7.0' in text
