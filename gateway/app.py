@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import WSMsgType, hdrs, web
+from redis.exceptions import RedisError
 
 from gateway import validation
 from gateway.health import BUS_KEY, GATEWAY_KEY, healthz
@@ -38,6 +39,7 @@ from gateway.service import Gateway, JoinError
 from gateway.tokens import TokenClaims, TokenError, verify_token
 from pipeline.bus import Bus
 from pipeline.metrics import CONTENT_TYPE
+from pipeline.routes import LIPSYNC
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +163,7 @@ async def metrics(request: web.Request) -> web.Response:
     """Prometheus metrics (text exposition format)."""
     gateway = request.app[GATEWAY_KEY]
     gateway.metrics.set_sessions(len(gateway.sessions), len(gateway.rooms))
+    gateway.metrics.set_video(gateway.video_counts())
     return web.Response(body=gateway.metrics.render(), headers={hdrs.CONTENT_TYPE: CONTENT_TYPE})
 
 
@@ -194,9 +197,17 @@ async def config(request: web.Request) -> web.Response:
             "languages": languages,
             "tokens_required": options.tokens_required,
             "ice_servers": ice_servers(options),
-            "features": {"lipsync": False},  # lip-sync is not built yet: the page shows it as unavailable
+            "features": {"lipsync": await lipsync_available(request.app[BUS_KEY])},
         }
     )
+
+
+async def lipsync_available(bus: Bus) -> bool:
+    """Lip-sync is offered while a lipsync worker is alive; without Redis, it is not."""
+    try:
+        return (await bus.alive_workers()).get(LIPSYNC, 0) > 0
+    except (RedisError, OSError):
+        return False
 
 
 def ice_servers(options: GatewayOptions) -> list[dict[str, str]]:

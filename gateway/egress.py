@@ -20,7 +20,7 @@ from aiortc import RTCConfiguration
 from gateway.janus import JanusClient, JanusClosed, JanusError
 from gateway.playout import TimelineTrack
 from gateway.rooms import Room
-from gateway.video import FeedVideoTrack
+from gateway.video import FeedVideoTrack, VideoStats
 from gateway.videoroom import Publisher, new_id
 
 log = logging.getLogger(__name__)
@@ -31,6 +31,7 @@ FEED_DISPLAY = "BabelRoom translation ({language})"
 class Egress:
     def __init__(self, rooms: dict[str, Room]) -> None:
         self.rooms = rooms
+        self.video_stats = VideoStats()  # all feeds' segments, by the frames they showed
         self._feeds: dict[tuple[str, str], Publisher] = {}
         self._playing: dict[tuple[str, str], tuple[str, int] | None] = {}
 
@@ -79,7 +80,7 @@ class Egress:
         self._feeds[(room.name, language)] = publisher
         try:
             timeline = room.timeline(language)
-            tracks = [TimelineTrack(timeline), FeedVideoTrack(timeline, room.video, language)]
+            tracks = [TimelineTrack(timeline), FeedVideoTrack(timeline, room.video, language, self.video_stats)]
             await publisher.start(client, room.keys, feed_id, FEED_DISPLAY.format(language=language), tracks)
         except (JanusError, JanusClosed, TimeoutError) as exc:
             log.error("room %s: could not publish the %s feed: %s", room.name, language, exc)

@@ -45,6 +45,7 @@ async def healthz(request: web.Request) -> web.Response:
         "backlog": backlog,
         "tasks": gateway.tasks.status(),
         "service": service.public(),
+        "video": gateway.video_counts(),
         "rooms": len(gateway.rooms),
         "participants": len(gateway.sessions),
     }

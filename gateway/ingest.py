@@ -22,6 +22,7 @@ from aiortc.mediastreams import MediaStreamError
 from av import AudioFrame
 from redis.exceptions import RedisError
 
+from gateway.frames import FramePath, wants_lipsync
 from gateway.media import mono_samples
 from gateway.options import GatewayOptions
 from gateway.overload import OverloadMonitor
@@ -55,10 +56,11 @@ class IngestStats:
 
 
 class Ingest:
-    def __init__(self, bus: Bus, options: GatewayOptions, overload: OverloadMonitor) -> None:
+    def __init__(self, bus: Bus, options: GatewayOptions, overload: OverloadMonitor, frames: FramePath) -> None:
         self.bus = bus
         self.options = options
         self.overload = overload  # decides, per segment, how much service it gets (speech, lip-sync)
+        self.frames = frames  # a consenting speaker's frames out to the lipsync stage
         self.stats = IngestStats()
         self._outbox: deque[tuple[Room, SpeechSegment, float]] = deque()
 
@@ -114,6 +116,7 @@ class Ingest:
         if participant.video_window is not None:  # the speaker consented: their face can follow the translation
             spoken_from = captured_at - (segment.end_sample - segment.start_sample) / SAMPLE_RATE
             room.video.keep_original(participant.id, seq, participant.video_window.between(spoken_from, captured_at))
+        message = self._with_frames(room, participant, message)
         message = message.stamped("captured", captured_at)
         if self._outbox:  # keep the order: earlier segments are still waiting for Redis
             self._hold(room, message)
@@ -124,6 +127,15 @@ class Ingest:
         except RedisError as exc:
             log.warning("redis unavailable (%s): holding segments until it is back", exc)
             self._hold(room, message)
+
+    def _with_frames(self, room: Room, participant: Participant, message: SpeechSegment) -> SpeechSegment:
+        """Send the segment's frames for lip-sync when its speaker consented, a listener wants it and the
+        service level allows it; the segment then says so. Otherwise no frame leaves the gateway."""
+        kept = room.video.get(participant.id, message.seq)
+        if kept is None or not message.service.lipsync or not wants_lipsync(room, participant, message.targets):
+            return message
+        self.frames.send(room, participant.id, message.seq, kept.original)
+        return dataclasses.replace(message, has_frames=True)
 
     async def floor_events(self, room: Room, events: list[turns.FloorEvent]) -> None:
         """Tell the room about floor changes; a speaker granted the floor gets their held segments sent."""

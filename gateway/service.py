@@ -26,6 +26,7 @@ from aiortc import RTCConfiguration, RTCIceServer
 
 from gateway import captions, validation
 from gateway.egress import Egress
+from gateway.frames import FramePath
 from gateway.ingest import Ingest
 from gateway.janus import Handle, JanusClient, JanusClosed, JanusError
 from gateway.media import VideoWindow
@@ -38,7 +39,7 @@ from gateway.rtp import RtpAudioTrack, RtpReceiver
 from gateway.tasks import TaskSupervisor
 from gateway.videoroom import PLUGIN, Feed, Monitor, Subscriber, create_room, destroy_room, forward_audio, kick, new_id
 from pipeline.bus import Bus
-from pipeline.messages import Message
+from pipeline.messages import Message, VideoClip
 from pipeline.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,8 @@ class Gateway:
         self.metrics = Metrics()
         overload = OverloadOptions(late_bound_s=options.late_bound_s)
         self.overload = OverloadMonitor(bus, overload, self.metrics, self.announce_service)
-        self.ingest = Ingest(bus, options, self.overload)
+        self.frames = FramePath(bus)
+        self.ingest = Ingest(bus, options, self.overload, self.frames)
         self.egress = Egress(self.rooms)
         self.results = ResultsReader(bus, self.on_result)
         self.tasks = TaskSupervisor()  # the gateway's own, long-lived: restarted when they fail
@@ -349,7 +351,14 @@ class Gateway:
     def on_result(self, message: Message) -> None:
         """A worker's result: captions, speech and video to the room it belongs to (if it is ours)."""
         self.metrics.observe_result(message)
-        captions.dispatch(self.rooms, message)
+        if isinstance(message, VideoClip):
+            self.frames.receive(self.rooms, message)
+        else:
+            captions.dispatch(self.rooms, message)
+
+    def video_counts(self) -> dict[str, int]:
+        """The lip-sync path's counters: what the feeds showed, frames out, clips back."""
+        return {**vars(self.egress.video_stats), **vars(self.frames.stats)}
 
     def announce_service(self, decision: Decision) -> None:
         """The overload policy changed the service level: every room's page says so."""

@@ -4,7 +4,8 @@ Only for a speaker who consented to lip-sync: the gateway keeps their recent cam
 VideoWindow), and each of their segments keeps the frames it was spoken over. A language's feed then
 shows, while a translated segment plays, that segment's lip-synced frames for the language when they
 have come, and otherwise its original frames, stretched over the translated speech: audio never waits
-for video, and each fallback is counted. Between translations the feed sends no video at all (no
+for video, and each fallback is counted. A clip that comes while its segment plays takes over from that
+moment, at its place on the speech's timeline. Between translations the feed sends no video at all (no
 encoding cost); the page shows the speaker's own camera from Janus then.
 """
 
@@ -31,8 +32,10 @@ IDLE_POLL_S = 0.05
 
 @dataclass
 class VideoStats:
-    lipsynced: int = 0  # translated segments shown with lip-synced frames
-    original: int = 0  # shown with the original frames: lip-sync late, failed or off
+    lipsynced: int = 0  # translated segments whose first frame was lip-synced
+    original: int = 0  # began with the original frames: lip-sync late, failed or off
+    lipsynced_frames: int = 0  # frames sent: a late clip takes over mid-segment, at its place on the timeline
+    original_frames: int = 0
 
 
 @dataclass
@@ -79,13 +82,18 @@ class FeedVideoTrack(MediaStreamTrack):
     kind = "video"
 
     def __init__(
-        self, timeline: PlayoutTimeline, video: SegmentVideo, language: str, clock: Callable[[], float] = time.time
+        self,
+        timeline: PlayoutTimeline,
+        video: SegmentVideo,
+        language: str,
+        stats: VideoStats | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         super().__init__()
         self.timeline = timeline
         self.video = video
         self.language = language
-        self.stats = VideoStats()
+        self.stats = stats if stats is not None else VideoStats()  # may be shared by all feeds
         self._clock = clock
         self._origin: float | None = None  # wall time of pts 0
         self._next_at: float | None = None  # when the next frame is due, while a translation plays
@@ -120,6 +128,10 @@ class FeedVideoTrack(MediaStreamTrack):
         return frame
 
     def _count(self, placement: Placement, synced: bool) -> None:
+        if synced:
+            self.stats.lipsynced_frames += 1
+        else:
+            self.stats.original_frames += 1
         key = (placement.clip.speaker, placement.clip.seq)
         if key in self._counted:
             return

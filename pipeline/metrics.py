@@ -13,7 +13,7 @@ from collections.abc import Mapping
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from pipeline.messages import Dropped, Message, SynthesizedSpeech, Transcript, Translation
+from pipeline.messages import Dropped, Message, SynthesizedSpeech, Transcript, Translation, VideoClip
 
 # Seconds: from well under a stage's usual time to past the late bound.
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 60.0)
@@ -21,6 +21,7 @@ RESULT_NAMES: Mapping[type[Message], str] = {
     Transcript: "caption",
     Translation: "translation",
     SynthesizedSpeech: "speech",
+    VideoClip: "video",
 }
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -54,6 +55,10 @@ class Metrics:
         self.dropped = Counter(
             "babelroom_dropped", "Segments a stage dropped, e.g. too late", ["stage", "reason"], registry=r
         )
+        self.video = Gauge(
+            "babelroom_video", "Lip-sync path: segments shown lip-synced or with the original frames; frames "
+            "stored; clips received", ["what"], registry=r,
+        )  # fmt: skip
         self.sessions = Gauge("babelroom_sessions", "Participants connected to this gateway", registry=r)
         self.rooms = Gauge("babelroom_rooms", "Rooms with at least one participant", registry=r)
         self.http_errors = Counter(
@@ -94,6 +99,10 @@ class Metrics:
     def set_sessions(self, sessions: int, rooms: int) -> None:
         self.sessions.set(sessions)
         self.rooms.set(rooms)
+
+    def set_video(self, counts: Mapping[str, int]) -> None:
+        for what, count in counts.items():
+            self.video.labels(what).set(count)
 
     def count_http_error(self) -> None:
         self.http_errors.inc()

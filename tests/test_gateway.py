@@ -28,12 +28,14 @@ from av import AudioFrame, VideoFrame
 from babelroom.janus import JanusConfig
 from benchmarks.participant import ScriptedParticipant
 from gateway.app import create_app
+from gateway.health import GATEWAY_KEY
 from gateway.options import GatewayOptions, JanusOptions
 from gateway.tokens import issue_token
 from gateway.validation import ROOM_NAME_RULE
 from pipeline.audio import float_to_pcm16, resample
 from pipeline.bus import Bus
 from pipeline.config import BusOptions
+from pipeline.frames import frames_key, make_clip
 from pipeline.messages import SpeechSegment, SynthesizedSpeech, Transcript, Translation
 from tests.speech import espeak, silence
 
@@ -194,7 +196,7 @@ async def test_speech_becomes_segments_and_results_become_captions_and_translate
 async def test_a_consenting_speakers_face_plays_on_the_feed_while_their_translation_does(
     server: BaseTestServer, http: ClientSession, bus: Bus, consent: bool
 ) -> None:
-    ana = await join(server, "Ana", "es", "es", SpeechTrack(silence(60)))
+    ana = await join(server, "Ana", "es", "es", SpeechTrack(silence(60)), lipsync=True)
     speech = np.concatenate([silence(3.0), espeak("the house is big"), silence(30)])
     bob = await join(server, "Bob", "en", "en", SpeechTrack(speech), ColorCamera((220, 30, 30)), face_consent=consent)
     try:
@@ -206,6 +208,14 @@ async def test_a_consenting_speakers_face_plays_on_the_feed_while_their_translat
             "seq": segment.seq,
             "stamps": segment.stamps,
         }
+        await asyncio.sleep(1.0)  # the gateway encodes and stores the frames in the background
+        stored = await bus.client.get(frames_key(bus.options.prefix, ROOM, bob.session["id"], segment.seq))
+        assert segment.has_frames is consent and (stored is not None) is consent, "frames go out only with consent"
+        if consent:  # the lipsync worker's part, scripted here (its own tests run the real one): a green clip
+            green = [np.full((240, 320, 3), (30, 200, 60), dtype=np.uint8)] * 30
+            clip = make_clip(ROOM, bob.session["id"], segment.seq, green, [i / 15 for i in range(30)], language="es")
+            await bus.publish(clip)
+            await asyncio.sleep(0.5)  # decoded in the gateway before the speech comes
         tone = 0.3 * np.sin(2 * np.pi * 220 * np.arange(32_000) / 16_000)
         await bus.publish(SynthesizedSpeech(**base, language="es", text="la casa", pcm=float_to_pcm16(tone)))
         notice = await ana.wait_for(
@@ -218,7 +228,9 @@ async def test_a_consenting_speakers_face_plays_on_the_feed_while_their_translat
             return
         assert len(ana.translated_frames) >= 10, "the feed shows Bob's face while his translation plays"
         red, green, blue = np.median([frame.reshape(-1, 3).mean(axis=0) for _, frame in ana.translated_frames], axis=0)
-        assert red > 150 and green < 90 and blue < 90, (red, green, blue)
+        assert green > 150 and red < 90 and blue < 120, ("the lip-synced frames play", red, green, blue)
+        counts = server.app[GATEWAY_KEY].video_counts()
+        assert counts["lipsynced"] == 1 and counts["original"] == 0 and counts["stored"] == 1, counts
         playing_from = ana.message_times[ana.messages.index(notice[0])]
         assert abs(ana.translated_frames[0][0] - playing_from) < 1.0, "the face comes with the speech"
     finally:

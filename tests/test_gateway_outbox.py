@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from babelroom.supervisor import free_port, redis_argv
+from gateway.frames import FramePath
 from gateway.ingest import Ingest
 from gateway.options import GatewayOptions
 from gateway.overload import OverloadMonitor, OverloadOptions
@@ -28,7 +29,7 @@ def segment(index: int) -> Segment:
 async def test_segments_published_during_a_redis_outage_arrive_in_order(tmp_path: Path) -> None:
     port = free_port()
     bus = Bus.connect(BusOptions(redis_url=f"redis://127.0.0.1:{port}/0", prefix="outbox"))
-    ingest = Ingest(bus, GatewayOptions(), OverloadMonitor(bus, OverloadOptions(), Metrics()))
+    ingest = Ingest(bus, GatewayOptions(), OverloadMonitor(bus, OverloadOptions(), Metrics()), FramePath(bus))
     room = Room("r", PlayoutOptions())
     speaker = Participant("ana", "r", Profile("Ana", "en", "en"))
     room.add(speaker)

@@ -52,12 +52,10 @@ def open_page(browser: Browser, url: str) -> Page:
     return page
 
 
-def test_the_form_starts_with_unavailable_features_off_and_keeps_languages_apart(
-    service: str, browser: Browser
-) -> None:
-    page = open_page(browser, f"{service}/room/demo")
-    assert page.is_disabled("#opt-lipsync") and not page.is_checked("#opt-lipsync")
-    assert page.is_visible("#lipsync-option [data-unavailable]")
+def test_the_form_offers_lipsync_off_by_default_and_keeps_languages_apart(service: str, browser: Browser) -> None:
+    page = open_page(browser, f"{service}/room/demo")  # the service runs a lipsync worker: lip-sync is offered
+    assert page.is_enabled("#opt-lipsync") and not page.is_checked("#opt-lipsync"), "opt-in"
+    assert not page.is_visible("#lipsync-option [data-unavailable]")
     assert not page.is_checked("#face-yes") and not page.is_checked("#face-no"), "consent is never pre-chosen"
     page.select_option("#hear", "ca")
     page.select_option("#speak", "es")
