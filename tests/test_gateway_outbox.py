@@ -11,10 +11,12 @@ import numpy as np
 from babelroom.supervisor import free_port, redis_argv
 from gateway.ingest import Ingest
 from gateway.options import GatewayOptions
+from gateway.overload import OverloadMonitor, OverloadOptions
 from gateway.playout import PlayoutOptions
 from gateway.rooms import Participant, Profile, Room
 from pipeline.bus import Bus
 from pipeline.config import BusOptions
+from pipeline.metrics import Metrics
 from pipeline.segmenter import Segment
 
 
@@ -26,12 +28,12 @@ def segment(index: int) -> Segment:
 async def test_segments_published_during_a_redis_outage_arrive_in_order(tmp_path: Path) -> None:
     port = free_port()
     bus = Bus.connect(BusOptions(redis_url=f"redis://127.0.0.1:{port}/0", prefix="outbox"))
-    ingest = Ingest(bus, GatewayOptions())
+    ingest = Ingest(bus, GatewayOptions(), OverloadMonitor(bus, OverloadOptions(), Metrics()))
     room = Room("r", PlayoutOptions())
     speaker = Participant("ana", "r", Profile("Ana", "en", "en"))
     room.add(speaker)
     for index in range(3):  # no Redis at all yet: every segment is held
-        await ingest.publish(room, speaker, segment(index), captured_at=float(index), targets=("es",))
+        await ingest.publish(room, speaker, segment(index), captured_at=float(index), targets=("es",), seq=index)
     assert ingest.stats.segments_held == 3 and ingest.stats.segments_published == 0
 
     server = subprocess.Popen(redis_argv(port, str(tmp_path)), stdout=subprocess.DEVNULL)
