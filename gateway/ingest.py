@@ -106,6 +106,8 @@ class Ingest:
             participant.open_seq = room.next_seq(participant.id)
         if open_audio is None or room.floor.holder != participant.id or not participant.profile.consent:
             return
+        if self._pausing(segmenter):
+            return
         targets = turns.plan_targets(room.floor, participant.id)
         start_sample, audio = open_audio
         request = participant.interim.request(
@@ -118,6 +120,11 @@ class Ingest:
             self.stats.interim_requests += 1
         except RedisError:  # an interim caption can be skipped: the final one carries the same words
             log.debug("interim request for %s not sent: redis unavailable", request.log_context)
+
+    def _pausing(self, segmenter: Segmenter) -> bool:
+        last_voiced = segmenter.last_speech_sample
+        paused = segmenter.position_sample - (last_voiced if last_voiced is not None else 0)
+        return paused > self.options.interim.max_pause_s * SAMPLE_RATE
 
     @staticmethod
     def _take_seq(room: Room, participant: Participant) -> int:
