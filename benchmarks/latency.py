@@ -15,7 +15,9 @@ namespace of its own (Janus gathers no candidates on loopback; see babelroom/net
   latency.png.
 
 What the listener sees of an utterance is what arrives between its onset and the next one's: an utterance
-cut in two (a long pause inside it) counts from its first interim caption to its last final caption.
+cut in two (a long pause inside it) counts from its first interim caption to its last final caption, and
+its speech start is the first translated clip that starts after its end (earlier parts' clips that played
+while it was still spoken are counted in `translated_before_end`).
 """
 
 from __future__ import annotations
@@ -217,6 +219,7 @@ class Heard:
     room: str = ""
     final_seq: int | None = None  # the segment of the last final caption (its stamps are final_stamps)
     interim_updates: int = 0  # interim captions with text shown before the speech ended
+    spoke_over: bool = False  # translated speech of an earlier part (a pause cut it) played before the end
 
 
 def percentiles(values: Sequence[float]) -> dict[str, float | None]:
@@ -242,6 +245,7 @@ def summarize(heard: Sequence[Heard]) -> dict[str, Any]:
         "speech_start_after_end_s": percentiles(speech),
         "stage_mean_s": {name: round(float(np.mean(v)), 4) for name, v in spans.items()},
         "missed_final_captions": sum(h.final_caption_at is None for h in heard),
+        "translated_before_end": sum(h.spoke_over for h in heard),
         "longest_utterance": longest(heard),
     }
 
@@ -374,15 +378,18 @@ def what_was_heard(
                 if m["type"] == "caption" and m["lang"] == target and start <= t < until]  # fmt: skip
     interims = [t for t, m in captions if not m["final"] and m["text"]]
     finals = [(t, m) for t, m in captions if m["final"]]
-    sounds = [t for t in sound_starts(sound_at) if start <= t < until]
+    end = this.end_at or start
+    starts = [t for t in sound_starts(sound_at) if start <= t < until]
+    after_end = [t for t in starts if t >= end]
     return Heard(
         this,
         room=room,
         first_interim_at=interims[0] if interims else None,
         final_caption_at=finals[-1][0] if finals else None,
-        speech_started_at=sounds[0] if sounds else None,
+        speech_started_at=after_end[0] if after_end else None,
+        spoke_over=len(after_end) < len(starts),
         final_seq=finals[-1][1]["seq"] if finals else None,
-        interim_updates=sum(t < (this.end_at or 0.0) for t in interims),
+        interim_updates=sum(t < end for t in interims),
     )
 
 
