@@ -280,7 +280,10 @@ def plot(summary: dict[str, Any], path: Path) -> None:
                 left.hlines(target, i + offset - 0.2, i + offset + 0.2, colors="black", linestyles="dashed")
     left.set_xticks(x, labels)
     left.set_ylabel("seconds")
-    left.set_title(f"{summary['utterances']} utterances (dashed: targets)")
+    title = f"{summary['utterances']} utterances (dashed: targets)"
+    if longest := summary.get("longest_utterance"):
+        title += f"\nlongest ({longest['duration_s']} s): {longest['interim_updates']} interim updates before its end"
+    left.set_title(title)
     left.legend()
     bottom = 0.0
     for name, seconds in summary["stage_mean_s"].items():
