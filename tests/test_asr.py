@@ -234,32 +234,3 @@ def test_broken_audio_is_a_permanent_error_not_a_retry(pcm: bytes) -> None:
     broken = dataclasses.replace(segment(silence(0.1)), pcm=pcm)
     with pytest.raises(PermanentError, match="broken audio"):
         AsrStage().process(broken)
-
-
-class CountingRecognizer:
-    """The real recogniser, counting its calls and the committed words each one decoded after."""
-
-    def __init__(self, recognizer: FasterWhisperRecognizer) -> None:
-        self.recognizer = recognizer
-        self.name = recognizer.name
-        self.prefixes: list[str] = []
-
-    def transcribe(self, segment: SpeechSegment) -> Transcript:
-        self.prefixes.append(segment.committed)
-        return self.recognizer.transcribe(segment)
-
-    def draft(self, segment: SpeechSegment, prefix: str) -> str:
-        return self.recognizer.draft(segment, prefix)
-
-
-def test_an_empty_final_after_committed_words_is_decoded_again_afresh(
-    base: FasterWhisperRecognizer, piper_clip: Samples
-) -> None:
-    counting = CountingRecognizer(base)
-    stage = AsrStage(recognizer=counting)
-    [quiet] = stage.process(dataclasses.replace(segment(silence(2.0)), committed="the house"))
-    assert isinstance(quiet, Transcript) and quiet.text == ""
-    assert counting.prefixes == ["the house", ""], "empty after the prefix: decoded once more without it"
-    counting.prefixes.clear()
-    [heard] = stage.process(dataclasses.replace(segment(piper_clip), committed="The"))
-    assert isinstance(heard, Transcript) and heard.text and counting.prefixes == ["The"], "words: no second pass"

@@ -2,11 +2,7 @@
 no caption is shown, and it tells the gateway's playout to stop waiting for this segment's speech.
 
 Interim: InterimRequest -> [InterimTranscript], a quick draft of the open segment grown by LocalAgreement
-(pipeline/interim.py); nothing when there is nothing to show yet.
-
-A final decoded after its interims' committed words that comes out empty is decoded once more from
-scratch: the prefix can send Whisper astray (a repetition loop the guard rejects), and the words were
-heard, so their caption must not be lost."""
+(pipeline/interim.py); nothing when there is nothing to show yet."""
 
 from __future__ import annotations
 
@@ -49,11 +45,6 @@ class AsrStage:
             self.load()
         assert self.recognizer is not None
         transcripts = transcribe_all(self.recognizer, segments)
-        astray = [i for i, (s, t) in enumerate(zip(segments, transcripts, strict=True)) if lost_after_prefix(s, t)]
-        if astray:
-            afresh = transcribe_all(self.recognizer, [dataclasses.replace(segments[i], committed="") for i in astray])
-            for i, transcript in zip(astray, afresh, strict=True):
-                transcripts[i] = transcript
         return [
             t if isinstance(t, Exception) else [self._with_pitch(t, s).stamped(self.kind)]
             for s, t in zip(segments, transcripts, strict=True)
@@ -85,11 +76,6 @@ class AsrStage:
             text=agreement.text, committed=agreement.committed, end_sample=request.end_sample,
         )  # fmt: skip
         return [interim.stamped(self.kind)]
-
-
-def lost_after_prefix(segment: SpeechSegment, transcript: Transcript | Exception) -> bool:
-    """True for an empty final that was decoded after committed words."""
-    return bool(segment.committed) and isinstance(transcript, Transcript) and not transcript.text.strip()
 
 
 Audible = TypeVar("Audible", SpeechSegment, InterimRequest)
