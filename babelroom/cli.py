@@ -112,7 +112,7 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
-BENCHMARKS = ("stages", "scaling", "hops", "media", "lipsync", "pipeline", "gpu", "report")
+BENCHMARKS = ("stages", "scaling", "hops", "latency", "media", "lipsync", "pipeline", "gpu", "report")
 
 
 def rooms_list(text: str) -> tuple[int, ...]:
@@ -264,6 +264,10 @@ def run_bench(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         from benchmarks.lipsync import run as run_lipsync
 
         run_lipsync(args.out)
+    elif args.name == "latency":
+        from benchmarks.latency import run as run_latency
+
+        run_latency(args.out)
     elif args.name == "media":
         from benchmarks.media import run as run_media
 

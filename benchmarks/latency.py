@@ -1,20 +1,32 @@
-"""The latency benchmark's parts that do not need the gateway (prepared; `babelroom bench latency` wires them
-to the real gateway once the media plane on Janus lands):
+"""`babelroom bench latency --out DIR`: how soon a listener reads and hears what a speaker says, through the
+real gateway, a real Janus and the real asr, mt and tts workers, on a private Redis, inside a network
+namespace of its own (Janus gathers no candidates on loopback; see babelroom/netns.py).
 
 - `corpus`: at least 20 utterances, en->es spoken by the bundled Piper voice and es->en by espeak-ng, whose
   speech lasts 1-10 s;
 - `ScriptedSpeaker`: an aiortc audio track (not a browser competing for the cores) that speaks them in real
   time, 20 ms frames at 48 kHz, with silence between, and notes the wall time at which each utterance's
   speech starts and ends leaving it;
+- a ScriptedParticipant (benchmarks/participant.py) speaks them into a room per direction, while a second one
+  listens in the target language: its captions (interim and final) and its translated feed's sound;
 - `summarize` and `plot`: p50 and p95 of the first interim caption after speech onset, the final caption
-  and the translated speech's start after the end of speech, and each stage's share (from the stamps of
-  the final messages), to latency.json and latency.png.
+  and the translated speech's start after the end of speech, each stage's share (from the stamps of
+  the final messages), and the interim updates shown during the longest utterance, to latency.json and
+  latency.png.
+
+What the listener sees of an utterance is what arrives between its onset and the next one's: an utterance
+cut in two (a long pause inside it) counts from its first interim caption to its last final caption, and
+its speech start is the first translated clip that starts after its end (earlier parts' clips that played
+while it was still spoken are counted in `translated_before_end`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import fractions
+import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,8 +35,9 @@ from typing import Any
 
 import numpy as np
 
+from babelroom import netns
 from pipeline.audio import Samples, float_to_pcm16, resample, rms_dbfs
-from pipeline.messages import SAMPLE_RATE, Stamps
+from pipeline.messages import SAMPLE_RATE, Stamps, SynthesizedSpeech
 from pipeline.stamps import stage_spans
 from workers.engines.tts import EspeakSynthesizer, PiperSynthesizer
 
@@ -33,6 +46,11 @@ FRAME_S = 0.02
 FRAME_SAMPLES = round(WIRE_RATE * FRAME_S)
 LEAD_S = 1.0  # silence before the first utterance: the gateway's segmenter learns the noise floor
 GAP_S = 4.0  # silence after each utterance: its translation plays before the next one starts
+RUN_LEAD_S = 4.0  # the benchmark's lead silence: the listener subscribes to the translated feed meanwhile
+READY_S = 240.0  # the workers load their models (slower while other work shares the cores)
+FEED_TIMEOUT_S = 30.0
+TAIL_S = 15.0  # after the last utterance, how long to wait for its final caption
+QUIET_S = 0.3  # a gap between loud frames of the translated feed this long starts a new clip
 SPEECH_FLOOR_DBFS = -45.0  # 10 ms windows louder than this are speech (the voices' own silence is digital)
 ESPEAK_WPM = 150
 # Issue 10's targets, seconds: (p50, p95) where the issue sets them.
@@ -41,6 +59,7 @@ TARGETS: dict[str, tuple[float | None, float | None]] = {
     "final_caption_after_end_s": (1.0, 1.8),
     "speech_start_after_end_s": (1.5, None),
 }
+TARGET_INTERIM_UPDATES = 3  # shown during an ~8 s utterance, before it ends
 
 EN_ES = (
     "Yes, I agree.",
@@ -98,10 +117,10 @@ def speech_only(samples: Samples, rate: int = SAMPLE_RATE) -> Samples:
     return samples[loud[0] : loud[-1] + hop] if loud else samples[:0]
 
 
-def corpus() -> list[Utterance]:
+def corpus(en_es: Sequence[str] = EN_ES, es_en: Sequence[str] = ES_EN) -> list[Utterance]:
     piper, espeak = PiperSynthesizer(), EspeakSynthesizer(words_per_minute=ESPEAK_WPM)
     utterances = []
-    for synth, language, target, texts in ((piper, "en", "es", EN_ES), (espeak, "es", "en", ES_EN)):
+    for synth, language, target, texts in ((piper, "en", "es", en_es), (espeak, "es", "en", es_en)):
         for text in texts:
             audio = synth.synthesize(text, language)
             samples = speech_only(resample(audio.samples, audio.sample_rate, SAMPLE_RATE))
@@ -197,6 +216,10 @@ class Heard:
     final_caption_at: float | None = None
     speech_started_at: float | None = None
     final_stamps: Stamps = field(default_factory=tuple)
+    room: str = ""
+    final_seq: int | None = None  # the segment of the last final caption (its stamps are final_stamps)
+    interim_updates: int = 0  # interim captions with text shown before the speech ended
+    spoke_over: bool = False  # translated speech of an earlier part (a pause cut it) played before the end
 
 
 def percentiles(values: Sequence[float]) -> dict[str, float | None]:
@@ -222,7 +245,19 @@ def summarize(heard: Sequence[Heard]) -> dict[str, Any]:
         "speech_start_after_end_s": percentiles(speech),
         "stage_mean_s": {name: round(float(np.mean(v)), 4) for name, v in spans.items()},
         "missed_final_captions": sum(h.final_caption_at is None for h in heard),
+        "translated_before_end": sum(h.spoke_over for h in heard),
+        "longest_utterance": longest(heard),
     }
+
+
+def longest(heard: Sequence[Heard]) -> dict[str, Any]:
+    """The longest utterance: how many interim updates its listener read before it ended."""
+    if not heard:
+        return {}
+    h = max(heard, key=lambda h: h.spoken.utterance.duration_s)
+    utterance = h.spoken.utterance
+    return {"text": utterance.text, "language": utterance.language, "duration_s": round(utterance.duration_s, 2),
+            "interim_updates": h.interim_updates, "target": TARGET_INTERIM_UPDATES}  # fmt: skip
 
 
 def plot(summary: dict[str, Any], path: Path) -> None:
@@ -245,7 +280,10 @@ def plot(summary: dict[str, Any], path: Path) -> None:
                 left.hlines(target, i + offset - 0.2, i + offset + 0.2, colors="black", linestyles="dashed")
     left.set_xticks(x, labels)
     left.set_ylabel("seconds")
-    left.set_title(f"{summary['utterances']} utterances (dashed: targets)")
+    title = f"{summary['utterances']} utterances (dashed: targets)"
+    if longest := summary.get("longest_utterance"):
+        title += f"\nlongest ({longest['duration_s']} s): {longest['interim_updates']} interim updates before its end"
+    left.set_title(title)
     left.legend()
     bottom = 0.0
     for name, seconds in summary["stage_mean_s"].items():
@@ -257,3 +295,154 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
+
+
+# -- the run: processes, two participants per direction, what the listener saw -------------------------------
+def run(out_dir: Path, utterances: Sequence[Utterance] | None = None, gap_s: float = GAP_S) -> dict[str, Any]:
+    """Speak `utterances` (default: the corpus) into the real service and write latency.json and latency.png."""
+    from benchmarks.media import media_plane
+    from benchmarks.provenance import provenance, save
+    from pipeline.routes import SPEECH_KINDS
+
+    if not netns.inside():
+        netns.enter()
+    chosen = list(utterances) if utterances is not None else corpus()
+    directions = sorted({(u.language, u.target) for u in chosen})
+    heard: list[Heard] = []
+    workdir = out_dir / "latency-run"  # the services' log (services.log), Janus's configuration, Redis's files
+    workdir.mkdir(parents=True, exist_ok=True)
+    with media_plane(workdir, SPEECH_KINDS) as (base_url, _, _, redis_url):
+        wait_for_workers(base_url, SPEECH_KINDS)
+        for language, target in directions:
+            spoken = [u for u in chosen if (u.language, u.target) == (language, target)]
+            heard += asyncio.run(converse(base_url, f"latency-{language}-{target}", spoken, gap_s))
+        stamps = asyncio.run(final_stamps(redis_url))
+    heard = [dataclasses.replace(h, final_stamps=stamps.get((h.room, h.final_seq), ())) for h in heard]
+    result = {
+        "benchmark": "latency",
+        **provenance({"asr": "default", "mt": "apertium", "tts": "default"}),
+        "participants": "aiortc speaker and listener through Janus and the gateway",
+        "targets": {name: {"p50": p50, "p95": p95} for name, (p50, p95) in TARGETS.items()},
+        **summarize(heard),
+        "per_utterance": [as_row(h) for h in heard],
+    }
+    save(result, out_dir, "latency", plot)
+    print(json.dumps({k: v for k, v in result.items() if k != "per_utterance"}, indent=2), flush=True)
+    return result
+
+
+async def converse(base_url: str, room: str, utterances: Sequence[Utterance], gap_s: float) -> list[Heard]:
+    """One speaker says `utterances` in their language while one listener hears the target language."""
+    from benchmarks.participant import ScriptedParticipant
+
+    language, target = utterances[0].language, utterances[0].target
+    voice = ScriptedSpeaker(utterances, lead_s=RUN_LEAD_S, gap_s=gap_s)
+    listener = ScriptedParticipant(base_url, room, "Listener", target, target)
+    speaker = ScriptedParticipant(base_url, room, "Speaker", language, language)
+    try:
+        await listener.join(ScriptedSpeaker((), lead_s=voice.duration_s + RUN_LEAD_S).track())
+        await speaker.join(voice.track())
+        await listener.listen_to_translation(FEED_TIMEOUT_S)
+        await asyncio.wait_for(voice.done.wait(), voice.duration_s + FEED_TIMEOUT_S)
+        last_onset = voice.spoken[-1].onset_at or 0.0
+        with contextlib.suppress(AssertionError):  # a final that never comes is counted as missed
+            await listener.wait_for(lambda: final_since(listener, last_onset), "the last final caption", TAIL_S)
+    finally:
+        await speaker.close()
+        await listener.close()
+    seen = (listener.messages, listener.message_times, listener.translated_sound_at)
+    return [what_was_heard(room, voice.spoken, i, *seen) for i in range(len(voice.spoken))]
+
+
+def final_since(listener: Any, since: float) -> bool:
+    return any(m["type"] == "caption" and m["final"] and t >= since
+               for m, t in zip(listener.messages, listener.message_times, strict=True))  # fmt: skip
+
+
+def sound_starts(sound_at: Sequence[float]) -> list[float]:
+    """The times translated speech started: a loud frame after a quiet stretch (not the rest of a clip)."""
+    return [t for i, t in enumerate(sound_at) if i == 0 or t - sound_at[i - 1] > QUIET_S]
+
+
+def what_was_heard(
+    room: str,
+    spoken: Sequence[Spoken],
+    index: int,
+    messages: Sequence[dict[str, Any]],
+    times: Sequence[float],
+    sound_at: Sequence[float],
+) -> Heard:
+    """What reached the listener between utterance `index`'s onset and the next one's."""
+    this = spoken[index]
+    start = this.onset_at or 0.0
+    until = spoken[index + 1].onset_at or float("inf") if index + 1 < len(spoken) else float("inf")
+    target = this.utterance.target
+    captions = [(t, m) for m, t in zip(messages, times, strict=True)
+                if m["type"] == "caption" and m["lang"] == target and start <= t < until]  # fmt: skip
+    interims = [t for t, m in captions if not m["final"] and m["text"]]
+    finals = [(t, m) for t, m in captions if m["final"]]
+    end = this.end_at or start
+    starts = [t for t in sound_starts(sound_at) if start <= t < until]
+    after_end = [t for t in starts if t >= end]
+    return Heard(
+        this,
+        room=room,
+        first_interim_at=interims[0] if interims else None,
+        final_caption_at=finals[-1][0] if finals else None,
+        speech_started_at=after_end[0] if after_end else None,
+        spoke_over=len(after_end) < len(starts),
+        final_seq=finals[-1][1]["seq"] if finals else None,
+        interim_updates=sum(t < end for t in interims),
+    )
+
+
+async def final_stamps(redis_url: str) -> dict[tuple[str, int | None], Stamps]:
+    """The stamps of every translated speech on `results`, by (room, seq): the final path's stages."""
+    from pipeline.bus import Bus
+    from pipeline.config import BusOptions
+
+    bus = Bus.connect(BusOptions(redis_url=redis_url))
+    stamps: dict[tuple[str, int | None], Stamps] = {}
+    last_id: bytes | str = "0-0"
+    try:
+        while deliveries := await bus.tail("results", last_id, count=500):
+            last_id = deliveries[-1].entry_id
+            for message in (d.message for d in deliveries):
+                if isinstance(message, SynthesizedSpeech):
+                    stamps[(message.room, message.seq)] = message.stamps
+    finally:
+        await bus.close()
+    return stamps
+
+
+def wait_for_workers(base_url: str, kinds: Sequence[str], timeout_s: float = READY_S) -> None:
+    """Until the gateway is connected to Janus and a worker of every kind is alive (models loaded)."""
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    body: Any = None
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{base_url}/healthz", timeout=2) as reply:
+                body = json.loads(reply.read())
+        except (OSError, ValueError):
+            body = None
+        if body and body.get("janus") == "connected" and all(body["workers"].get(k) for k in kinds):
+            return
+        time.sleep(0.5)
+    raise SystemExit(f"the service at {base_url} was not ready within {timeout_s:.0f} s: {body}")
+
+
+def as_row(h: Heard) -> dict[str, Any]:
+    def after(at: float | None, mark: float | None) -> float | None:
+        return round(at - mark, 3) if at is not None and mark is not None else None
+
+    return {
+        "text": h.spoken.utterance.text,
+        "language": h.spoken.utterance.language,
+        "duration_s": round(h.spoken.utterance.duration_s, 2),
+        "first_interim_after_onset_s": after(h.first_interim_at, h.spoken.onset_at),
+        "final_caption_after_end_s": after(h.final_caption_at, h.spoken.end_at),
+        "speech_start_after_end_s": after(h.speech_started_at, h.spoken.end_at),
+        "interim_updates": h.interim_updates,
+    }

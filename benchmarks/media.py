@@ -96,8 +96,11 @@ def cpu_seconds(pid: int) -> float:
 
 
 @contextlib.contextmanager
-def media_plane(workdir: Path) -> Iterator[tuple[str, subprocess.Popen[bytes], subprocess.Popen[bytes]]]:
-    """Redis, Janus and the gateway as processes; yields the gateway's URL and the two measured processes."""
+def media_plane(
+    workdir: Path, workers: Sequence[str] = ()
+) -> Iterator[tuple[str, subprocess.Popen[bytes], subprocess.Popen[bytes], str]]:
+    """Redis, Janus, the gateway and one worker of each kind in `workers` as processes; yields the gateway's
+    URL, the two processes the media benchmark measures, and Redis's URL."""
     procs: list[subprocess.Popen[bytes]] = []
     log = open(workdir / "services.log", "wb")  # noqa: SIM115 - closed below
     try:
@@ -115,7 +118,10 @@ def media_plane(workdir: Path) -> Iterator[tuple[str, subprocess.Popen[bytes], s
         argv = [sys.executable, "-m", "babelroom.cli", "gateway", "--host", "127.0.0.1", "--port", str(port)]
         gateway = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
         procs.append(gateway)
-        yield f"http://127.0.0.1:{port}", janus_proc, gateway
+        for kind in workers:
+            worker_argv = [sys.executable, "-m", "babelroom.cli", "worker", kind]
+            procs.append(subprocess.Popen(worker_argv, env=env, stdout=log, stderr=subprocess.STDOUT))
+        yield f"http://127.0.0.1:{port}", janus_proc, gateway, redis_url
     finally:
         for proc in reversed(procs):
             proc.terminate()
@@ -184,7 +190,7 @@ def run(
         workdir = Path(tmp)
         quiet = write_quiet_wav(workdir / "quiet.wav")
         for n in participants:
-            with media_plane(workdir) as (base_url, janus_proc, gateway):
+            with media_plane(workdir) as (base_url, janus_proc, gateway, _):
                 wait_for_gateway(base_url)
                 row = measure(base_url, janus_proc, gateway, n, quiet, (warmup_s, window_s))
             rows.append(row)

@@ -1,5 +1,7 @@
 """Results from the workers, dispatched to the room: captions to each listener in their language
-(original text alongside), translated speech onto the language's playout timeline."""
+(original text alongside), translated speech onto the language's playout timeline. Interim results
+become interim captions (`final: False`) when the speaker's InterimTracker still wants them; the final
+caption of the same segment replaces them on the page."""
 
 from __future__ import annotations
 
@@ -9,7 +11,16 @@ from typing import Any
 
 from gateway.playout import Clip
 from gateway.rooms import Room
-from pipeline.messages import Dropped, Message, SynthesizedSpeech, Transcript, Translation
+from pipeline.interim import interim_caption
+from pipeline.messages import (
+    Dropped,
+    InterimTranscript,
+    InterimTranslation,
+    Message,
+    SynthesizedSpeech,
+    Transcript,
+    Translation,
+)
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +90,19 @@ def on_translation(room: Room, message: Translation) -> None:
         )
 
 
+def on_interim(room: Room, message: InterimTranscript | InterimTranslation) -> None:
+    """An interim transcript to the speaker and the listeners of the spoken language, an interim translation
+    to the listeners of its language; stale ones (a newer revision shown, or the segment closed) to nobody."""
+    speaker = room.participants.get(message.speaker)
+    if speaker is None or not speaker.interim.accept(message) or not message.text.strip():
+        return
+    payload = interim_caption(message, room.names.get(message.speaker, message.speaker))
+    if isinstance(message, InterimTranscript):
+        speaker.send(payload)
+    for listener in room.listeners_for(message.language, except_id=message.speaker):
+        listener.send(payload)
+
+
 def on_speech(room: Room, message: SynthesizedSpeech, now: float | None = None) -> str:
     """Place translated speech on its language's timeline; returns the timeline's verdict."""
     now = time.time() if now is None else now
@@ -131,3 +155,5 @@ def dispatch(rooms: dict[str, Room], message: Message) -> None:
         on_speech(room, message)
     elif isinstance(message, Dropped):
         on_dropped(room, message)
+    elif isinstance(message, InterimTranscript | InterimTranslation):
+        on_interim(room, message)

@@ -4,6 +4,11 @@
     closed at a natural pause) -> the room's floor (translate, captions only, or wait for the floor)
     -> a SpeechSegment on the `asr` stream, targets = the listeners' distinct languages
 
+While the floor holder speaks, every `interim.interval_s` the open segment's audio so far goes out as an
+InterimRequest (`asr_interim` stream, pipeline/interim.py); its seq is allocated when the speech starts,
+so the final segment shares it and its caption replaces the interim ones. The segmenter runs in a thread:
+Smart Turn may take tens of milliseconds, which the event loop (RTP, sockets) must not wait for.
+
 Segments that cannot be published while Redis is away are held and published in order once it is
 back; one held longer than OUTBOX_MAX_AGE_S is dropped and counted, its moment having passed.
 """
@@ -53,6 +58,7 @@ class IngestStats:
     segments_waiting: int = 0  # held until their speaker got the floor
     segments_held: int = 0  # held while Redis was unavailable, published later
     segments_dropped: int = 0  # held too long and given up
+    interim_requests: int = 0
 
 
 class Ingest:
@@ -83,7 +89,7 @@ class Ingest:
                 samples = resample(samples, frame.sample_rate, OUTPUT_RATE)
             if participant.muted:  # the page mutes its track too; this covers the frames in flight
                 samples = samples * 0.0
-            segments = segmenter.feed(samples)
+            segments = await asyncio.to_thread(segmenter.feed, samples)
             if participant.id not in room.participants:
                 return  # left
             now = time.time()
@@ -91,25 +97,73 @@ class Ingest:
                 await self.floor_events(room, room.floor.heard(participant.id))
             for segment in segments:
                 captured_at = now - (segmenter.position_sample - segment.end_sample) / SAMPLE_RATE
-                await self.submit(room, participant, segment, captured_at)
+                await self.submit(room, participant, segment, captured_at, self._take_seq(room, participant))
+            if segmenter.speaking:
+                await self.request_interim(room, participant, segmenter, now)
 
-    async def submit(self, room: Room, participant: Participant, segment: Segment, captured_at: float) -> None:
+    async def request_interim(self, room: Room, participant: Participant, segmenter: Segmenter, now: float) -> None:
+        """The floor holder's open segment so far, for interim captions, when a request is due."""
+        open_audio = segmenter.open_audio()
+        if participant.open_seq is None:  # speech started: the seq its final segment will carry
+            participant.open_seq = room.next_seq(participant.id)
+        if open_audio is None or room.floor.holder != participant.id or not participant.profile.consent:
+            return
+        if self._pausing(segmenter):
+            return
+        targets = turns.plan_targets(room.floor, participant.id)
+        start_sample, audio = open_audio
+        request = participant.interim.request(
+            room.name, participant.id, participant.open_seq, participant.profile.speak, targets, start_sample, audio
+        )
+        if request is None or self._outbox:
+            return
+        try:
+            await self.bus.publish(request.stamped("captured", now).stamped("published"))
+            self.stats.interim_requests += 1
+        except RedisError:  # an interim caption can be skipped: the final one carries the same words
+            log.debug("interim request for %s not sent: redis unavailable", request.log_context)
+
+    def _pausing(self, segmenter: Segmenter) -> bool:
+        last_voiced = segmenter.last_speech_sample
+        paused = segmenter.position_sample - (last_voiced if last_voiced is not None else 0)
+        return paused > self.options.interim.max_pause_s * SAMPLE_RATE
+
+    @staticmethod
+    def _take_seq(room: Room, participant: Participant) -> int:
+        """The closed segment's seq: the one allocated at its speech start (shared with its interims)."""
+        seq = participant.open_seq if participant.open_seq is not None else room.next_seq(participant.id)
+        participant.open_seq = None
+        return seq
+
+    async def submit(
+        self, room: Room, participant: Participant, segment: Segment, captured_at: float, seq: int
+    ) -> None:
         if not participant.profile.consent:
             return  # no consent to processing their speech: the others hear the original voice only
+        committed = participant.interim.close(seq)
         plan = room.floor.submit(participant.id)
         if plan.disposition is turns.Disposition.WAIT:
-            participant.waiting.append((segment, captured_at))
+            participant.waiting.append((segment, captured_at, seq, committed))
             self.stats.segments_waiting += 1
         else:
-            await self.publish(room, participant, segment, captured_at, plan.targets)
+            await self.publish(room, participant, segment, captured_at, plan.targets, seq, committed)
         await self.floor_events(room, list(plan.events))
 
     async def publish(
-        self, room: Room, participant: Participant, segment: Segment, captured_at: float, targets: tuple[str, ...]
+        self,
+        room: Room,
+        participant: Participant,
+        segment: Segment,
+        captured_at: float,
+        targets: tuple[str, ...],
+        seq: int,
+        committed: str = "",
     ) -> None:
-        seq = room.next_seq(participant.id)
+        """`committed`: the words the segment's interim captions committed; the final pass decodes after them."""
         profile = participant.profile
-        message = segment.to_message(room.name, participant.id, seq, profile.speak, targets, profile.match_voice)
+        message = segment.to_message(
+            room.name, participant.id, seq, profile.speak, targets, profile.match_voice, committed
+        )
         message = dataclasses.replace(message, service=self.overload.service(captured_at))
         for language in targets if message.service.speech else ():
             room.timeline(language).expect(participant.id, seq)
@@ -146,8 +200,9 @@ class Ingest:
             speaker = room.participants.get(event.participant)
             if event.action == "granted" and speaker is not None and speaker.waiting:
                 waiting, speaker.waiting = speaker.waiting, []
-                for segment, captured_at in waiting:
-                    await self.publish(room, speaker, segment, captured_at, turns.plan_targets(room.floor, speaker.id))
+                for segment, captured_at, seq, committed in waiting:
+                    targets = turns.plan_targets(room.floor, speaker.id)
+                    await self.publish(room, speaker, segment, captured_at, targets, seq, committed)
 
     def _hold(self, room: Room, message: SpeechSegment) -> None:
         self._outbox.append((room, message, time.monotonic()))

@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from pipeline.config import env_flag, env_float, env_int
+from pipeline.interim import FINAL_REUSES_COMMITTED, InterimOptions
+from pipeline.interim import INTERVAL_S as INTERIM_INTERVAL_S
 from pipeline.segmenter import (
     DEFAULT_END_OF_TURN,
     END_OF_TURN_MODES,
@@ -83,6 +85,7 @@ class GatewayOptions:
     rtp_host: str = ""  # the address Janus should send to, when it differs from rtp_bind (NAT, containers)
     floor: FloorOptions = field(default_factory=FloorOptions)
     segmenter: SegmenterOptions = field(default_factory=SegmenterOptions)
+    interim: InterimOptions = field(default_factory=InterimOptions)
 
     @property
     def tokens_required(self) -> bool:
@@ -112,6 +115,10 @@ class GatewayOptions:
                 vad=_vad_engine(env.get("BABELROOM_VAD", "webrtc")),
                 max_segment_s=env_float(env, "BABELROOM_MAX_SEGMENT_S", MAX_SEGMENT_S),
                 end_of_turn=_end_of_turn(env.get("BABELROOM_END_OF_TURN", DEFAULT_END_OF_TURN)),
+            ),
+            interim=InterimOptions(
+                interval_s=env_float(env, "BABELROOM_INTERIM_INTERVAL_S", INTERIM_INTERVAL_S),
+                final_reuses_committed=env_flag(env, "BABELROOM_FINAL_REUSES_COMMITTED", FINAL_REUSES_COMMITTED),
             ),
         )
 

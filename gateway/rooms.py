@@ -16,6 +16,7 @@ from gateway.playout import PlayoutOptions, PlayoutTimeline
 from gateway.video import SegmentVideo
 from gateway.videoroom import Feed, RoomKeys, new_id
 from pipeline import turns
+from pipeline.interim import InterimTracker
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,8 @@ class Participant:
     video_window: VideoWindow | None = None  # their recent camera frames, kept only with face consent
     outbox: asyncio.Queue[str] = field(default_factory=lambda: asyncio.Queue(OUTBOX_LIMIT))
     waiting: list[Any] = field(default_factory=list)  # segments held until this speaker gets the floor
+    interim: InterimTracker = field(default_factory=InterimTracker)  # their interim captions (pipeline/interim.py)
+    open_seq: int | None = None  # the seq of the segment they are speaking now, allocated at its speech start
 
     def send(self, message: dict[str, Any]) -> None:
         if self.outbox.full():

@@ -39,6 +39,7 @@ from gateway.rtp import RtpAudioTrack, RtpReceiver
 from gateway.tasks import TaskSupervisor
 from gateway.videoroom import PLUGIN, Feed, Monitor, Subscriber, create_room, destroy_room, forward_audio, kick, new_id
 from pipeline.bus import Bus
+from pipeline.interim import InterimTracker
 from pipeline.messages import Message, VideoClip
 from pipeline.metrics import Metrics
 
@@ -208,6 +209,7 @@ class Gateway:
             if len(room.participants) >= self.options.max_participants:
                 raise JoinError(409, f"room {room_name!r} is full ({self.options.max_participants} participants)")
             participant = Participant(secrets.token_hex(6), room_name, profile)
+            participant.interim = InterimTracker(self.options.interim)
             room.add(participant)
             self.sessions[participant.id] = participant
         self.joined += 1

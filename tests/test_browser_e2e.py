@@ -1,6 +1,7 @@
 """Real browsers in a real room: headless Chromium with a fake mic, the gateway, and the real asr, mt
 and tts workers on the test's own Redis streams. A speaks English; each listener reads a final caption
-in their language with the expected words and hears translated speech (measured in the page with a
+in their language with the expected words, after an interim caption with text (while A still speaks),
+and hears translated speech (measured in the page with a
 WebAudio analyser); A never gets its own translation. Latencies are measured from the end of A's
 speech, as A's page heard it, to the caption and the first translated sound at each listener (both
 pages run in one machine, so their clocks agree).
@@ -63,11 +64,17 @@ def wait_for_translation(page: Page, language: str) -> str:
     return page.inner_text(f"{selector} .text").lower()
 
 
+def first_shown(page: Page, metric: str, language: str) -> float | None:
+    """When the page first showed a caption in `language` (metric: captionsShownAt, final; interimShownAt)."""
+    shown: dict[str, float] = page.evaluate(f"window.babelroom.metrics.{metric}")
+    return min((at for key, at in shown.items() if key.endswith(f"|{language}")), default=None)
+
+
 def latencies(speaker: Page, listener: Page, language: str) -> tuple[float, float]:
     speaker.wait_for_function("window.babelroom.metrics.speechEnds.length > 0", timeout=RESULT_TIMEOUT_MS)
     speech_end = speaker.evaluate("window.babelroom.metrics.speechEnds[0]")
-    shown: dict[str, float] = listener.evaluate("window.babelroom.metrics.captionsShownAt")
-    caption_at = min(at for key, at in shown.items() if key.endswith(f"|{language}"))
+    caption_at = first_shown(listener, "captionsShownAt", language)
+    assert caption_at is not None
     sound_at = min(listener.evaluate("window.babelroom.metrics.translatedSoundAt"))
     return (caption_at - speech_end) / 1000, (sound_at - speech_end) / 1000
 
@@ -92,6 +99,11 @@ def run_meeting(base_url: str, tmp_path: Path, listeners: list[Listener]) -> Non
                 who = f"{listener.name} ({listener.hear})"
                 print(f"{who}: caption_latency_s={caption_s:.2f} speech_latency_s={speech_s:.2f}")
                 assert 0 < caption_s < 30 and 0 < speech_s < 30
+                interim_at = first_shown(page, "interimShownAt", listener.hear)
+                final_at = first_shown(page, "captionsShownAt", listener.hear)
+                assert interim_at is not None and final_at is not None, f"{who}: no interim caption with text"
+                assert interim_at < final_at, f"{who}: the interim caption came after the final one"
+                print(f"{who}: interim caption {(final_at - interim_at) / 1000:.2f} s before the final")
             # the speaker's own words come back as an English caption, never as a translation
             speaker.wait_for_selector('[data-caption][data-lang="en"][data-final="true"]', timeout=RESULT_TIMEOUT_MS)
             foreign = speaker.evaluate("document.querySelectorAll('[data-caption]:not([data-lang=\"en\"])').length")

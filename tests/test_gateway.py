@@ -36,7 +36,15 @@ from pipeline.audio import float_to_pcm16, resample
 from pipeline.bus import Bus
 from pipeline.config import BusOptions
 from pipeline.frames import frames_key, make_clip
-from pipeline.messages import SpeechSegment, SynthesizedSpeech, Transcript, Translation
+from pipeline.messages import (
+    InterimRequest,
+    InterimTranscript,
+    InterimTranslation,
+    SpeechSegment,
+    SynthesizedSpeech,
+    Transcript,
+    Translation,
+)
 from tests.speech import espeak, silence
 
 SECRET = "test-secret"
@@ -190,6 +198,63 @@ async def test_speech_becomes_segments_and_results_become_captions_and_translate
     finally:
         await bob.close()
         await ana.close()
+
+
+async def all_interim_requests(bus: Bus) -> list[InterimRequest]:
+    requests: list[InterimRequest] = []
+    last_id: bytes | str = "0-0"
+    while deliveries := await bus.tail("asr_interim", last_id, count=100):
+        last_id = deliveries[-1].entry_id
+        requests += [d.message for d in deliveries if isinstance(d.message, InterimRequest)]
+    return requests
+
+
+async def test_the_floor_holder_gets_interim_captions_that_the_final_replaces(
+    server: BaseTestServer, http: ClientSession, bus: Bus
+) -> None:
+    ana = await join(server, "Ana", "es", "es", SpeechTrack(silence(60)))
+    words = "the house is big and the dog is black and the garden is green and very large"
+    bob = await join(server, "Bob", "en", "en", SpeechTrack(np.concatenate([silence(0.5), espeak(words), silence(30)])))
+    try:
+        first = await first_interim_request(bus)
+        base: dict[str, Any] = {"room": ROOM, "speaker": bob.session["id"], "seq": first.seq, "stamps": first.stamps}
+        # the workers' answers to the first request, while Bob still speaks
+        draft = InterimTranscript(**base, revision=first.revision, language="en", text="the house", committed="the")
+        await bus.publish(draft)
+        await bus.publish(InterimTranslation(**base, revision=first.revision, language="es", source_language="en",
+                                             source_text="the house", text="la casa"))  # fmt: skip
+        shown = await ana.wait_for(lambda: ana.captions(final=False, lang="es", text="la casa"), "Ana's interim")
+        assert shown[0]["seq"] == first.seq and shown[0]["original"] == "the house"
+        await bob.wait_for(lambda: bob.captions(final=False, lang="en", text="the house"), "Bob's own interim")
+
+        segment = await first_segment(bus)
+        requests = await all_interim_requests(bus)
+        assert len(requests) >= 3, "one request every INTERVAL_S while Bob speaks"
+        assert {r.seq for r in requests} == {segment.seq}, "interim and final share the seq allocated at speech start"
+        assert [r.revision for r in requests] == sorted({r.revision for r in requests})
+        assert all(r.targets == ("es",) and r.start_sample == segment.start_sample for r in requests)
+        assert all(0 < r.end_sample <= segment.end_sample and r.pcm for r in requests)
+        assert requests[-1].committed == "the" and requests[-1].previous == "the house", "the tracker's state"
+        assert segment.committed == "the", "the final decodes after the words the interim captions committed"
+
+        late = {**base, "revision": requests[-1].revision + 1}  # answers a request after the segment closed
+        await bus.publish(InterimTranslation(**late, language="es", source_language="en", text="tarde"))
+        await bus.publish(Translation(**base, source_language="en", language="es", source_text=words, text="final"))
+        await ana.wait_for(lambda: ana.captions(final=True, lang="es"), "Ana's final caption")
+        assert not ana.captions(text="tarde"), "an interim result for a closed segment is never shown"
+        assert ana.captions(final=True, lang="es")[0]["id"] == shown[0]["id"], "the final replaces the interims"
+    finally:
+        await bob.close()
+        await ana.close()
+
+
+async def first_interim_request(bus: Bus, timeout_s: float = WAIT_S) -> InterimRequest:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for delivery in await bus.tail("asr_interim", "0-0", count=1, block_ms=100):
+            assert isinstance(delivery.message, InterimRequest)
+            return delivery.message
+    raise AssertionError("no interim request reached the asr_interim stream")
 
 
 @pytest.mark.parametrize("consent", [True, False])

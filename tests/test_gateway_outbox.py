@@ -34,7 +34,7 @@ async def test_segments_published_during_a_redis_outage_arrive_in_order(tmp_path
     speaker = Participant("ana", "r", Profile("Ana", "en", "en"))
     room.add(speaker)
     for index in range(3):  # no Redis at all yet: every segment is held
-        await ingest.publish(room, speaker, segment(index), captured_at=float(index), targets=("es",))
+        await ingest.publish(room, speaker, segment(index), captured_at=float(index), targets=("es",), seq=index)
     assert ingest.stats.segments_held == 3 and ingest.stats.segments_published == 0
 
     server = subprocess.Popen(redis_argv(port, str(tmp_path)), stdout=subprocess.DEVNULL)

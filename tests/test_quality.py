@@ -1,21 +1,27 @@
 """Quality on a small fixed set (tests/data/quality.json): ASR word error rate for en (Piper voice) and es
-(espeak-ng voice) with Whisper base, and MT chrF for en->es with Apertium against human references."""
+(espeak-ng voice) with Whisper base, and MT chrF for en->es with Apertium against human references; interim
+captions on the same speech, streamed as the gateway does, and the finals that decode after their words."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import unicodedata
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from pipeline.audio import float_to_pcm16, resample
-from pipeline.messages import SAMPLE_RATE, SpeechSegment
+from pipeline.audio import Samples, float_to_pcm16, resample
+from pipeline.interim import InterimTracker, rewrite_rate
+from pipeline.messages import SAMPLE_RATE, InterimTranscript, SpeechSegment
+from pipeline.segmenter import Segmenter
 from tests.speech import espeak
+from workers.asr import AsrStage
 from workers.engines.asr import AsrOptions, FasterWhisperRecognizer
 from workers.engines.mt import ApertiumTranslator, translate_all
 from workers.engines.tts import Audio, PiperSynthesizer, Synthesizer
@@ -25,6 +31,9 @@ DATA: dict[str, Any] = json.loads((Path(__file__).parent / "data" / "quality.jso
 MAX_WER_EN = 0.15  # clear neural voice
 MAX_WER_ES = 0.30  # robotic espeak-ng voice, slowed to 130 wpm (at 165 wpm: 0.37)
 MIN_CHRF_EN_ES = 55.0
+MAX_REWRITE_RATE = 0.25  # of the words an interim caption shows, the share a later caption changes
+INTERIM_SENTENCES = 3  # per language: each one is recognised once per interim request, then once more
+FRAME = SAMPLE_RATE // 50  # 20 ms, what the gateway's segmenter gets from each RTP packet
 
 
 def normalize(text: str) -> list[str]:
@@ -132,3 +141,62 @@ def test_mt_chrf_en_es() -> None:
     score = chrf(hypotheses, list(references))
     print(f"chrF {translator.name} en->es: {score:.1f} over {len(hypotheses)} sentences")
     assert score >= MIN_CHRF_EN_ES
+
+
+@dataclass
+class Streamed:
+    """One segment of a sentence streamed as the gateway does."""
+
+    shown: list[str]  # the interim captions shown while it was open
+    segment: SpeechSegment  # the final segment as the gateway sends it (after the committed words)
+
+
+def streamed(stage: AsrStage, clip: Samples, language: str) -> list[Streamed]:
+    """`clip` fed to a segmenter 20 ms at a time, as the gateway does, with a request every INTERVAL_S while a
+    segment is open (the real recogniser answering at once); one entry per segment (a pause may cut one)."""
+    segmenter, tracker, out = Segmenter(), InterimTracker(), []
+    shown: list[str] = []
+    padded = np.concatenate([np.zeros(SAMPLE_RATE // 2, np.float32), clip, np.zeros(SAMPLE_RATE, np.float32)])
+    chunks = [padded[start : start + FRAME] for start in range(0, padded.size, FRAME)]
+    for chunk in [*chunks, None]:
+        for segment in segmenter.feed(chunk) if chunk is not None else segmenter.flush():
+            seq = len(out)
+            out.append(Streamed(shown, segment.to_message("q", "q", seq, language, committed=tracker.close(seq))))
+            shown = []
+        open_audio = segmenter.open_audio() if chunk is not None else None
+        request = tracker.request("q", "q", len(out), language, (), *open_audio) if open_audio else None
+        for reply in stage.process(request) if request else ():
+            if isinstance(reply, InterimTranscript) and tracker.accept(reply):
+                shown.append(reply.text)
+    return out
+
+
+@pytest.mark.slow
+def test_interim_captions_rarely_rewrite_shown_words_and_finals_keep_their_accuracy(
+    base: FasterWhisperRecognizer,
+) -> None:
+    """Interim captions rarely change words they showed (rewrite_rate, final included); the finals that decode
+    after the committed words (the gateway's default) are no worse than the same segments decoded afresh."""
+    stage, rates, final_wer = AsrStage(recognizer=base), [], {}
+    print()
+    for language, synth, sentences in (
+        ("en", PiperSynthesizer(), DATA["asr_en"]),
+        ("es", EspeakCommand(words_per_minute=130), DATA["asr_es"]),
+    ):
+        edits = fresh_edits = words = 0
+        for sentence in sentences[:INTERIM_SENTENCES]:
+            audio = synth.synthesize(sentence, language)
+            parts = streamed(stage, resample(audio.samples, audio.sample_rate, SAMPLE_RATE), language)
+            finals = [base.transcribe(p.segment).text for p in parts]
+            afresh = [base.transcribe(dataclasses.replace(p.segment, committed="")).text for p in parts]
+            rates += [rewrite_rate([*p.shown, final]) for p, final in zip(parts, finals, strict=True)]
+            (e, n), (f, _) = wer(sentence, " ".join(finals)), wer(sentence, " ".join(afresh))
+            edits, fresh_edits, words = edits + e, fresh_edits + f, words + n
+            for p, final, fresh in zip(parts, finals, afresh, strict=True):
+                print(f"  [{language}] {p.shown} -> {final!r} (afresh: {fresh!r})")
+            assert any(p.shown for p in parts), "an interim caption while the sentence is spoken"
+        final_wer[language] = {"after committed": round(edits / words, 3), "afresh": round(fresh_edits / words, 3)}
+        assert edits <= fresh_edits + 1, f"{language}: decoding after the committed words lost accuracy"
+    print(f"rewrite rate mean {np.mean(rates):.3f} (max {max(rates):.2f}); final WER {final_wer}")
+    assert final_wer["en"]["after committed"] <= MAX_WER_EN
+    assert float(np.mean(rates)) <= MAX_REWRITE_RATE

@@ -518,7 +518,8 @@ function onCaption(c) {
   el.dataset.speaker = c.speaker;
   el.dataset.final = String(Boolean(c.final));
   el.querySelector(".who").textContent = c.speaker;
-  el.querySelector(".text").textContent = c.text || "";
+  // a pending caption (original words, translation on its way) keeps the interim translation shown so far
+  if (c.text || c.final) el.querySelector(".text").textContent = c.text || "";
   const showOriginal = c.original && (c.source_lang !== c.lang || !c.final);
   el.querySelector(".original").textContent = showOriginal ? `${c.source_lang}: ${c.original}` : "";
   el.querySelector(".note").textContent = c.note || "";
