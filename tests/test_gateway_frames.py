@@ -56,7 +56,8 @@ def ingest_for(bus: Bus, level: Level = Level.FULL) -> Ingest:
 async def speak(ingest: Ingest, room: Room, speaker: Participant) -> SpeechSegment:
     samples = int(SEGMENT_S * 16_000)
     segment = Segment(np.zeros(samples, dtype=np.float32), 0, samples, 0, samples, "pause")
-    await ingest.publish(room, speaker, segment, captured_at=SEGMENT_S, targets=("es",))
+    seq = room.next_seq(speaker.id)
+    await ingest.publish(room, speaker, segment, captured_at=SEGMENT_S, targets=("es",), seq=seq)
     await ingest.frames.drain()
     (delivery,) = await ingest.bus.tail("asr", "0-0", count=10)
     assert isinstance(delivery.message, SpeechSegment)
