@@ -42,6 +42,7 @@ bench: system-deps venv
 results: system-deps system-test-deps test-venv
 	$(VENV)/bin/babelroom bench stages --out results
 	$(VENV)/bin/babelroom bench media --out results
+	$(VENV)/bin/babelroom bench latency --out results
 	$(VENV)/bin/babelroom bench scaling --out results
 	$(VENV)/bin/babelroom bench pipeline --out results
 	$(VENV)/bin/babelroom bench lipsync --out results
