@@ -27,8 +27,9 @@ import contextlib
 import dataclasses
 import fractions
 import json
+import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -297,6 +298,18 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     plt.close(figure)
 
 
+def models_in_use(env: Mapping[str, str]) -> dict[str, str]:
+    """The models the workers load from this environment, as RESULTS.md names them."""
+    from workers.engines.asr import AsrOptions
+
+    asr = AsrOptions.from_env(env)
+    return {
+        "asr": f"Whisper {Path(asr.model).name} (faster-whisper, int8), finals: {asr.audio_context} audio context",
+        "mt": "Apertium",
+        "tts": "Piper en_US-joe-medium (en), espeak-ng (es)",
+    }
+
+
 # -- the run: processes, two participants per direction, what the listener saw -------------------------------
 def run(out_dir: Path, utterances: Sequence[Utterance] | None = None, gap_s: float = GAP_S) -> dict[str, Any]:
     """Speak `utterances` (default: the corpus) into the real service and write latency.json and latency.png."""
@@ -320,7 +333,7 @@ def run(out_dir: Path, utterances: Sequence[Utterance] | None = None, gap_s: flo
     heard = [dataclasses.replace(h, final_stamps=stamps.get((h.room, h.final_seq), ())) for h in heard]
     result = {
         "benchmark": "latency",
-        **provenance({"asr": "default", "mt": "apertium", "tts": "default"}),
+        **provenance(models_in_use(os.environ)),
         "participants": "aiortc speaker and listener through Janus and the gateway",
         "targets": {name: {"p50": p50, "p95": p95} for name, (p50, p95) in TARGETS.items()},
         **summarize(heard),

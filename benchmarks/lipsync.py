@@ -13,8 +13,6 @@ why it is the GPU engine.
 from __future__ import annotations
 
 import json
-import os
-import platform
 import statistics
 import tempfile
 import time
@@ -24,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.provenance import provenance
 from benchmarks.talking_head import talking_head_frames
 from pipeline.audio import float_to_pcm16, pcm16_to_float
 from pipeline.frames import Frame, decode_frames, make_clip
@@ -37,6 +36,11 @@ SIZES = ((320, 240), (640, 480))
 FPS = 25.0
 TARGET_FPS = 25.0
 TEXT = "Buenos días a todos. Por favor, mamá, trae el mapa de la ciudad para el viaje."
+MODELS = {
+    "lipsync": "mouthwarp (FaceMesh landmarks, the CPU engine); Wav2Lip-96 with random weights",
+    "tts": "espeak-ng (es)",
+    "video": "the talking head from scikit-image's astronaut photo",
+}
 REPEATS = 3  # the median of this many runs (after a warm-up run)
 WAV2LIP_SECONDS = 1.6  # a shorter clip: the network is slow on a CPU
 
@@ -57,7 +61,13 @@ def run(out_dir: Path) -> dict[str, Any]:
             rows.append({"engine": engine_name, **row})
             sheets[f"{engine_name} {size[0]}x{size[1]}"] = frames
             print_row(rows[-1])
-    report = {"machine": machine(), "speech_s": audio.duration_s, "target_fps": TARGET_FPS, "rows": rows}
+    report = {
+        "benchmark": "lipsync",
+        **provenance(MODELS),
+        "speech_s": audio.duration_s,
+        "target_fps": TARGET_FPS,
+        "rows": rows,
+    }
     (out_dir / "lipsync.json").write_text(json.dumps(report, indent=2) + "\n")
     plot(rows, out_dir / "lipsync.png")
     contact_sheet(sheets[f"{CPU} 320x240"], out_dir / "lipsync_frames.png")
@@ -134,14 +144,6 @@ def print_row(row: dict[str, Any]) -> None:
         f"(decode {row['ms_per_frame']['decode']}, engine {row['ms_per_frame']['engine']} [{inner}], "
         f"encode {row['ms_per_frame']['encode']})  sync corr {row['sync']['corr']} lag {row['sync']['lag_frames']}"
     )
-
-
-def machine() -> dict[str, Any]:
-    return {
-        "cpu": platform.processor() or platform.machine(),
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-    }
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:

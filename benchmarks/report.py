@@ -16,7 +16,7 @@ from typing import Any
 
 from benchmarks import gpu, pipeline, scaling
 
-KNOWN_ORDER = ("stages", "scaling", "pipeline", "gpu")
+KNOWN_ORDER = ("stages", "scaling", "pipeline", "media", "latency", "lipsync", "gpu")
 NOT_RECORDED = "not recorded"
 GPU_COMMAND = "babelroom bench gpu --device cuda --out results && babelroom bench pipeline --device cuda --out results"
 
@@ -178,6 +178,100 @@ def gpu_not_measured() -> list[str]:
     ]
 
 
+def media_section(stem: str, result: dict[str, Any], folder: Path, link: str) -> list[str]:
+    before = result.get("aiortc_before", {})
+    rows = [
+        [r["participants"], r["cores"], r["janus_cores"], r["gateway_cores"], r["video_streams"],
+         f"{r['fps_min']} / {r['fps_median']}", _aiortc_before(before.get(str(r["participants"])))]
+        for r in result["janus"]
+    ]  # fmt: skip
+    targets = result.get("targets", {})
+    return [
+        "## Media plane: Janus and the gateway",
+        "",
+        provenance_line(result)
+        + f" {result.get('camera', '')}; CPU over {result.get('window_s')} s, browsers excluded.",
+        f"Measure again (as root): `babelroom bench media --out {link}`. Target at N=4: {targets.get('cores_at_4')} "
+        f"cores or less, every stream at {targets.get('fps')} fps or more.",
+        "",
+        *table(
+            [
+                "N",
+                "Janus + gateway, cores",
+                "Janus",
+                "gateway",
+                "video streams",
+                "fps min / median",
+                "before: aiortc gateway",
+            ],
+            rows,
+        ),
+        *image(stem, link),
+    ]
+
+
+def _aiortc_before(figures: dict[str, Any] | None) -> str:
+    if not figures:
+        return "-"
+    low, high = figures["fps_min"], figures["fps_max"]
+    fps = f"{low:g}" if low == high else f"{low:g}-{high:g}"
+    return f"{figures['cores']} cores, {fps} fps"
+
+
+def lipsync_section(stem: str, result: dict[str, Any], folder: Path, link: str) -> list[str]:
+    rows = [
+        [r["engine"], r["size"], r["fps"], r["stage_ms_per_frame"],
+         ", ".join(f"{step} {ms}" for step, ms in r["ms_per_frame"].items()),
+         f"{r['sync']['corr']} ({r['sync']['lag_frames']})" if r["engine"] == "cpu" else "-"]
+        for r in result["rows"]
+    ]  # fmt: skip
+    return [
+        "## Lip-sync",
+        "",
+        provenance_line(result) + f" The talking head with {result.get('speech_s')} s of Spanish speech; the lipsync "
+        "stage's work per frame (decode the stored JPEGs, the engine, encode), median of 3 runs. Wav2Lip runs with "
+        "random weights: its cost, not its sync, means something.",
+        f"Measure again: `babelroom bench lipsync --out {link}`. Target for the CPU engine: "
+        f"{result.get('target_fps')} fps or more at 320x240.",
+        "",
+        *table(["engine", "size", "fps", "ms/frame", "of which, ms", "sync corr (lag frames)"], rows),
+        *image(stem, link),
+    ]
+
+
+def latency_section(stem: str, result: dict[str, Any], folder: Path, link: str) -> list[str]:
+    names = {
+        "first_interim_after_onset_s": "first interim caption after speech onset",
+        "final_caption_after_end_s": "final translated caption after end of speech",
+        "speech_start_after_end_s": "translated speech starts after end of speech",
+    }
+    targets = result.get("targets", {})
+    rows = [
+        [label, result[key]["p50"], result[key]["p95"], _target(targets.get(key, {}))] for key, label in names.items()
+    ]
+    stages = ", ".join(f"{name} {seconds}" for name, seconds in result.get("stage_mean_s", {}).items())
+    longest = result.get("longest_utterance") or {}
+    return [
+        "## Latency through the gateway: interim and final captions, translated speech",
+        "",
+        provenance_line(result) + f" {result.get('utterances')} utterances ({result.get('participants')}); "
+        f"seconds. Missed final captions: {result.get('missed_final_captions')}.",
+        f"Measure again (as root): `babelroom bench latency --out {link}`.",
+        "",
+        *table(["measure", "p50", "p95", "target"], rows),
+        "",
+        f"Each stage's mean on the final path, s: {stages}. The longest utterance ({longest.get('duration_s')} s) "
+        f"showed {longest.get('interim_updates')} interim updates before it ended (target: {longest.get('target')} "
+        "or more).",
+        *image(stem, link),
+    ]
+
+
+def _target(bounds: dict[str, Any]) -> str:
+    parts = [f"{key} <= {value}" for key, value in bounds.items() if value is not None]
+    return ", ".join(parts) or "-"
+
+
 def other_section(stem: str, result: dict[str, Any], folder: Path, link: str) -> list[str]:
     """A benchmark this report does not know: its provenance, its top-level figures, its PNG if any."""
     figures = [[key, value] for key, value in result.items() if isinstance(value, int | float | str | bool)]
@@ -191,4 +285,7 @@ SECTIONS: dict[str, Section] = {
     "scaling": scaling_section,
     "pipeline": pipeline_section,
     "gpu": gpu_section,
+    "media": media_section,
+    "lipsync": lipsync_section,
+    "latency": latency_section,
 }

@@ -124,11 +124,27 @@ def test_report_takes_every_json_present_and_names_machine_date_models(tmp_path:
     stages = {"machine": "2 cores of an Example CPU", "date": "2030-01-02", "models": {"asr": "Whisper base"}}
     stages["stages"] = [{"stage": "asr", "engine": "fw", "language": "en", "tau_p50": 0.2, "tau_p95": 0.3}]
     (results / "stages.json").write_text(json.dumps(stages))
-    (results / "lipsync.json").write_text(json.dumps({"machine": "m", "date": "d", "fps": 25.0, "frames": [1, 2]}))
+    (results / "future.json").write_text(json.dumps({"machine": "m", "date": "d", "fps": 25.0, "frames": [1, 2]}))
     shutil.copyfile(Path(__file__).parent.parent / "README.md", results / "notes.md")  # not a JSON: ignored
     text = report.run(results, tmp_path / "RESULTS.md")
     assert (tmp_path / "RESULTS.md").read_text() == text
-    assert text.index("## Real-time factor per stage") < text.index("## lipsync")  # known ones first
+    assert text.index("## Real-time factor per stage") < text.index("## future")  # known ones first
     assert "Measured on 2 cores of an Example CPU, 2030-01-02. Models: asr: Whisper base." in text
     assert "| fps | 25.0 |" in text and "frames" not in text  # an unknown benchmark: its top-level figures
     assert "pipeline" not in text.split("## GPU engines on a GPU")[0]  # missing benchmarks are skipped
+
+
+def test_report_renders_the_committed_results(tmp_path: Path) -> None:
+    """RESULTS.md comes from the JSONs in results/: every one gets its section, with its own figures."""
+    committed = Path(__file__).parent.parent / "results"
+    shutil.copytree(committed, tmp_path / "results", ignore=shutil.ignore_patterns("*.png", "logs"))
+    text = report.run(tmp_path / "results", tmp_path / "RESULTS.md")
+    figures = {path.stem: json.loads(path.read_text()) for path in committed.glob("*.json")}
+    assert len(text.split("\n## ")) - 1 >= len(figures)
+    if media := figures.get("media"):
+        assert f"| {media['janus'][-1]['participants']} | {media['janus'][-1]['cores']} |" in text
+    if lipsync := figures.get("lipsync"):
+        assert all(f"| {row['engine']} | {row['size']} | {row['fps']} |" in text for row in lipsync["rows"])
+    if latency := figures.get("latency"):
+        final = latency["final_caption_after_end_s"]
+        assert f"| final translated caption after end of speech | {final['p50']} | {final['p95']} |" in text
