@@ -112,7 +112,7 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
-BENCHMARKS = ("stages", "scaling", "hops", "latency", "media", "lipsync", "pipeline", "gpu", "report")
+BENCHMARKS = ("stages", "scaling", "hops", "latency", "asr-context", "media", "lipsync", "pipeline", "gpu", "report")
 
 
 def rooms_list(text: str) -> tuple[int, ...]:
@@ -268,6 +268,10 @@ def run_bench(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         from benchmarks.latency import run as run_latency
 
         run_latency(args.out)
+    elif args.name == "asr-context":
+        from benchmarks.asr_context import run as run_asr_context
+
+        run_asr_context(args.out)
     elif args.name == "media":
         from benchmarks.media import run as run_media
 

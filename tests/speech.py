@@ -2,22 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
-import tempfile
-from pathlib import Path
-
 import numpy as np
 
-from pipeline.audio import Samples, read_wav
+from benchmarks.asr_context import espeak as espeak  # the espeak-ng command, shared with the benchmark
+from pipeline.audio import Samples
 from pipeline.messages import SAMPLE_RATE
-
-
-def espeak(text: str, voice: str = "en", words_per_minute: int = 150) -> Samples:
-    """16 kHz mono float32 speech from espeak-ng."""
-    with tempfile.TemporaryDirectory() as tmp:
-        wav = Path(tmp) / "speech.wav"
-        subprocess.run(["espeak-ng", "-v", voice, "-s", str(words_per_minute), "-w", str(wav), text], check=True)
-        return read_wav(wav)
 
 
 def silence(seconds: float) -> Samples:

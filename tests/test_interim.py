@@ -265,3 +265,7 @@ def test_audio_context_setting() -> None:
     assert AsrOptions.from_env({"BABELROOM_ASR_CONTEXT": "fit"}).audio_context == "fit"
     with pytest.raises(ValueError, match="'fit' or 'full'"):
         AsrOptions.from_env({"BABELROOM_ASR_CONTEXT": "half"})
+    assert (AsrOptions.from_env({}).fit_min_window_s, AsrOptions.from_env({}).beam_size) == (0.0, 1)
+    assert AsrOptions.from_env({"BABELROOM_ASR_FIT_MIN_WINDOW_S": "12"}).fit_min_window_s == 12.0
+    with pytest.raises(ValueError, match="choose 0 to 28 s"):
+        AsrOptions(fit_min_window_s=30.0)

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
-import unicodedata
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from benchmarks.asr_context import word_errors as wer
 from pipeline.audio import Samples, float_to_pcm16, resample
 from pipeline.interim import InterimTracker, rewrite_rate
 from pipeline.messages import SAMPLE_RATE, InterimTranscript, SpeechSegment
@@ -34,22 +33,6 @@ MIN_CHRF_EN_ES = 55.0
 MAX_REWRITE_RATE = 0.25  # of the words an interim caption shows, the share a later caption changes
 INTERIM_SENTENCES = 3  # per language: each one is recognised once per interim request, then once more
 FRAME = SAMPLE_RATE // 50  # 20 ms, what the gateway's segmenter gets from each RTP packet
-
-
-def normalize(text: str) -> list[str]:
-    text = unicodedata.normalize("NFC", text.lower())
-    return re.sub(r"[^\w\s']", " ", text).split()
-
-
-def wer(reference: str, hypothesis: str) -> tuple[int, int]:
-    """(word edits, reference words): Levenshtein distance over words."""
-    ref, hyp = normalize(reference), normalize(hypothesis)
-    row = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        prev, row[0] = row[0], i
-        for j, h in enumerate(hyp, 1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
-    return row[-1], len(ref)
 
 
 def chrf(hypotheses: list[str], references: list[str], max_n: int = 6, beta: float = 2.0) -> float:

