@@ -141,10 +141,8 @@ def test_report_renders_the_committed_results(tmp_path: Path) -> None:
     text = report.run(tmp_path / "results", tmp_path / "RESULTS.md")
     figures = {path.stem: json.loads(path.read_text()) for path in committed.glob("*.json")}
     assert len(text.split("\n## ")) - 1 >= len(figures)
-    if media := figures.get("media"):
-        assert f"| {media['janus'][-1]['participants']} | {media['janus'][-1]['cores']} |" in text
-    if lipsync := figures.get("lipsync"):
-        assert all(f"| {row['engine']} | {row['size']} | {row['fps']} |" in text for row in lipsync["rows"])
-    if latency := figures.get("latency"):
-        final = latency["final_caption_after_end_s"]
-        assert f"| final translated caption after end of speech | {final['p50']} | {final['p95']} |" in text
+    media, lipsync, latency = figures["media"], figures["lipsync"], figures["latency"]
+    assert f"| {media['janus'][-1]['participants']} | {media['janus'][-1]['cores']} |" in text
+    assert all(f"| {row['engine']} | {row['size']} | {row['fps']} |" in text for row in lipsync["rows"])
+    final = latency["final_caption_after_end_s"]
+    assert f"| final translated caption after end of speech | {final['p50']} | {final['p95']} |" in text
