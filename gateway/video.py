@@ -97,7 +97,7 @@ class FeedVideoTrack(MediaStreamTrack):
         self._clock = clock
         self._origin: float | None = None  # wall time of pts 0
         self._next_at: float | None = None  # when the next frame is due, while a translation plays
-        self._counted: set[tuple[str, int]] = set()
+        self._counted: tuple[str, int] | None = None  # the segment playing: the feed plays one after another
 
     async def recv(self) -> VideoFrame:
         while True:
@@ -133,9 +133,9 @@ class FeedVideoTrack(MediaStreamTrack):
         else:
             self.stats.original_frames += 1
         key = (placement.clip.speaker, placement.clip.seq)
-        if key in self._counted:
+        if key == self._counted:
             return
-        self._counted.add(key)
+        self._counted = key
         if synced:
             self.stats.lipsynced += 1
         else:
