@@ -38,7 +38,7 @@ from gateway.rooms import Participant, Profile, Room
 from gateway.rtp import RtpAudioTrack, RtpReceiver
 from gateway.tasks import TaskSupervisor
 from gateway.videoroom import PLUGIN, Feed, Monitor, Subscriber, create_room, destroy_room, forward_audio, kick, new_id
-from pipeline.bus import Bus
+from pipeline.bus import Bus, cancel_and_wait
 from pipeline.interim import InterimTracker
 from pipeline.messages import Message, VideoClip
 from pipeline.metrics import Metrics
@@ -105,9 +105,7 @@ class Gateway:
         for participant_id in list(self.sessions):
             await self.leave(participant_id, "the gateway is stopping")
         await self.tasks.stop()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(list(self._tasks))
         if self.janus is not None:
             await self.janus.close()
         if self.rtp is not None:

@@ -5,12 +5,13 @@ go unnoticed nor stay dead."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
+
+from pipeline.bus import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +61,7 @@ class TaskSupervisor:
         return {name: state.public() for name, state in self.states.items()}
 
     async def stop(self) -> None:
-        for task in self._tasks.values():
-            task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        await cancel_and_wait(self._tasks.values())
         self._tasks.clear()
 
     async def _keep_running(self, name: str, run: Callable[[], Awaitable[None]]) -> None:

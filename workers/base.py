@@ -34,7 +34,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from pipeline.bus import Bus, Delivery
+from pipeline.bus import Bus, Delivery, cancel_and_wait
 from pipeline.config import WorkerOptions
 from pipeline.messages import FULL_SERVICE, INTERIM_TYPES, Dropped, Message
 from pipeline.routes import INTERIM_STREAMS
@@ -95,7 +95,7 @@ class Worker:
             await asyncio.gather(*loops)
         finally:
             await self._drain()
-            heartbeat.cancel()
+            await cancel_and_wait([heartbeat])
             await self._forget_heartbeat()
 
     async def _serve(self, stream: str, poll: Callable[[], Awaitable[None]]) -> None:
@@ -231,7 +231,7 @@ class Worker:
         except Exception as exc:
             outcome = exc
         finally:
-            keep_claimed.cancel()
+            await cancel_and_wait([keep_claimed])
         await self._settle(delivery, outcome, started)
 
     async def handle_batch(self, deliveries: list[Delivery]) -> None:
@@ -253,8 +253,7 @@ class Worker:
             # so each counts an ordinary failed attempt, and is retried alone once claimed again
             outcomes = [RuntimeError(f"its batch failed: {type(exc).__name__}: {exc}")] * len(batch)
         finally:
-            for task in keep_claimed:
-                task.cancel()
+            await cancel_and_wait(keep_claimed)
         for delivery, outcome in zip(batch, outcomes, strict=True):
             await self._settle(delivery, outcome, started)
 
