@@ -81,11 +81,13 @@ def run(
     models: ModelSet,
     tiny: bool = False,
     rooms: Sequence[int] | None = None,
+    clips: tuple[Samples, ...] | None = None,
 ) -> dict[str, Any]:
+    """`clips`: the speech, segment_s long each (speech_clips' by default; given where Piper is not installed)."""
     plan = Plan(**TINY) if tiny else Plan()  # type: ignore[arg-type]
     if rooms:
         plan = dataclasses.replace(plan, rooms=tuple(rooms))
-    clips = speech_clips(plan.segment_s)
+    clips = clips or speech_clips(plan.segment_s)
     stages = load_stages(models.env(device, 1))
     stage_rows = [row for kind in STAGES for row in stage_taus(stages[kind], kind, clips, plan)]
     del stages  # the workers load their own copies

