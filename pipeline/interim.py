@@ -31,6 +31,9 @@ from pipeline.audio import float_to_pcm16
 from pipeline.messages import SAMPLE_RATE, InterimRequest, InterimTranscript, InterimTranslation
 
 INTERVAL_S = 0.6  # between requests while the floor holder speaks: fresher captions vs more ASR passes
+# Until a draft has heard words, requests come this often: a first draft of 0.6 s often holds no whole word, and
+# waiting INTERVAL_S for the next put the first caption 1.0-1.7 s after speech onset in 9 utterances of 26.
+FIRST_INTERVAL_S = 0.3
 MIN_AUDIO_S = 0.6  # a first request with less audio than this rarely holds a whole word
 # No request once the speaker has paused this long: the segment may close any moment (Smart Turn asks at a
 # 0.25 s pause), a draft would add no words, and it would compete with the final for the ASR worker.
@@ -46,6 +49,7 @@ _PUNCTUATION = ".,;:!?¿¡\"'()«»…-"
 @dataclass(frozen=True)
 class InterimOptions:
     interval_s: float = INTERVAL_S
+    first_interval_s: float = FIRST_INTERVAL_S
     min_audio_s: float = MIN_AUDIO_S
     max_pause_s: float = MAX_PAUSE_S
     final_reuses_committed: bool = FINAL_REUSES_COMMITTED
@@ -112,7 +116,8 @@ class InterimTracker:
         if seq != self.seq:
             self._open(seq)
         end_sample = start_sample + audio.size
-        due = self._last_request_sample + round(self.options.interval_s * SAMPLE_RATE)
+        interval_s = self.options.interval_s if self.previous else self.options.first_interval_s
+        due = self._last_request_sample + round(interval_s * SAMPLE_RATE)
         if audio.size < self.options.min_audio_s * SAMPLE_RATE or end_sample < due:
             return None
         self._last_request_sample = end_sample

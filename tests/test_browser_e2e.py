@@ -17,14 +17,15 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
+from benchmarks.asr_context import BROWSER_SENTENCE
 from tests.browser import (
     CHROMIUM,
     CHROMIUM_FLAGS,
     fake_mic_wav,
 )
 
-SENTENCE = "the house is big and the dog is black"
-EXPECTED_WORDS = {"es": ("casa", "perro"), "ca": ("casa", "gos"), "gl": ("casa", "can")}
+SENTENCE = BROWSER_SENTENCE
+EXPECTED_WORDS = {"es": ("casa", "gato"), "ca": ("casa", "gat"), "gl": ("casa", "gato")}
 JOIN_TIMEOUT_MS = 20_000
 RESULT_TIMEOUT_MS = 60_000
 SOUND_FRAMES = 10
@@ -93,8 +94,9 @@ def run_meeting(base_url: str, tmp_path: Path, listeners: list[Listener]) -> Non
         try:
             for page, listener in zip(pages, listeners, strict=True):
                 text = wait_for_translation(page, listener.hear)
+                heard = speaker.inner_text('[data-caption][data-lang="en"][data-final="true"] .text')
                 for word in EXPECTED_WORDS[listener.hear]:
-                    assert word in text, f"{listener.name} read {text!r}, expected {word!r}"
+                    assert word in text, f"{listener.name} read {text!r}, expected {word!r}; the speaker saw {heard!r}"
                 caption_s, speech_s = latencies(speaker, page, listener.hear)
                 who = f"{listener.name} ({listener.hear})"
                 print(f"{who}: caption_latency_s={caption_s:.2f} speech_latency_s={speech_s:.2f}")

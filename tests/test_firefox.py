@@ -30,6 +30,7 @@ from pathlib import Path
 import pytest
 from playwright.async_api import Browser, Page, async_playwright
 
+from benchmarks.asr_context import BROWSER_SENTENCE
 from tests.browser import (
     CHROMIUM,
     CHROMIUM_FLAGS,
@@ -37,8 +38,8 @@ from tests.browser import (
 )
 from tests.firefox import Tab, launch_firefox
 
-SENTENCE = "the house is big and the dog is black"
-EXPECTED_WORDS = ("casa", "perro")
+SENTENCE = BROWSER_SENTENCE
+EXPECTED_WORDS = ("casa", "gato")
 JOIN_TIMEOUT_S = 20.0
 RESULT_TIMEOUT_S = 60.0
 SOUND_FRAMES = 10

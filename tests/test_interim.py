@@ -72,15 +72,18 @@ def ask(tracker: InterimTracker, seq: int, seconds: float) -> InterimRequest | N
 
 
 def test_tracker_asks_every_interval_and_carries_the_state() -> None:
-    tracker = InterimTracker(InterimOptions(interval_s=0.5, min_audio_s=0.6))
+    tracker = InterimTracker(InterimOptions(interval_s=0.5, first_interval_s=0.25, min_audio_s=0.6))
     assert ask(tracker, 3, 0.4) is None  # too little audio yet
     first = ask(tracker, 3, 0.6)
     assert first is not None and first.revision == 0 and first.previous == first.committed == ""
     assert (first.start_sample, first.end_sample, len(first.pcm)) == (1000, 1000 + 9600, 2 * 9600)
-    assert ask(tracker, 3, 0.9) is None  # not yet due: 0.3 s since the last request
-    assert tracker.accept(reply(first, "we need", ""))
-    second = ask(tracker, 3, 1.1)
-    assert second is not None and second.revision == 1 and second.previous == "we need"
+    assert ask(tracker, 3, 0.8) is None  # not yet due: 0.2 s since the last request
+    retry = ask(tracker, 3, 0.85)  # no words heard yet: asks again after the first interval
+    assert retry is not None and retry.revision == 1
+    assert tracker.accept(reply(retry, "we need", ""))
+    assert ask(tracker, 3, 1.2) is None  # words heard: every interval now, 0.35 s since the last request
+    second = ask(tracker, 3, 1.35)
+    assert second is not None and second.revision == 2 and second.previous == "we need"
 
 
 def test_tracker_ignores_stale_and_closed_replies() -> None:
