@@ -48,12 +48,17 @@ def chromium(playwright: Any, mic_wav: Path) -> Browser:
     return browser
 
 
-def enter(browser: Browser, base_url: str, room: str, name: str, speak: str, hear: str) -> Page:
+def enter(browser: Browser, url: str) -> Page:
+    """A page of the room at `url`, once it has joined."""
     page = browser.new_page()
     page.set_default_timeout(JOIN_TIMEOUT_MS)
-    page.goto(f"{base_url}/room/{room}?name={name}&speak={speak}&hear={hear}")
+    page.goto(url)
     page.wait_for_function("window.babelroom && window.babelroom.state.connected === true")
     return page
+
+
+def room_url(base_url: str, room: str, name: str, speak: str, hear: str) -> str:
+    return f"{base_url}/room/{room}?name={name}&speak={speak}&hear={hear}"
 
 
 def wait_for_translation(page: Page, language: str) -> str:
@@ -86,11 +91,10 @@ def run_meeting(base_url: str, tmp_path: Path, listeners: list[Listener]) -> Non
     room = f"e2e{int(time.time() * 1000) % 10**8}"
     with sync_playwright() as playwright:
         browsers = [chromium(playwright, quiet) for _ in listeners]
-        pages = [
-            enter(b, base_url, room, who.name, who.hear, who.hear) for b, who in zip(browsers, listeners, strict=True)
-        ]
+        urls = [room_url(base_url, room, who.name, who.hear, who.hear) for who in listeners]
+        pages = [enter(b, url) for b, url in zip(browsers, urls, strict=True)]
         speaker_browser = chromium(playwright, speech)  # joins last: everyone hears the first utterance
-        speaker = enter(speaker_browser, base_url, room, "Alice", "en", "en")
+        speaker = enter(speaker_browser, room_url(base_url, room, "Alice", "en", "en"))
         try:
             for page, listener in zip(pages, listeners, strict=True):
                 text = wait_for_translation(page, listener.hear)

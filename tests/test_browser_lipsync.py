@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pytest
 import redis
-from playwright.sync_api import Browser, Page, Playwright, sync_playwright
+from playwright.sync_api import Browser, Playwright, sync_playwright
 
 from benchmarks.talking_head import talking_head_frames
 from pipeline.bus import FIELD
@@ -33,7 +33,7 @@ from pipeline.messages import Message, SynthesizedSpeech, VideoClip, decode
 from pipeline.routes import RESULTS
 from pipeline.video import write_y4m
 from tests.browser import CHROMIUM, CHROMIUM_FLAGS, fake_mic_wav, get_json
-from tests.test_browser_e2e import JOIN_TIMEOUT_MS, SENTENCE, wait_for_translation
+from tests.test_browser_e2e import SENTENCE, enter, wait_for_translation
 from workers.lipsync_metric import (
     loudness_per_frame,
     mouth_openings,
@@ -95,14 +95,6 @@ def lipsync_delay(monkeypatch: pytest.MonkeyPatch) -> None:
 def camera_y4m(path: Path) -> Path:
     write_y4m(path, talking_head_frames(CAMERA_S, FPS), FPS)
     return path
-
-
-def enter(browser: Browser, url: str) -> Page:
-    page = browser.new_page()
-    page.set_default_timeout(JOIN_TIMEOUT_MS)
-    page.goto(url)
-    page.wait_for_function("window.babelroom && window.babelroom.state.connected === true")
-    return page
 
 
 def launch(playwright: Playwright, mic: Path, camera: Path | None = None) -> Browser:
