@@ -84,6 +84,7 @@ METER_S = 1024 / 48_000  # the page meter's analyser window (room.js: fftSize 10
 SHOWN_CORRELATION = 0.3
 SHOWN_LAG_FRAMES = 4  # the page's threshold for translated sound (room.js SPEECH_RMS)
 MARGIN_S = 0.5  # frames kept either side of the translated speech
+START_SEARCH_MS = 250.0  # the speech's start is sought this far either side of its first loud reading
 
 
 @pytest.fixture
@@ -130,8 +131,12 @@ def speech_start_ms(levels: np.ndarray, samples: np.ndarray, rate: int) -> float
     ends = np.arange(samples.size // (rate // 100)) * (rate // 100)  # every 10 ms of the speech
     window = int(METER_S * rate)
     expected = np.array([np.sqrt(np.mean(samples[max(0, e - window) : e + 1] ** 2)) for e in ends])
-    best, best_corr = heard.min(), -1.0
-    for start in np.arange(heard.min() - ends.size * 10, heard.min() + 10, 5.0):
+    # The page first reads it loud about when the speech itself first is: search near there, not a whole speech
+    # length back, where sparse readings once matched best 1.4 s early (the lip-synced frames were on time).
+    lead_ms = float(np.argmax(expected > SPEECH_RMS)) * 10
+    around = heard.min() - lead_ms
+    best, best_corr = around, -1.0
+    for start in np.arange(around - START_SEARCH_MS, around + START_SEARCH_MS, 5.0):
         page = np.interp(start + ends * 1000 / rate, levels[:, 0], levels[:, 1])
         corr = float(np.corrcoef(page, expected)[0, 1]) if page.std() > 0 else -1.0
         if corr > best_corr:
