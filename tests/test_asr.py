@@ -173,7 +173,7 @@ def test_join_model_parts_is_atomic_and_cached(tmp_path: Path) -> None:
 def test_options_from_env() -> None:
     env = {"BABELROOM_ASR_MODEL": "tiny.en", "BABELROOM_ASR_ENGINE": "transformers", "BABELROOM_ASR_DEVICE": "cuda"}
     o = AsrOptions.from_env(env)
-    assert (o.model, o.engine, o.device, o.beam_size) == ("tiny.en", "transformers", "cuda", 1)
+    assert (o.model, o.engine, o.device, o.beam_size) == ("tiny.en", "transformers", "cuda", 5)
     assert AsrOptions.from_env({}) == AsrOptions()
 
 

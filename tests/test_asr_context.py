@@ -1,6 +1,6 @@
 """The final pass's audio context on speech the way the gateway gets it: the browser test's sentence from
 espeak-ng (as tests/browser.py's fake microphone makes it), through Opus at 48 kHz and the gateway's segmenter.
-The full-window default hears it; `babelroom bench asr-context` compares the fitted windows."""
+The default final (fitted window, 5 beams) hears it; `babelroom bench asr-context` compares the candidates."""
 
 from __future__ import annotations
 

@@ -235,7 +235,7 @@ async def test_the_floor_holder_gets_interim_captions_that_the_final_replaces(
         assert all(r.targets == ("es",) and r.start_sample == segment.start_sample for r in requests)
         assert all(0 < r.end_sample <= segment.end_sample and r.pcm for r in requests)
         assert requests[-1].committed == "the" and requests[-1].previous == "the house", "the tracker's state"
-        assert segment.committed == "the", "the final decodes after the words the interim captions committed"
+        assert segment.committed == "", "the final decodes the whole segment afresh (the default)"
 
         late = {**base, "revision": requests[-1].revision + 1}  # answers a request after the segment closed
         await bus.publish(InterimTranslation(**late, language="es", source_language="en", text="tarde"))

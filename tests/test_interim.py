@@ -102,6 +102,16 @@ def test_tracker_ignores_stale_and_closed_replies() -> None:
     assert not tracker.accept(reply(r1, "late reply of a closed segment"))
 
 
+def test_the_final_gets_the_committed_words_only_when_asked() -> None:
+    """By default a final is decoded afresh (close gives no words); with final_reuses_committed, after the
+    words the interims committed."""
+    for options, expected in ((InterimOptions(), ""), (InterimOptions(final_reuses_committed=True), "we")):
+        tracker = InterimTracker(options)
+        request = ask(tracker, 1, 0.6)
+        assert request is not None and tracker.accept(reply(request, "we need", "we"))
+        assert tracker.close(1) == expected
+
+
 def test_tracker_orders_translations_per_language() -> None:
     tracker = InterimTracker(InterimOptions(interval_s=0.5))
     r0, r1 = ask(tracker, 1, 0.6), ask(tracker, 1, 1.2)
@@ -264,11 +274,11 @@ def test_text_placed_after_the_audio_is_dropped() -> None:
 def test_audio_context_setting() -> None:
     from workers.engines.asr import AsrOptions
 
-    assert AsrOptions.from_env({}).audio_context == "full"  # finals keep Whisper's window unless asked
-    assert AsrOptions.from_env({"BABELROOM_ASR_CONTEXT": "fit"}).audio_context == "fit"
+    assert AsrOptions.from_env({}).audio_context == "fit"  # finals: fitted windows unless asked
+    assert AsrOptions.from_env({"BABELROOM_ASR_CONTEXT": "full"}).audio_context == "full"
     with pytest.raises(ValueError, match="'fit' or 'full'"):
         AsrOptions.from_env({"BABELROOM_ASR_CONTEXT": "half"})
-    assert (AsrOptions.from_env({}).fit_min_window_s, AsrOptions.from_env({}).beam_size) == (0.0, 1)
+    assert (AsrOptions.from_env({}).fit_min_window_s, AsrOptions.from_env({}).beam_size) == (8.0, 5)
     assert AsrOptions.from_env({"BABELROOM_ASR_FIT_MIN_WINDOW_S": "12"}).fit_min_window_s == 12.0
     with pytest.raises(ValueError, match="choose 0 to 28 s"):
         AsrOptions(fit_min_window_s=30.0)

