@@ -139,10 +139,9 @@ def run_up(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
 
 def run_janus(args: argparse.Namespace, env: Mapping[str, str]) -> int:
-    """Write Janus's configuration with the secrets the gateway was given, then become Janus."""
-    import tempfile
-
+    """Janus with the secrets the gateway was given, until it exits."""
     from babelroom import janus
+    from babelroom.supervisor import run_janus
 
     secret, admin_key = env.get("BABELROOM_JANUS_API_SECRET", ""), env.get("BABELROOM_JANUS_ADMIN_KEY", "")
     if not secret or not admin_key:
@@ -150,11 +149,7 @@ def run_janus(args: argparse.Namespace, env: Mapping[str, str]) -> int:
               file=sys.stderr)  # fmt: skip
         return 2
     fresh = janus.config_from_env(env, args.ws_port)
-    config = dataclasses.replace(fresh, api_secret=secret, admin_key=admin_key, ws_ip=args.ws_ip)
-    folder = Path(tempfile.mkdtemp(prefix="babelroom-janus-"))
-    janus.write_config(folder, config)
-    argv = janus.janus_argv(folder)
-    os.execv(argv[0], argv)
+    return run_janus(dataclasses.replace(fresh, api_secret=secret, admin_key=admin_key, ws_ip=args.ws_ip))
 
 
 def check_settings(env: Mapping[str, str]) -> None:

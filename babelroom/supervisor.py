@@ -175,14 +175,32 @@ def babelroom_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "babelroom.cli", *args]
 
 
+def janus_command(folder: Path, config: janus.JanusConfig) -> list[str]:
+    """Janus's command line, its configuration written into `folder`; exits with the hint when it is missing."""
+    try:
+        janus.write_config(folder, config)
+        return janus.janus_argv(folder)
+    except janus.JanusNotInstalled as exc:
+        raise SystemExit(str(exc)) from None
+
+
 def janus_child(env: dict[str, str], folder: Path) -> tuple[Child, janus.JanusConfig]:
     """A private Janus: the API on loopback, fresh secrets, the configuration written into `folder`."""
     config = janus.config_from_env(env, free_port())
-    try:
-        janus.write_config(folder, config)
-        return Child("janus", janus.janus_argv(folder), env), config
-    except janus.JanusNotInstalled as exc:
-        raise SystemExit(str(exc)) from None
+    return Child("janus", janus_command(folder, config), env), config
+
+
+def run_janus(config: janus.JanusConfig) -> int:
+    """Janus in the foreground (`babelroom janus`, a container's one process) until it exits; returns its exit
+    status. Its configuration holds the API secret and admin key, so the folder goes when Janus does. Janus
+    runs in its own process group and gets SIGTERM and SIGINT from here, once each (a terminal's Ctrl-C
+    reaches only this process)."""
+    with tempfile.TemporaryDirectory(prefix="babelroom-janus-") as folder:
+        process = subprocess.Popen(janus_command(Path(folder), config), process_group=0)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda received, _frame: process.send_signal(received))
+        code = process.wait()
+    return code if code >= 0 else 128 - code  # killed by a signal: the shell's convention
 
 
 def up(env: Mapping[str, str], host: str, port: int) -> None:

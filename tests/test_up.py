@@ -1,8 +1,9 @@
 """`babelroom up` (what `make up` runs): the URL, /healthz with real workers alive, a clean stop that
-leaves neither processes nor its Redis data dir behind."""
+leaves neither processes nor its Redis data dir behind; `babelroom janus` (compose's Janus) likewise."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -11,9 +12,12 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import pytest
 
+from babelroom.janus import JanusConfig, wait_for_janus
 from babelroom.supervisor import free_port
 from pipeline.routes import WORKER_KINDS
 
@@ -94,3 +98,39 @@ def test_up_prints_the_url_serves_health_and_stops_cleanly(tmp_path: Path) -> No
         time.sleep(0.1)
     assert not [pid for pid in descendants if alive(pid)], "babelroom up left processes behind"
     assert list(tmp_path.glob("babelroom-*")) == [], "babelroom up left its Redis or Janus folder behind"
+
+
+async def janus_session_with(url: str, apisecret: str) -> dict[str, Any]:
+    """Janus's answer to creating a session with `apisecret`."""
+    async with aiohttp.ClientSession() as http, http.ws_connect(url, protocols=("janus-protocol",)) as socket:
+        await socket.send_json({"janus": "create", "transaction": "t1", "apisecret": apisecret})
+        while True:
+            reply: dict[str, Any] = await socket.receive_json(timeout=10)
+            if reply.get("transaction") == "t1" and reply.get("janus") != "ack":
+                return reply
+
+
+@pytest.mark.slow
+def test_janus_command_serves_the_given_secret_and_leaves_no_folder(tmp_path: Path) -> None:
+    """`babelroom janus` (compose's Janus service): Janus takes the gateway's API secret; SIGTERM stops it and
+    removes the folder where its configuration held the secrets."""
+    port = free_port()
+    secrets = {"BABELROOM_JANUS_API_SECRET": "given-secret", "BABELROOM_JANUS_ADMIN_KEY": "given-admin-key"}
+    env = dict(os.environ) | secrets | {"TMPDIR": str(tmp_path)}
+    command = [sys.executable, "-m", "babelroom.cli", "janus", "--ws-port", str(port)]
+    process = subprocess.Popen(command, cwd=ROOT, env=env)
+    janus_pids: set[int] = set()
+    try:
+        wait_for_janus(JanusConfig(port, "", ""))
+        janus_pids = children_of(process.pid)
+        assert janus_pids, "Janus runs as the command's child"
+        url = f"ws://127.0.0.1:{port}"
+        assert asyncio.run(janus_session_with(url, "given-secret"))["janus"] == "success"
+        assert asyncio.run(janus_session_with(url, "another-secret"))["janus"] == "error"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert not [pid for pid in janus_pids if alive(pid)], "Janus outlived babelroom janus"
+    assert list(tmp_path.glob("babelroom-janus-*")) == [], "the folder with Janus's secrets was left behind"
