@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import WSMsgType, hdrs, web
+from aiohttp.http_exceptions import BadHttpMessage
 from redis.exceptions import RedisError
 
 from gateway import validation
@@ -54,12 +55,34 @@ LANGUAGE_NAMES = {
     "fr": "Français", "de": "Deutsch", "it": "Italiano", "eu": "Euskara", "nl": "Nederlands",
 }  # fmt: skip
 SOCKET_HEARTBEAT_S = 20.0
+LOGGED_REQUEST_CHARS = 120  # of a refused request's own words: an over-long line quotes kilobytes of itself
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+class RefusedRequestLog(logging.Filter):
+    """aiohttp logs a request it cannot parse (an over-long or malformed line, which the client gets a 400 for)
+    as an ERROR with a traceback. The fault is the client's, not the service's: one WARNING line instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, BadHttpMessage):
+            refusal = f"{type(error).__name__}: {error.message}"[:LOGGED_REQUEST_CHARS]
+            record.msg, record.args = "%s, answered 400 (%s)", (record.getMessage(), refusal)
+            record.levelno, record.levelname = logging.WARNING, logging.getLevelName(logging.WARNING)
+            record.exc_info = record.exc_text = None
+        return True
+
+
+def log_refused_requests_as_warnings() -> None:
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, RefusedRequestLog) for f in server_log.filters):
+        server_log.addFilter(RefusedRequestLog())
+
+
 def create_app(bus: Bus, options: GatewayOptions | None = None) -> web.Application:
     options = options or GatewayOptions()
+    log_refused_requests_as_warnings()
     # auto_decompress off: a compressed body is refused (415) rather than inflated, garbage or bomb alike.
     app = web.Application(
         client_max_size=options.client_max_size,

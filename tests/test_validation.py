@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-import pytest
+import logging
+import sys
 
+import pytest
+from aiohttp.http_exceptions import LineTooLong
+
+from gateway.app import RefusedRequestLog
 from gateway.validation import InvalidInput, display_name, json_object, plain_body, room_name
 
 
@@ -75,3 +80,18 @@ def test_compressed_or_non_utf8_bodies_are_unsupported_media(encoding: str, char
         plain_body(encoding, charset)
     assert refused.value.status == 415
     plain_body("identity", "UTF-8")  # the plain case passes
+
+
+def test_a_refused_request_is_logged_as_one_warning_line() -> None:
+    """aiohttp's ERROR with a traceback for a request line it cannot parse becomes a short WARNING."""
+    try:
+        raise LineTooLong("/x?" + "a" * 9000, "8190")
+    except LineTooLong:
+        record = logging.LogRecord("aiohttp.server", logging.ERROR, "", 0, "Error handling request from %s",
+                                   ("198.18.0.2",), sys.exc_info())  # fmt: skip
+    assert RefusedRequestLog().filter(record)
+    message = logging.Formatter().format(record)
+    assert record.levelno == logging.WARNING and "Traceback" not in message and len(message) < 250
+    assert message.startswith("Error handling request from 198.18.0.2, answered 400 (LineTooLong: Got more than")
+    other = logging.LogRecord("aiohttp.server", logging.ERROR, "", 0, "Error handling request", (), None)
+    assert RefusedRequestLog().filter(other) and other.levelno == logging.ERROR  # anything else is left alone
