@@ -276,7 +276,7 @@ def session(request: web.Request) -> Participant:
 
 async def leave(request: web.Request) -> web.Response:
     participant = session(request)
-    await request.app[GATEWAY_KEY].leave(participant.id)
+    await request.app[GATEWAY_KEY].leave(participant.id, "the session was ended by a leave request")
     return web.json_response({"left": True})
 
 

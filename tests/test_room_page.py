@@ -79,6 +79,7 @@ def test_a_lost_connection_shows_a_banner_and_rejoins_with_the_same_profile(serv
     urllib.request.urlopen(request, timeout=5).close()
     page.wait_for_function("!document.getElementById('banner').hidden")
     assert "Reconnecting" in page.inner_text("#banner")
+    assert "(the session was ended by a leave request)" in page.inner_text("#banner"), "the server's reason shows"
     page.wait_for_function(f"window.babelroom.state.connected && window.babelroom.state.me?.id !== '{first}'")
     page.wait_for_function("document.getElementById('banner').hidden")
     roster = page.evaluate("window.babelroom.state.roster")

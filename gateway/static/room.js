@@ -180,14 +180,16 @@ function socketUrl(path) {
 }
 
 // Something broke: tear down what is left of this session and join again, keeping name and languages.
-function lost(reason) {
+// `serverSaid`: the reason in the close frame when the gateway ended the session (written for people: "media
+// never connected within 20 s", "the gateway is stopping"); the banner shows it.
+function lost(reason, serverSaid = "") {
   if (state.left || state.rejoining) return;
   state.rejoining = true;
   state.connected = false;
-  console.warn("connection lost:", reason);
-  state.lostReasons.push(String(reason));
+  console.warn("connection lost:", reason, serverSaid);
+  state.lostReasons.push(serverSaid ? `${reason}: ${serverSaid}` : String(reason));
   setConnection("reconnecting");
-  banner("Connection lost. Reconnecting…");
+  banner(serverSaid ? `Connection lost (${serverSaid}). Reconnecting…` : "Connection lost. Reconnecting…");
   teardown(true);
   rejoin();
 }
@@ -272,7 +274,7 @@ function openEvents() {
   const socket = new WebSocket(socketUrl(state.me.events));
   state.events = socket;
   socket.onmessage = (e) => onMessage(JSON.parse(e.data));
-  socket.onclose = () => { if (state.events === socket) lost("events socket closed"); };
+  socket.onclose = (e) => { if (state.events === socket) lost("events socket closed", e.reason); };
 }
 
 function send(message) {
