@@ -304,7 +304,7 @@ def models_in_use(env: Mapping[str, str]) -> dict[str, str]:
 
     asr = AsrOptions.from_env(env)
     return {
-        "asr": f"Whisper {Path(asr.model).name} (faster-whisper, int8), finals: {asr.audio_context} audio context",
+        "asr": f"Whisper {Path(asr.model).name} (faster-whisper, int8; {asr.final_pass})",
         "mt": "Apertium",
         "tts": "Piper en_US-joe-medium (en), espeak-ng (es)",
     }

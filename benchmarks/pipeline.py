@@ -42,6 +42,7 @@ from pipeline.bus import Bus
 from pipeline.config import WORKER_CONCURRENCY, BusOptions
 from pipeline.messages import SAMPLE_RATE
 from pipeline.routes import SPEECH_KINDS
+from workers.engines.asr import AsrOptions
 from workers.stage import Stage
 
 ROOMS = (1, 2, 4, 8)
@@ -96,7 +97,8 @@ def engine_settings(device: str, models: ModelSet | None) -> tuple[dict[str, str
         return models.env(device, GPU_BATCH_SIZE), tuple(models.voices), models.names
     if device != "cpu":
         raise ValueError(f"on {device} the benchmark needs the torch engines' models (benchmarks.models.model_set)")
-    names = {"asr": "Whisper base (faster-whisper, int8)", "mt": "Apertium", "tts": "espeak-ng, Piper joe (en)"}
+    asr = f"Whisper base (faster-whisper, int8; {AsrOptions().final_pass})"
+    names = {"asr": asr, "mt": "Apertium", "tts": "espeak-ng, Piper joe (en)"}
     return {}, CPU_TARGETS, names
 
 

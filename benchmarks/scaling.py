@@ -31,6 +31,7 @@ from benchmarks.provenance import provenance
 from pipeline.audio import Samples, read_wav
 from pipeline.messages import Message, SpeechSegment, SynthesizedSpeech, Transcript, Translation
 from pipeline.segmenter import Segmenter, SegmenterOptions
+from workers.engines.asr import AsrOptions
 from workers.stage import Stage
 
 PARTICIPANTS = (2, 4, 8, 16, 32)
@@ -41,7 +42,11 @@ SEGMENTS_PER_MINUTE = 60.0 / SEGMENT_S
 NAIVE_MEASURED_UP_TO = 4  # beyond this the naive runs (N*(N-1) pipelines) are estimated, not run
 
 SPEAKER_LANGUAGE = "en"
-MODELS = {"asr": "Whisper base (faster-whisper, int8)", "mt": "Apertium", "tts": "espeak-ng, Piper en_US-joe-medium"}
+MODELS = {
+    "asr": f"Whisper base (faster-whisper, int8; {AsrOptions().final_pass})",
+    "mt": "Apertium",
+    "tts": "espeak-ng, Piper en_US-joe-medium",
+}
 # Languages to try as targets; those the real MT and TTS stages actually serve from English are used (offline
 # Apertium: es, ca, gl directly, pt and fr through es).
 CANDIDATE_TARGETS = ("es", "ca", "gl", "pt", "fr", "it", "de", "ro", "oc", "eo")

@@ -22,7 +22,7 @@ from workers.engines.mt import ApertiumTranslator
 from workers.engines.tts import Audio, EspeakSynthesizer, PiperSynthesizer, Synthesizer, render
 
 MODELS = {
-    "asr": "Whisper base and tiny.en (faster-whisper, int8)",
+    "asr": f"Whisper base and tiny.en (faster-whisper, int8; {AsrOptions().final_pass})",
     "mt": "Apertium",
     "tts": "espeak-ng, Piper en_US-joe-medium",
 }

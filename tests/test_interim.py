@@ -279,6 +279,8 @@ def test_audio_context_setting() -> None:
     with pytest.raises(ValueError, match="'fit' or 'full'"):
         AsrOptions.from_env({"BABELROOM_ASR_CONTEXT": "half"})
     assert (AsrOptions.from_env({}).fit_min_window_s, AsrOptions.from_env({}).beam_size) == (8.0, 5)
+    assert AsrOptions().final_pass == "finals over a fitted window of at least 8 s, 5 beams"  # as benchmarks say
+    assert AsrOptions(audio_context="full", beam_size=1).final_pass == "finals over the full 30 s window, 1 beam"
     assert AsrOptions.from_env({"BABELROOM_ASR_FIT_MIN_WINDOW_S": "12"}).fit_min_window_s == 12.0
     with pytest.raises(ValueError, match="choose 0 to 28 s"):
         AsrOptions(fit_min_window_s=30.0)

@@ -163,6 +163,14 @@ class AsrOptions:
         if not 0.0 <= self.fit_min_window_s <= MAX_FIT_WINDOW_S:
             raise ValueError(f"ASR fitted window {self.fit_min_window_s} s: choose 0 to {MAX_FIT_WINDOW_S:g} s")
 
+    @property
+    def final_pass(self) -> str:
+        """How faster-whisper decodes finals, in words (what the benchmarks record with their figures)."""
+        beams = f"{self.beam_size} beam{'s' if self.beam_size != 1 else ''}"
+        if self.audio_context == FULL:
+            return f"finals over the full 30 s window, {beams}"
+        return f"finals over a fitted window of at least {self.fit_min_window_s:g} s, {beams}"
+
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> AsrOptions:
         guard = GuardOptions(
