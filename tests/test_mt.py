@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 
@@ -78,6 +79,25 @@ def test_restarts_a_dead_pipeline(apertium: ApertiumTranslator) -> None:
     proc.kill()
     proc.wait()
     assert "perro" in apertium.translate("The dog sleeps.", "en", ["es"])["es"].text.lower()
+
+
+def test_a_pairs_complaint_is_logged_once_and_the_translation_goes_on(caplog: pytest.LogCaptureFixture) -> None:
+    """eng-cat's transfer rules print "index > limit" for this sentence on every run, and translate it anyway: one
+    WARNING naming the pair, then DEBUG lines, never the bare line on the worker's stderr."""
+    sentence = "I think that we would have to try the system with more first users."
+    translator = ApertiumTranslator()
+    try:
+        with caplog.at_level(logging.DEBUG, logger="workers.engines.mt"):
+            texts = [translator.translate(sentence, "en", ["ca"])["ca"].text for _ in range(3)]
+            deadline = time.monotonic() + 10  # the complaints arrive on their own thread
+            while len(complaints := [r for r in caplog.records if "index > limit" in r.getMessage()]) < 3:
+                assert time.monotonic() < deadline, f"complaints logged: {complaints}"
+                time.sleep(0.05)
+    finally:
+        translator.close()
+    assert all("sistema" in text.lower() for text in texts), texts
+    assert [r.levelno for r in complaints] == [logging.WARNING, logging.DEBUG, logging.DEBUG]
+    assert complaints[0].getMessage().startswith("apertium en->ca: Error in ")
 
 
 def test_reserved_stream_characters_survive() -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 import os
 import re
 import selectors
@@ -31,6 +32,8 @@ from typing import Any, Protocol, runtime_checkable
 from pipeline.config import env_flag
 from workers.engines.asr import EngineUnavailable, import_torch_transformers, torch_device
 from workers.stage import PermanentError
+
+log = logging.getLogger(__name__)
 
 APERTIUM, TRANSFORMERS = "apertium", "transformers"
 DEFAULT_ENGINE = APERTIUM
@@ -259,10 +262,14 @@ def from_stream(data: bytes) -> str:
     return _UNESCAPE.sub(r"\1", _SUPERBLANK.sub("", data.decode(errors="replace"))).strip()
 
 
+MAX_COMPLAINTS_REMEMBERED = 100  # distinct stderr lines per pipeline logged as warnings (bounded memory)
+
+
 class ApertiumPipe:
     """One pair's pipeline kept running in null-flush mode: a NUL ends each request and each answer."""
 
-    def __init__(self, mode: Path, mark_unknown: bool, timeout_s: float) -> None:
+    def __init__(self, mode: Path, mark_unknown: bool, timeout_s: float, label: str = "") -> None:
+        self.label = label or mode.stem  # the pair, as the worker's log names it
         script = subprocess.run(
             ["apertium-wblank-mode", "-z", str(mode)], capture_output=True, text=True, check=True
         ).stdout.strip()
@@ -302,9 +309,30 @@ class ApertiumPipe:
         if self.proc is None or self.proc.poll() is not None:
             # Own process group, so close() ends every program of the pipeline, not just bash.
             self.proc = subprocess.Popen(
-                self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True
+                self.argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
             )
+            assert self.proc.stderr is not None
+            threading.Thread(target=self._log_complaints, args=(self.proc.stderr,), daemon=True).start()
         return self.proc
+
+    def _log_complaints(self, stderr: Any) -> None:
+        """What the pipeline's programs print, in the worker's log under the pair's name. Some pairs' rules
+        complain about some sentences on every run and translate them anyway (eng-cat's "index > limit"), so
+        each distinct line is a WARNING once per pipeline and its repeats are DEBUG. Ends at the pipe's EOF."""
+        seen: set[str] = set()
+        with stderr:
+            for raw in iter(stderr.readline, b""):
+                line = raw.decode(errors="replace").strip()
+                if line in seen:
+                    log.debug("apertium %s: %s", self.label, line)
+                elif line:
+                    if len(seen) < MAX_COMPLAINTS_REMEMBERED:
+                        seen.add(line)
+                    log.warning("apertium %s: %s (repeats of this line are logged at debug level)", self.label, line)
 
     def close(self) -> None:
         if self.proc is not None:
@@ -354,7 +382,9 @@ class ApertiumTranslator:
         with self.pipes_lock:
             if (source, target) not in self.pipes:
                 mode = self.pairs[(source, target)]
-                self.pipes[(source, target)] = ApertiumPipe(mode, self.options.mark_unknown, self.options.timeout_s)
+                self.pipes[(source, target)] = ApertiumPipe(
+                    mode, self.options.mark_unknown, self.options.timeout_s, f"{source}->{target}"
+                )
             return self.pipes[(source, target)]
 
     def warm(self, pairs: Sequence[tuple[str, str]]) -> None:
