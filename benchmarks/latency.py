@@ -300,11 +300,11 @@ def plot(summary: dict[str, Any], path: Path) -> None:
 
 def models_in_use(env: Mapping[str, str]) -> dict[str, str]:
     """The models the workers load from this environment, as RESULTS.md names them."""
+    from benchmarks.provenance import cpu_whisper
     from workers.engines.asr import AsrOptions
 
-    asr = AsrOptions.from_env(env)
     return {
-        "asr": f"Whisper {Path(asr.model).name} (faster-whisper, int8; {asr.final_pass})",
+        "asr": cpu_whisper(AsrOptions.from_env(env)),
         "mt": "Apertium",
         "tts": "Piper en_US-joe-medium (en), espeak-ng (es)",
     }

@@ -36,13 +36,12 @@ from benchmarks.harness import (
     set_ticks,
 )
 from benchmarks.models import ModelSet
-from benchmarks.provenance import provenance, result_stem, save
+from benchmarks.provenance import cpu_whisper, provenance, result_stem, save
 from pipeline.audio import Samples, resample
 from pipeline.bus import Bus
 from pipeline.config import WORKER_CONCURRENCY, BusOptions
 from pipeline.messages import SAMPLE_RATE
 from pipeline.routes import SPEECH_KINDS
-from workers.engines.asr import AsrOptions
 from workers.stage import Stage
 
 ROOMS = (1, 2, 4, 8)
@@ -97,8 +96,7 @@ def engine_settings(device: str, models: ModelSet | None) -> tuple[dict[str, str
         return models.env(device, GPU_BATCH_SIZE), tuple(models.voices), models.names
     if device != "cpu":
         raise ValueError(f"on {device} the benchmark needs the torch engines' models (benchmarks.models.model_set)")
-    asr = f"Whisper base (faster-whisper, int8; {AsrOptions().final_pass})"
-    names = {"asr": asr, "mt": "Apertium", "tts": "espeak-ng, Piper joe (en)"}
+    names = {"asr": cpu_whisper(), "mt": "Apertium", "tts": "espeak-ng, Piper joe (en)"}
     return {}, CPU_TARGETS, names
 
 

@@ -9,7 +9,10 @@ import os
 import platform
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from workers.engines.asr import AsrOptions
 
 UNKNOWN = "unknown"
 
@@ -18,6 +21,14 @@ def provenance(models: dict[str, str], device: str = "cpu") -> dict[str, Any]:
     """{"machine": ..., "date": ..., "models": ..., "load_average": ...}: the block each benchmark writes into
     its JSON. The 1-minute load average at the start hints whether other work shared the cores."""
     return {"machine": machine(device), "date": today(), "models": models, "load_average": round(os.getloadavg()[0], 2)}
+
+
+def cpu_whisper(options: AsrOptions | None = None) -> str:
+    """The faster-whisper model CPU workers load with `options` (the defaults), and how they decode finals."""
+    from workers.engines.asr import AsrOptions
+
+    options = options or AsrOptions()
+    return f"Whisper {Path(options.model).name} (faster-whisper, int8; {options.final_pass})"
 
 
 def result_stem(benchmark: str, device: str, tiny: bool, usual_device: str) -> str:

@@ -27,11 +27,10 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.provenance import provenance
+from benchmarks.provenance import cpu_whisper, provenance
 from pipeline.audio import Samples, read_wav
 from pipeline.messages import Message, SpeechSegment, SynthesizedSpeech, Transcript, Translation
 from pipeline.segmenter import Segmenter, SegmenterOptions
-from workers.engines.asr import AsrOptions
 from workers.stage import Stage
 
 PARTICIPANTS = (2, 4, 8, 16, 32)
@@ -43,7 +42,7 @@ NAIVE_MEASURED_UP_TO = 4  # beyond this the naive runs (N*(N-1) pipelines) are e
 
 SPEAKER_LANGUAGE = "en"
 MODELS = {
-    "asr": f"Whisper base (faster-whisper, int8; {AsrOptions().final_pass})",
+    "asr": cpu_whisper(),
     "mt": "Apertium",
     "tts": "espeak-ng, Piper en_US-joe-medium",
 }

@@ -268,8 +268,8 @@ MAX_COMPLAINTS_REMEMBERED = 100  # distinct stderr lines per pipeline logged as 
 class ApertiumPipe:
     """One pair's pipeline kept running in null-flush mode: a NUL ends each request and each answer."""
 
-    def __init__(self, mode: Path, mark_unknown: bool, timeout_s: float, label: str = "") -> None:
-        self.label = label or mode.stem  # the pair, as the worker's log names it
+    def __init__(self, mode: Path, mark_unknown: bool, timeout_s: float, label: str) -> None:
+        self.label = label  # the pair ("en->ca"), as the worker's log names it
         script = subprocess.run(
             ["apertium-wblank-mode", "-z", str(mode)], capture_output=True, text=True, check=True
         ).stdout.strip()
