@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from workers.engines.asr import bundled_base_dir, import_torch_transformers
-from workers.engines.mt import NLLB_CODES
+from workers.engines.mt_families import NLLB_CODES
 
 
 @dataclass(frozen=True)

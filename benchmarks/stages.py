@@ -18,7 +18,7 @@ from benchmarks.provenance import provenance
 from pipeline.audio import Samples, float_to_pcm16, resample
 from pipeline.messages import SAMPLE_RATE, SpeechSegment
 from workers.engines.asr import AsrOptions, FasterWhisperRecognizer
-from workers.engines.mt import ApertiumTranslator
+from workers.engines.mt_apertium import ApertiumTranslator
 from workers.engines.tts import Audio, EspeakSynthesizer, PiperSynthesizer, Synthesizer, render
 
 MODELS = {

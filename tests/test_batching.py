@@ -180,7 +180,8 @@ def test_whisper_batch_decodes_each_row_as_it_would_alone(tiny_models: models.Mo
 
 @pytest_slow
 def test_nllb_batch_of_two_source_languages_matches_one_at_a_time(tiny_models: models.ModelSet) -> None:
-    from workers.engines.mt import MtOptions, Request, TransformersTranslator
+    from workers.engines.mt import MtOptions, Request
+    from workers.engines.mt_transformers import TransformersTranslator
 
     nllb = TransformersTranslator(MtOptions(engine="transformers", model=str(tiny_models.mt), device="cpu"))
     requests = [Request("hello world", "en", ("es", "fr")), Request("bonjour le monde", "fr", ("en",))]

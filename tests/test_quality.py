@@ -21,7 +21,8 @@ from pipeline.segmenter import Segmenter
 from tests.speech import espeak
 from workers.asr import AsrStage
 from workers.engines.asr import FULL, AsrOptions, FasterWhisperRecognizer
-from workers.engines.mt import ApertiumTranslator, translate_all
+from workers.engines.mt import translate_all
+from workers.engines.mt_apertium import ApertiumTranslator
 from workers.engines.tts import Audio, PiperSynthesizer, Synthesizer
 
 DATA: dict[str, Any] = json.loads((Path(__file__).parent / "data" / "quality.json").read_text())

@@ -15,7 +15,7 @@ from pipeline.audio import float_to_pcm16, pcm16_to_float, read_wav, resample, w
 from pipeline.messages import SAMPLE_RATE, SpeechSegment, SynthesizedSpeech, Transcript, Translation
 from workers.asr import AsrStage
 from workers.engines.asr import AsrOptions, FasterWhisperRecognizer
-from workers.engines.mt import ApertiumTranslator
+from workers.engines.mt_apertium import ApertiumTranslator
 from workers.engines.tts import PiperSynthesizer, TtsOptions, VoiceRouter
 from workers.mt import MtStage
 from workers.translate_file import translate_file

@@ -28,7 +28,7 @@ from tests.speech import espeak, silence, with_noise
 from tests.test_quality import wer
 from workers.asr import AsrStage
 from workers.engines.asr import AsrOptions, FasterWhisperRecognizer
-from workers.engines.mt import ApertiumTranslator
+from workers.engines.mt_apertium import ApertiumTranslator
 from workers.engines.tts import PiperSynthesizer
 from workers.mt import MtStage
 

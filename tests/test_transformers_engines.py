@@ -35,7 +35,9 @@ import pytest
 from pipeline.audio import pcm16_to_float
 from pipeline.messages import SAMPLE_RATE, SynthesizedSpeech, Transcript, Translation
 from workers.engines.asr import EngineUnavailable
-from workers.engines.mt import NLLB_CODES, MtOptions, TransformersTranslator, translate_all
+from workers.engines.mt import MtOptions, translate_all
+from workers.engines.mt_families import NLLB_CODES
+from workers.engines.mt_transformers import TransformersTranslator
 from workers.engines.tts import TtsOptions, VitsSynthesizer, VoiceRouter
 from workers.mt import MtStage
 from workers.stage import PermanentError

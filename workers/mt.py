@@ -7,11 +7,11 @@ from collections.abc import Mapping, Sequence
 
 from pipeline.messages import InterimTranscript, InterimTranslation, Message, Transcript, Translation
 from workers.engines.mt import (
-    ApertiumTranslator,
     MtOptions,
     Request,
     TranslationResult,
     Translator,
+    WarmTranslator,
     check_language,
     load_translator,
     translate_all,
@@ -34,7 +34,7 @@ class MtStage:
     def load(self) -> None:
         if self.translator is None:
             self.translator = load_translator(self.options)
-        if isinstance(self.translator, ApertiumTranslator):  # the slow first call happens now, not on a caption
+        if isinstance(self.translator, WarmTranslator):  # the slow first call happens now, not on a caption
             self.translator.warm([p for p in self.options.warm_pairs if self.translator.supports(*p)])
 
     def process(self, message: Message) -> Sequence[Message]:
