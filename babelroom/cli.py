@@ -91,6 +91,17 @@ def parser() -> argparse.ArgumentParser:
     )
     translate.set_defaults(run=run_translate)
 
+    models = commands.add_parser("models", help="list the models installed here (ASR, MT, TTS, lip-sync)")
+    models.set_defaults(run=run_models)
+    fetch = models.add_subparsers(dest="action").add_parser(
+        "fetch",
+        help="convert an MT model to CTranslate2 int8 into the model cache: a local transformers dir, or a "
+        "Hugging Face id (Helsinki-NLP/opus-mt-en-es) where BABELROOM_ALLOW_DOWNLOAD=1",
+    )
+    fetch.add_argument("name", help="Helsinki-NLP/opus-mt-en-es, facebook/nllb-200-distilled-600M, or a local dir")
+    fetch.add_argument("--quantization", default="int8", help="CTranslate2 weight type (default int8)")
+    fetch.set_defaults(run=run_models)
+
     bench = commands.add_parser("bench", help="run a benchmark and write its figures (JSON, PNG)")
     bench.add_argument("name", choices=BENCHMARKS)
     bench.add_argument(
@@ -233,6 +244,24 @@ def run_translate(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         print(f"babelroom translate: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(result, indent=2, ensure_ascii=False))
+    return 0
+
+
+def run_models(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    from babelroom import models
+    from pipeline.config import env_flag
+    from workers.engines.asr import DEFAULT_CACHE_DIR
+
+    cache = env.get("BABELROOM_MODEL_CACHE", DEFAULT_CACHE_DIR)
+    if getattr(args, "action", None) == "fetch":
+        allowed = env_flag(env, "BABELROOM_ALLOW_DOWNLOAD")
+        path = models.fetch_mt_model(args.name, cache, allowed, args.quantization)
+        print(
+            f"converted {args.name} to {path} ({models.size_of(path) / 1e6:.1f} MB); use it with "
+            f"BABELROOM_MT_ENGINE=ctranslate2 (all models in the cache) or BABELROOM_MT_MODEL={path.name}"
+        )
+        return 0
+    print(models.format_table(models.installed_models(cache)))
     return 0
 
 

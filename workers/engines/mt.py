@@ -3,7 +3,8 @@ batched across the target languages of one utterance, its options, and the check
 every engine. Each engine lives in its own module:
 
 - `mt_apertium.ApertiumTranslator`: the offline default (rule-based, Debian packages);
-- `mt_transformers.TransformersTranslator`: NLLB, M2M100 or Marian on torch (GPU hosts);
+- `mt_ctranslate2.Ctranslate2Translator`: OPUS-MT (Marian), NLLB or M2M100 converted to CTranslate2, int8 on a CPU;
+- `mt_transformers.TransformersTranslator`: NLLB, M2M100 or Marian on torch (GPU hosts).
 
 A pair no engine can do is not an error: the caption comes back in the source language with a note.
 An unknown language code is: `PermanentError`.
@@ -17,9 +18,11 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from pipeline.config import env_flag
+from workers.engines.asr import DEFAULT_CACHE_DIR
 from workers.stage import PermanentError
 
-APERTIUM, TRANSFORMERS = "apertium", "transformers"
+APERTIUM, CTRANSLATE2, TRANSFORMERS = "apertium", "ctranslate2", "transformers"
+ENGINES = (APERTIUM, CTRANSLATE2, TRANSFORMERS)
 DEFAULT_ENGINE = APERTIUM
 DEFAULT_MODES_DIRS = ("/usr/share/apertium/modes", "/usr/local/share/apertium/modes")
 # One pivot at most: every extra rule-based hop compounds errors, and two hops already cover en->pt, en->fr.
@@ -33,6 +36,11 @@ DEFAULT_TIMEOUT_S = 10.0  # a pipeline silent this long is wedged: kill it, the 
 DEFAULT_MARK_UNKNOWN = False
 DEFAULT_DEVICE = "auto"
 DEFAULT_MAX_NEW_TOKENS = 256
+# CTranslate2 on a CPU: int8 weights (4x smaller than float32, the fastest on x86), greedy decoding (a caption
+# is read once; beams cost latency on every one), two threads per batch (the 2-core laptop the defaults fit).
+DEFAULT_COMPUTE_TYPE = "int8"
+DEFAULT_BEAM_SIZE = 1
+DEFAULT_THREADS = 2
 
 # ISO 639-1: the language codes participants declare.
 _ISO_639_1_CODES = (
@@ -66,7 +74,9 @@ class Translator(Protocol):
 @dataclass(frozen=True)
 class MtOptions:
     engine: str = DEFAULT_ENGINE
-    model: str = ""  # transformers: a local dir or hub id (NLLB, M2M100, Marian)
+    # transformers: a local dir or hub id (NLLB, M2M100, Marian). ctranslate2: converted model dirs or names in
+    # the model cache, comma-separated (one Marian model per pair); empty: every MT model in the cache.
+    model: str = ""
     device: str = DEFAULT_DEVICE
     modes_dirs: tuple[str, ...] = DEFAULT_MODES_DIRS
     max_hops: int = DEFAULT_MAX_HOPS
@@ -75,6 +85,10 @@ class MtOptions:
     mark_unknown: bool = DEFAULT_MARK_UNKNOWN
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     allow_download: bool = False
+    cache_dir: str = DEFAULT_CACHE_DIR
+    compute_type: str = DEFAULT_COMPUTE_TYPE
+    beam_size: int = DEFAULT_BEAM_SIZE
+    threads: int = DEFAULT_THREADS
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> MtOptions:
@@ -87,6 +101,10 @@ class MtOptions:
             max_hops=int(env.get("BABELROOM_MT_MAX_HOPS", DEFAULT_MAX_HOPS)),
             allow_download=env_flag(env, "BABELROOM_ALLOW_DOWNLOAD"),
             warm_pairs=parse_pairs(env.get("BABELROOM_MT_WARM", format_pairs(DEFAULT_WARM_PAIRS))),
+            cache_dir=env.get("BABELROOM_MODEL_CACHE", DEFAULT_CACHE_DIR),
+            compute_type=env.get("BABELROOM_MT_COMPUTE_TYPE", DEFAULT_COMPUTE_TYPE),
+            beam_size=int(env.get("BABELROOM_MT_BEAM_SIZE", DEFAULT_BEAM_SIZE)),
+            threads=int(env.get("BABELROOM_MT_THREADS", DEFAULT_THREADS)),
         )
 
 
@@ -111,11 +129,15 @@ def load_translator(options: MtOptions) -> Translator:
         from workers.engines.mt_apertium import ApertiumTranslator
 
         return ApertiumTranslator(options)
+    if options.engine == CTRANSLATE2:
+        from workers.engines.mt_ctranslate2 import Ctranslate2Translator
+
+        return Ctranslate2Translator(options)
     if options.engine == TRANSFORMERS:
         from workers.engines.mt_transformers import TransformersTranslator
 
         return TransformersTranslator(options)
-    raise ValueError(f"unknown MT engine {options.engine!r}: use {APERTIUM!r} or {TRANSFORMERS!r}")
+    raise ValueError(f"unknown MT engine {options.engine!r}: use one of {', '.join(ENGINES)}")
 
 
 def check_language(code: str) -> None:
