@@ -123,7 +123,10 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
-BENCHMARKS = ("stages", "scaling", "hops", "latency", "asr-context", "media", "lipsync", "pipeline", "gpu", "report")
+BENCHMARKS = (
+    "stages", "scaling", "hops", "latency", "asr-context", "media", "lipsync", "mt-quality", "pipeline", "gpu",
+    "report",
+)  # fmt: skip
 
 
 def rooms_list(text: str) -> tuple[int, ...]:
@@ -296,6 +299,11 @@ def run_bench(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         from benchmarks.asr_context import run as run_asr_context
 
         run_asr_context(args.out)
+    elif args.name == "mt-quality":
+        from benchmarks.mt_quality import run as run_mt_quality
+        from workers.engines.asr import DEFAULT_CACHE_DIR
+
+        run_mt_quality(args.out, env.get("BABELROOM_MODEL_CACHE", DEFAULT_CACHE_DIR))
     elif args.name == "media":
         from benchmarks.media import run as run_media
 

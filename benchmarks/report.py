@@ -14,9 +14,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks import gpu, pipeline, scaling
+from benchmarks import gpu, mt_quality, pipeline, scaling
 
-KNOWN_ORDER = ("stages", "scaling", "pipeline", "media", "latency", "lipsync", "gpu")
+KNOWN_ORDER = ("stages", "mt", "scaling", "pipeline", "media", "latency", "lipsync", "gpu")
 NOT_RECORDED = "not recorded"
 GPU_COMMAND = "babelroom bench gpu --device cuda --out results && babelroom bench pipeline --device cuda --out results"
 
@@ -272,6 +272,17 @@ def _target(bounds: dict[str, Any]) -> str:
     return ", ".join(parts) or "-"
 
 
+def mt_quality_section(stem: str, result: dict[str, Any], folder: Path, link: str) -> list[str]:
+    lines = [
+        "## Translation quality (chrF)", "", provenance_line(result), "",
+        f"References: {result.get('references', NOT_RECORDED)}", "",
+        "Measure again: `babelroom bench mt-quality --out results`.", "",
+        *table(mt_quality.HEADER, mt_quality.table(result)),
+    ]  # fmt: skip
+    skipped = [f"- {name}: {why}" for name, why in result.get("skipped", {}).items()]
+    return lines + (["", "Not measured here:", *skipped] if skipped else [])
+
+
 def other_section(stem: str, result: dict[str, Any], folder: Path, link: str) -> list[str]:
     """A benchmark this report does not know: its provenance, its top-level figures, its PNG if any."""
     figures = [[key, value] for key, value in result.items() if isinstance(value, int | float | str | bool)]
@@ -282,6 +293,7 @@ def other_section(stem: str, result: dict[str, Any], folder: Path, link: str) ->
 
 SECTIONS: dict[str, Section] = {
     "stages": stages_section,
+    "mt": mt_quality_section,
     "scaling": scaling_section,
     "pipeline": pipeline_section,
     "gpu": gpu_section,
