@@ -150,7 +150,10 @@ def download_checkpoint(repo_id: str, target: Path) -> Path:
         from huggingface_hub import snapshot_download
     except ImportError as exc:
         raise ValueError("downloading a model needs huggingface_hub: pip install huggingface_hub") from exc
-    snapshot_download(repo_id=repo_id, local_dir=str(target), allow_patterns=list(HUB_PATTERNS))
+    try:
+        snapshot_download(repo_id=repo_id, local_dir=str(target), allow_patterns=list(HUB_PATTERNS))
+    except Exception as exc:  # no network, unknown id, gated model: the hub's own words, as one line
+        raise ValueError(f"could not download {repo_id!r} from the Hugging Face hub: {exc}") from exc
     return target
 
 
