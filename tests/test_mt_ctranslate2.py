@@ -2,12 +2,15 @@
 through `babelroom models fetch` (a local dir: no download), then run int8 through the engine, the MT stage and
 the real MT worker process on a real redis-server.
 
-The checkpoints are built here the way the hub's are laid out: an OPUS-MT Marian dir (source.spm, target.spm,
-vocab.json, tokenizer_config.json, config.json, weights) with the real `MarianTokenizer`, and an M2M100 dir
-(sentencepiece.bpe.model, vocab.json) with the real `M2M100Tokenizer`. The SentencePiece models are trained here
-on a few meeting phrases. The weights are random: this proves loading, tokenization, language forcing, routing,
-batching and the worker's contract, not translation quality (benchmarks/mt_quality.py measures that on real
-models where they are installed).
+The checkpoints are built here the way the hub's are laid out: OPUS-MT Marian dirs (source.spm, target.spm,
+vocab.json, tokenizer_config.json, config.json, weights) with the real `MarianTokenizer`, one pair each or
+multi-target with >>xx<< tokens; and an NLLB-200 dir (sentencepiece.bpe.model beside the real `NllbTokenizer`).
+The SentencePiece models are trained here on a few meeting phrases. The weights are random: this proves loading,
+tokenization, language forcing, routing, batching and the worker's contract, not translation quality
+(`bench mt-quality` measures that on real models where they are installed).
+
+Not covered: M2M100. CTranslate2 4.8's converter under transformers 5 leaves M2M100's __xx__ language tokens out
+of the vocabulary it writes (`models fetch` refuses such a model, see babelroom/models.py).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from pipeline.bus import Bus
 from pipeline.config import BusOptions
 from pipeline.messages import Transcript, Translation
 from workers.engines.asr import EngineUnavailable
-from workers.engines.mt import MtOptions, translate_all
+from workers.engines.mt import MtOptions, Request, translate_all
 from workers.engines.mt_ctranslate2 import Ctranslate2Translator, mt_cache
 from workers.mt import MtStage
 
@@ -46,13 +49,13 @@ PHRASES = (
 MAX_TOKENS = 6
 
 
-def train_spm(path: Path, vocab_size: int) -> None:
+def train_spm(path: Path, vocab_size: int, model_type: str = "unigram") -> None:
     import sentencepiece as spm
 
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(PHRASES * 10), model_writer=model, vocab_size=vocab_size, character_coverage=1.0,
-        minloglevel=2,
+        sentence_iterator=iter(PHRASES * 10), model_writer=model, vocab_size=vocab_size, model_type=model_type,
+        character_coverage=1.0, minloglevel=2,
     )  # fmt: skip
     path.write_bytes(model.getvalue())
 
@@ -105,6 +108,28 @@ def marian_checkpoint(model_dir: Path, targets: tuple[str, ...] = ()) -> Path:
     return model_dir
 
 
+def nllb_checkpoint(model_dir: Path) -> Path:
+    """An NLLB-200 dir: sentencepiece.bpe.model (BPE, as NLLB's) and the real `NllbTokenizer` over the same pieces,
+    knowing three languages."""
+    import sentencepiece as spm
+    import transformers
+
+    model_dir.mkdir(parents=True)
+    train_spm(model_dir / "sentencepiece.bpe.model", vocab_size=48, model_type="bpe")
+    pieces = spm.SentencePieceProcessor(model_file=str(model_dir / "sentencepiece.bpe.model"))
+    words = [pieces.id_to_piece(i) for i in range(3, pieces.get_piece_size())]  # after <unk>, <s>, </s>
+    vocab = {t: i for i, t in enumerate(["<s>", "<pad>", "</s>", "<unk>", *words])}
+    codes = ["eng_Latn", "spa_Latn", "fra_Latn"]
+    tokenizer = transformers.NllbTokenizer(vocab=vocab, merges=[], extra_special_tokens=codes)
+    config = tiny(
+        transformers.M2M100Config, len(tokenizer), decoder_start_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+    )  # fmt: skip
+    seeded(transformers.M2M100ForConditionalGeneration(config)).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    return model_dir
+
+
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model cache holding three converted models, each put there by `babelroom models fetch <local dir>`."""
@@ -114,6 +139,7 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
         marian_checkpoint(checkpoints / "opus-mt-en-es"),
         marian_checkpoint(checkpoints / "opus-mt-es-en"),
         marian_checkpoint(checkpoints / "opus-mt-en-ROMANCE", targets=("es", "fr", "it")),
+        nllb_checkpoint(checkpoints / "tiny-nllb-200"),
     ]
     env = {"BABELROOM_MODEL_CACHE": str(cache)}
     saved = {k: os.environ.get(k) for k in env}
@@ -155,7 +181,12 @@ class _Wrapped:
 
 def test_fetch_converts_into_the_cache_in_the_real_layout(cache: Path) -> None:
     converted = mt_cache(cache)
-    assert sorted(p.name for p in converted.iterdir()) == ["opus-mt-en-ROMANCE", "opus-mt-en-es", "opus-mt-es-en"]
+    assert sorted(p.name for p in converted.iterdir()) == [
+        "opus-mt-en-ROMANCE",
+        "opus-mt-en-es",
+        "opus-mt-es-en",
+        "tiny-nllb-200",
+    ]
     marian = {p.name for p in (converted / "opus-mt-en-es").iterdir()}
     assert {"model.bin", "config.json", "shared_vocabulary.json", "source.spm", "target.spm"} <= marian
     assert {">>es<<", ">>fr<<"} <= set(
@@ -201,6 +232,22 @@ def test_two_utterances_and_their_targets_in_one_call_per_model(cache: Path) -> 
         ("opus-mt-en-ROMANCE", [">>es<<", ">>fr<<"]),  # both targets of the first utterance: one call
         ("opus-mt-es-en", ["▁me"]),
     ]
+
+
+def test_nllb_forces_each_rows_target_language_in_one_call(cache: Path) -> None:
+    translator = Ctranslate2Translator(options(cache, model="tiny-nllb-200"))
+    [model] = translator.models
+    assert model.family == "nllb" and model.languages == {"en", "es", "fr"}
+    assert translator.supports("es", "fr") and not translator.supports("en", "de")
+    calls = spy_batches(translator)
+    results = translator.translate_batch(
+        [Request("good morning everyone", "en", ("es", "fr")), Request("buenos días a todos", "es", ("en",))]
+    )
+    [(_, sources, prefixes)] = calls
+    assert [s[0] for s in sources] == ["eng_Latn", "eng_Latn", "spa_Latn"] and all(s[-1] == "</s>" for s in sources)
+    assert prefixes == [["spa_Latn"], ["fra_Latn"], ["eng_Latn"]]
+    texts = [r.text for rows in results for r in rows.values()]
+    assert len(texts) == 3 and not any("_Latn" in t for t in texts)  # the forced language token is not shown
 
 
 def test_marian_decodes_ordinary_text_to_the_length_cap(cache: Path) -> None:
