@@ -6,10 +6,10 @@ PORT ?= 8080
 
 # Debian packages: Redis for the bus, Janus (the SFU) with janus.js and its WebRTC adapter for the page,
 # espeak-ng for speech, Apertium and its pairs for offline MT, libgl1 and libglib2.0-0 for OpenCV
-# (FaceMesh's, for lip-sync).
+# (FaceMesh's, for lip-sync), coturn for the TURN relay (`babelroom up --turn`).
 APT_RUNTIME := redis-server janus libjs-janus-gateway libjs-webrtc-adapter espeak-ng sox apertium apertium-eng-spa \
-	apertium-eng-cat apertium-en-gl apertium-es-pt apertium-fr-es libgl1 libglib2.0-0
-APT_TEST := chromium chromium-driver firefox-esr docker-compose iproute2
+	apertium-eng-cat apertium-en-gl apertium-es-pt apertium-fr-es libgl1 libglib2.0-0 coturn
+APT_TEST := chromium chromium-driver firefox-esr docker-compose iproute2 openssl caddy
 # `make up` needs no torch. The tests load the torch engines on tiny random models, so `make test`
 # adds the CPU build of torch (a local wheel on the CI machines; elsewhere add
 # TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu", or a bare `torch` pulls a

@@ -55,6 +55,14 @@ def parser() -> argparse.ArgumentParser:
         help="run everything here: redis and Janus (unless given by URL), the gateway, one worker per kind",
     )
     add_listen_options(up)
+    up.add_argument(
+        "--https", action="store_true",
+        help="serve HTTPS too, with a self-signed certificate for this host made once and kept (BABELROOM_TLS_DIR)",
+    )
+    up.add_argument("--turn", action="store_true", help="run coturn, a TURN relay for networks that block UDP")
+    up.add_argument(
+        "--public-host", help="the name or address other machines reach this one by (default: its first address)"
+    )
     up.set_defaults(run=run_up)
 
     gateway = commands.add_parser("gateway", help="run the gateway (room page, WebRTC, playout)")
@@ -145,11 +153,41 @@ def add_listen_options(command: argparse.ArgumentParser) -> None:
 
 
 def run_up(args: argparse.Namespace, env: Mapping[str, str]) -> int:
-    from babelroom.supervisor import up
+    from babelroom.supervisor import UpOptions, up
 
+    env = dict(env)
+    public_host = args.public_host or default_public_host()
+    if args.https:
+        env.update(lan_certificate(env, public_host))
     check_settings(env)  # a bad setting stops `up` here, not in a crash loop of every child
-    up(env, args.host, args.port)
+    up(env, UpOptions(args.host, args.port, public_host, args.turn))
     return 0
+
+
+def default_public_host() -> str:
+    from babelroom.certificate import host_addresses
+
+    outside = [a for a in host_addresses() if not a.is_loopback and a.version == 4]
+    return str(outside[0]) if outside else "localhost"
+
+
+def lan_certificate(env: Mapping[str, str], public_host: str) -> dict[str, str]:
+    """The kept self-signed certificate (made now if missing or no longer covering this host); prints its
+    fingerprint, which participants compare with the one their browser shows before accepting it."""
+    import ipaddress
+
+    from babelroom.certificate import default_folder, ensure_certificate, host_addresses, host_names
+
+    names = host_names()
+    try:
+        ipaddress.ip_address(public_host)
+    except ValueError:
+        names.append(public_host)
+    made = ensure_certificate(default_folder(env), names, host_addresses())
+    verb = "made" if made.created else "kept"
+    print(f"HTTPS certificate ({verb}, self-signed): {made.cert}", flush=True)
+    print(f"  its SHA-256 fingerprint: {made.fingerprint}", flush=True)
+    return {"BABELROOM_TLS_CERT": str(made.cert), "BABELROOM_TLS_KEY": str(made.key)}
 
 
 def run_janus(args: argparse.Namespace, env: Mapping[str, str]) -> int:
@@ -183,6 +221,7 @@ def run_gateway(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
     from gateway.app import create_app
     from gateway.options import GatewayOptions
+    from gateway.serve import serve
     from pipeline.bus import Bus
 
     options = GatewayOptions.from_env(env)
@@ -194,7 +233,7 @@ def run_gateway(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     async def build() -> web.Application:
         return create_app(Bus.connect(BusOptions.from_env(env)), options)
 
-    web.run_app(build(), host=args.host, port=args.port, print=None)
+    serve(build, args.host, args.port, options.tls)
     return 0
 
 

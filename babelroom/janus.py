@@ -18,6 +18,10 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from gateway.options import TurnOptions
+from gateway.turn import turn_credential
 
 JANUS_BINARY = "janus"
 # Where distributions put Janus's modules: Debian's multiarch folder first, then a source build's.
@@ -28,12 +32,36 @@ TRANSPORTS = ("libjanus_websockets.so",)
 RTP_PORT_RANGE = "20000-40000"
 # A session whose keepalives stop (a browser tab closed without a goodbye) is dropped after this long.
 SESSION_TIMEOUT_S = 60
+# Janus's own TURN credential lasts this long: a Janus running longer (restarted without `babelroom up` or
+# `babelroom janus` writing its configuration again) loses its relayed candidates, not its host ones.
+JANUS_TURN_TTL_S = 30 * 24 * 3600
 DEBUG_LEVEL = 3  # errors and warnings; 4 adds every request, 7 is libnice-level detail
 INSTALL_HINT = "run `make up` (it installs it) or `apt-get install janus`"
 
 
 class JanusNotInstalled(RuntimeError):
     pass
+
+
+@dataclass(frozen=True)
+class JanusTurn:
+    """Janus's own TURN credential: computed like a browser's (TURN REST API), for JANUS_TURN_TTL_S from
+    the moment its configuration is written. Janus takes one static user and password in janus.jcfg."""
+
+    host: str
+    port: int
+    username: str
+    password: str
+
+    @classmethod
+    def from_options(cls, turn: TurnOptions, now: float) -> JanusTurn | None:
+        """From the first turn: URL (turn:HOST:PORT?transport=udp), or None when there is none."""
+        plain = [url for url in turn.urls if url.startswith("turn:")]
+        if not plain:
+            return None
+        host, _, port = plain[0].removeprefix("turn:").split("?")[0].rpartition(":")
+        credential = turn_credential(turn.secret, "janus", now + JANUS_TURN_TTL_S)
+        return cls(host, int(port), credential.username, credential.password)
 
 
 @dataclass(frozen=True)
@@ -49,13 +77,14 @@ class JanusConfig:
     stun_server: str = ""  # host:port, for a Janus behind a NAT that is not 1:1
     rtp_port_range: str = RTP_PORT_RANGE
     debug_level: int = DEBUG_LEVEL
+    turn: JanusTurn | None = None  # the TURN server the browsers are given, for Janus's own relayed candidates
 
     @property
     def url(self) -> str:
         return f"ws://{self.ws_ip}:{self.ws_port}"
 
     @classmethod
-    def fresh(cls, ws_port: int, **options: str) -> JanusConfig:
+    def fresh(cls, ws_port: int, **options: Any) -> JanusConfig:
         """A configuration with newly drawn secrets (what `babelroom up` and the tests start)."""
         return cls(ws_port, secrets.token_urlsafe(24), secrets.token_urlsafe(24), **options)  # type: ignore[arg-type]
 
@@ -104,6 +133,9 @@ def _main_config(folder: Path, c: JanusConfig) -> str:
     if c.stun_server:
         host, _, port = c.stun_server.rpartition(":")
         nat += [f"stun_server = {_q(host)}", f"stun_port = {int(port)}"]
+    if c.turn:
+        nat += [f"turn_server = {_q(c.turn.host)}", f"turn_port = {c.turn.port}", 'turn_type = "udp"']
+        nat += [f"turn_user = {_q(c.turn.username)}", f"turn_pwd = {_q(c.turn.password)}"]
     nat.append("ignore_mdns = true")  # browsers' .local candidates cannot be resolved by a server
     return _jcfg(
         general={
@@ -165,6 +197,7 @@ def config_from_env(env: Mapping[str, str], ws_port: int) -> JanusConfig:
         nat_1_1_mapping=env.get("BABELROOM_JANUS_NAT_1_1", ""),
         stun_server=env.get("BABELROOM_JANUS_STUN", ""),
         rtp_port_range=env.get("BABELROOM_JANUS_RTP_PORTS", RTP_PORT_RANGE),
+        turn=JanusTurn.from_options(TurnOptions.from_env(env), time.time()),
     )
 
 

@@ -27,7 +27,9 @@ from types import FrameType
 
 import redis
 
-from babelroom import janus
+from babelroom import coturn, janus
+from babelroom.certificate import host_addresses
+from gateway.options import GatewayOptions
 from pipeline.routes import WORKER_KINDS
 
 log = logging.getLogger("babelroom.up")
@@ -203,7 +205,16 @@ def run_janus(config: janus.JanusConfig) -> int:
     return code if code >= 0 else 128 - code  # killed by a signal: the shell's convention
 
 
-def up(env: Mapping[str, str], host: str, port: int) -> None:
+@dataclass(frozen=True)
+class UpOptions:
+    host: str = "0.0.0.0"
+    port: int = 8080
+    public_host: str = "localhost"  # the name or address other machines reach this one by (links, TURN URLs)
+    turn: bool = False  # start coturn, and give each join a TURN credential for it
+
+
+def up(env: Mapping[str, str], options: UpOptions) -> None:
+    host, port = options.host, options.port
     child_env = dict(env)
     supervisor = Supervisor([])
     with contextlib.ExitStack() as cleanup:
@@ -214,6 +225,9 @@ def up(env: Mapping[str, str], host: str, port: int) -> None:
         cleanup.callback(supervisor.stop_all)  # runs before the folders are removed, even if starting fails
         if private_redis:
             child_env["REDIS_URL"] = start_private_redis(supervisor, child_env, data_dir)
+        if options.turn:
+            turn_folder = cleanup.enter_context(tempfile.TemporaryDirectory(prefix="babelroom-coturn-"))
+            child_env.update(start_coturn(supervisor, child_env, Path(turn_folder), options.public_host))
         if not child_env.get("BABELROOM_JANUS_URL"):
             child_env.update(start_private_janus(supervisor, child_env, Path(janus_folder)))
         child_env.setdefault("BABELROOM_OPEN_ROOMS", "1")  # local use: anyone on this machine may join
@@ -231,6 +245,9 @@ def up(env: Mapping[str, str], host: str, port: int) -> None:
             f"  (health: http://{shown_host}:{port}/healthz)",
             flush=True,
         )
+        if child_env.get("BABELROOM_TLS_CERT"):
+            https_port = GatewayOptions.from_env(child_env).tls.port
+            print(f"From other machines: https://{options.public_host}:{https_port}/room/demo", flush=True)
         supervisor.run()
 
 
@@ -241,6 +258,23 @@ def start_private_redis(supervisor: Supervisor, env: dict[str, str], data_dir: s
     wait_for_redis(url)
     log.info("started a private redis-server at %s (data in %s)", url, data_dir)
     return url
+
+
+def start_coturn(supervisor: Supervisor, env: Mapping[str, str], folder: Path, public_host: str) -> dict[str, str]:
+    """coturn on TURN_PORT (and TLS on TURNS_PORT with the gateway's certificate), relaying to this host's own
+    addresses only (where Janus is); returns the settings that give the gateway and Janus the same server."""
+    relay_to = tuple(str(a) for a in host_addresses() if not a.is_loopback)
+    config = coturn.CoturnConfig(
+        secret=env.get("BABELROOM_TURN_SECRET") or coturn.CoturnConfig().secret,
+        allowed_peers=relay_to,
+        cert=env.get("BABELROOM_TLS_CERT", ""),
+        key=env.get("BABELROOM_TLS_KEY", ""),
+    )
+    child = Child("coturn", list(coturn.coturn_argv(coturn.write_config(folder, config))), dict(env))
+    supervisor.children.append(child)
+    child.start()
+    log.info("started coturn on port %d, relaying to %s", config.port, ", ".join(relay_to))
+    return {"BABELROOM_TURN_URLS": ",".join(config.urls(public_host)), "BABELROOM_TURN_SECRET": config.secret}
 
 
 def start_private_janus(supervisor: Supervisor, env: dict[str, str], folder: Path) -> dict[str, str]:

@@ -2,8 +2,9 @@
 
     GET  /                               the join form (pick a room)
     GET  /room/{room}                    the room page; ?name=&speak=&hear=[&token=] joins directly
-    GET  /api/config                     languages, whether tokens are required, ICE servers, features
-    POST /api/rooms/{room}/join          {name, speak, hear, token?, options} -> {id, ticket, room_id, feed_id, ...}
+    GET  /api/config                     languages, whether tokens are required, STUN servers, HTTPS port, features
+    POST /api/rooms/{room}/join          {name, speak, hear, token?, options} -> {id, ticket, room_id, feed_id,
+                                         ice_servers (TURN with this join's own short-lived credential), ...}
     GET  /api/sessions/{id}/events       WebSocket (?ticket=): captions, roster, floor, playout; mute/floor/leave back
     GET  /api/sessions/{id}/janus        WebSocket (?ticket=), protocol janus-protocol: janus.js through the proxy
     POST /api/sessions/{id}/leave        (?ticket=)
@@ -23,6 +24,7 @@ import contextlib
 import html
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -38,6 +40,7 @@ from gateway.proxy import MAX_FRAME_BYTES, Grant, relay
 from gateway.rooms import Participant, Profile
 from gateway.service import Gateway, JoinError
 from gateway.tokens import TokenClaims, TokenError, verify_token
+from gateway.turn import turn_credential
 from pipeline.bus import Bus
 from pipeline.metrics import CONTENT_TYPE
 from pipeline.routes import LIPSYNC
@@ -219,7 +222,8 @@ async def config(request: web.Request) -> web.Response:
         {
             "languages": languages,
             "tokens_required": options.tokens_required,
-            "ice_servers": ice_servers(options),
+            "ice_servers": stun_servers(options),
+            "https_port": options.tls.port if options.tls.enabled else None,
             "features": {"lipsync": await lipsync_available(request.app[BUS_KEY])},
         }
     )
@@ -233,11 +237,19 @@ async def lipsync_available(bus: Bus) -> bool:
         return False
 
 
-def ice_servers(options: GatewayOptions) -> list[dict[str, str]]:
-    ice = [{"urls": url} for url in options.ice_urls]
-    if ice and options.ice_username:
-        ice = [{**server, "username": options.ice_username, "credential": options.ice_credential} for server in ice]
-    return ice
+def stun_servers(options: GatewayOptions) -> list[dict[str, Any]]:
+    return [{"urls": url} for url in options.ice_urls]
+
+
+def ice_servers(options: GatewayOptions, participant: Participant, claims: TokenClaims | None) -> list[dict[str, Any]]:
+    """STUN servers, and the TURN server with a credential of this join's own that ends with its token."""
+    servers = stun_servers(options)
+    turn = options.turn
+    if turn.enabled:
+        expires_at = claims.expires_at if claims else time.time() + turn.ttl_s
+        credential = turn_credential(turn.secret, participant.id, expires_at)
+        servers.append({"urls": list(turn.urls), "username": credential.username, "credential": credential.password})
+    return servers
 
 
 async def join(request: web.Request) -> web.Response:
@@ -261,7 +273,7 @@ async def join(request: web.Request) -> web.Response:
             "feed_id": participant.feed_id,
             "events": f"{base}/events",
             "janus": f"{base}/janus",
-            "ice_servers": ice_servers(gateway.options),
+            "ice_servers": ice_servers(gateway.options, participant, claims),
         }
     )
 

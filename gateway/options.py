@@ -44,6 +44,53 @@ RTP_BIND = "127.0.0.1"
 # A participant whose sockets all closed (tab closed, network lost) is removed after this grace; a page
 # that reconnects sooner keeps its place.
 DISCONNECT_GRACE_S = 10.0
+# Where the gateway serves HTTPS when given a certificate; plain HTTP stays on its own port (localhost).
+HTTPS_PORT = 8443
+# TURN credentials of a join without a token (open rooms) last this long; with a token, as long as it.
+TURN_TTL_S = 4 * 3600
+
+
+@dataclass(frozen=True)
+class TlsOptions:
+    """HTTPS: a certificate and its key (PEM files), served on their own port beside plain HTTP."""
+
+    cert: str = ""
+    key: str = ""
+    port: int = HTTPS_PORT
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.cert)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> TlsOptions:
+        cert, key = env.get("BABELROOM_TLS_CERT", ""), env.get("BABELROOM_TLS_KEY", "")
+        if bool(cert) != bool(key):
+            raise ValueError("set both BABELROOM_TLS_CERT and BABELROOM_TLS_KEY (certificate and key), or neither")
+        return cls(cert, key, env_int(env, "BABELROOM_HTTPS_PORT", HTTPS_PORT))
+
+
+@dataclass(frozen=True)
+class TurnOptions:
+    """A TURN server sharing `secret` with the gateway (coturn's use-auth-secret): each join gets its own
+    short-lived credential for `urls` (see gateway/turn.py)."""
+
+    urls: tuple[str, ...] = ()  # turn:/turns: URLs, e.g. turn:turn.example.org:3478?transport=udp
+    secret: str = ""
+    ttl_s: float = TURN_TTL_S
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.urls)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> TurnOptions:
+        urls, secret = _csv(env.get("BABELROOM_TURN_URLS", "")), env.get("BABELROOM_TURN_SECRET", "")
+        if urls and not secret:
+            raise ValueError("BABELROOM_TURN_URLS needs BABELROOM_TURN_SECRET (coturn's static-auth-secret)")
+        if not all(url.startswith(("turn:", "turns:")) for url in urls):
+            raise ValueError(f"BABELROOM_TURN_URLS={','.join(urls)!r}: each URL starts with turn: or turns:")
+        return cls(urls, secret, env_float(env, "BABELROOM_TURN_TTL_S", TURN_TTL_S))
 
 
 @dataclass(frozen=True)
@@ -68,9 +115,9 @@ class GatewayOptions:
     token_secret: str = ""
     open_rooms: bool = False  # anyone may join any room without a token (local use: `babelroom up`)
     languages: tuple[str, ...] = DEFAULT_LANGUAGES
-    ice_urls: tuple[str, ...] = ()  # stun:/turn: URLs; none by default, so nothing leaves the machine
-    ice_username: str = ""
-    ice_credential: str = ""
+    ice_urls: tuple[str, ...] = ()  # stun: URLs; none by default, so nothing leaves the machine
+    turn: TurnOptions = field(default_factory=TurnOptions)
+    tls: TlsOptions = field(default_factory=TlsOptions)
     playout_delay_s: float = PLAYOUT_DELAY_S
     late_bound_s: float = LATE_BOUND_S
     reorder_wait_s: float = REORDER_WAIT_S
@@ -98,9 +145,9 @@ class GatewayOptions:
             token_secret=env.get("BABELROOM_TOKEN_SECRET", ""),
             open_rooms=env_flag(env, "BABELROOM_OPEN_ROOMS"),
             languages=languages,
-            ice_urls=_csv(env.get("BABELROOM_ICE_URLS", "")),
-            ice_username=env.get("BABELROOM_ICE_USERNAME", ""),
-            ice_credential=env.get("BABELROOM_ICE_CREDENTIAL", ""),
+            ice_urls=_ice_urls(env.get("BABELROOM_ICE_URLS", "")),
+            turn=TurnOptions.from_env(env),
+            tls=TlsOptions.from_env(env),
             playout_delay_s=env_float(env, "BABELROOM_PLAYOUT_DELAY_S", PLAYOUT_DELAY_S),
             late_bound_s=env_float(env, "BABELROOM_LATE_BOUND_S", LATE_BOUND_S),
             janus=JanusOptions.from_env(env),
@@ -125,6 +172,16 @@ class GatewayOptions:
 
 def _csv(value: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def _ice_urls(value: str) -> tuple[str, ...]:
+    urls = _csv(value)
+    if any(url.startswith(("turn:", "turns:")) for url in urls):
+        raise ValueError(
+            "BABELROOM_ICE_URLS names a TURN server: give it as BABELROOM_TURN_URLS with BABELROOM_TURN_SECRET,"
+            " so each browser gets a short-lived credential instead of a static password"
+        )
+    return urls
 
 
 def _overlap_policy(value: str) -> OverlapPolicy:

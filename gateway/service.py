@@ -125,12 +125,7 @@ class Gateway:
     def rtc_configuration(self) -> RTCConfiguration:
         # iceServers=[] matters: aiortc otherwise adds Google's STUN server, which an offline
         # deployment cannot reach (and ICE gathering then waits for it).
-        o = self.options
-        servers = [
-            RTCIceServer(urls=url, username=o.ice_username or None, credential=o.ice_credential or None)
-            for url in o.ice_urls
-        ]
-        return RTCConfiguration(iceServers=servers)
+        return RTCConfiguration(iceServers=[RTCIceServer(urls=url) for url in self.options.ice_urls])
 
     # -- the connection to Janus ------------------------------------------------------------------
     async def _janus_forever(self) -> None:

@@ -79,8 +79,8 @@ def processes(
                 proc.kill()
 
 
-def gateway_command(port: int) -> list[str]:
-    return [sys.executable, "-m", "tests.browser", "gateway", "--port", str(port)]
+def gateway_command(port: int, host: str = "127.0.0.1") -> list[str]:
+    return [sys.executable, "-m", "tests.browser", "gateway", "--host", host, "--port", str(port)]
 
 
 def worker_commands() -> list[list[str]]:
@@ -119,19 +119,22 @@ def serve_gateway(argv: list[str] | None = None) -> None:
 
     from gateway.app import create_app
     from gateway.options import GatewayOptions
+    from gateway.serve import serve
     from pipeline.bus import Bus
     from pipeline.config import BusOptions
 
     parser = argparse.ArgumentParser()
     parser.add_argument("command", choices=["gateway"])
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--host", default="127.0.0.1")
     args = parser.parse_args(argv)
     env = os.environ
+    options = GatewayOptions.from_env(env)
 
     async def build() -> web.Application:
-        return create_app(Bus.connect(BusOptions.from_env(env)), GatewayOptions.from_env(env))
+        return create_app(Bus.connect(BusOptions.from_env(env)), options)
 
-    web.run_app(build(), host="127.0.0.1", port=args.port, print=None)
+    serve(build, args.host, args.port, options.tls)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ pages run in one machine, so their clocks agree).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,16 +43,18 @@ class Listener:
     hear: str
 
 
-def chromium(playwright: Any, mic_wav: Path) -> Browser:
-    args = [*CHROMIUM_FLAGS, f"--use-file-for-fake-audio-capture={mic_wav}"]
+def chromium(playwright: Any, mic_wav: Path, extra_args: Sequence[str] = ()) -> Browser:
+    args = [*CHROMIUM_FLAGS, f"--use-file-for-fake-audio-capture={mic_wav}", *extra_args]
     browser: Browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=args)
     return browser
 
 
-def enter(browser: Browser, url: str) -> Page:
-    """A page of the room at `url`, once it has joined."""
+def enter(browser: Browser, url: str, init_script: str = "") -> Page:
+    """A page of the room at `url`, once it has joined (`init_script` runs before the page's own)."""
     page = browser.new_page()
     page.set_default_timeout(JOIN_TIMEOUT_MS)
+    if init_script:
+        page.add_init_script(init_script)
     page.goto(url)
     page.wait_for_function("window.babelroom && window.babelroom.state.connected === true")
     return page
@@ -85,15 +88,28 @@ def latencies(speaker: Page, listener: Page, language: str) -> tuple[float, floa
     return (caption_at - speech_end) / 1000, (sound_at - speech_end) / 1000
 
 
-def run_meeting(base_url: str, tmp_path: Path, listeners: list[Listener]) -> None:
+@dataclass(frozen=True)
+class MeetingOptions:
+    """What a variant of the meeting changes: browser flags, a script in each listener's page, and a check of
+    each listener's page once it has heard the translation."""
+
+    browser_args: Sequence[str] = ()
+    listener_script: str = ""
+    check_listener: Callable[[Page], None] | None = None
+
+
+def run_meeting(
+    base_url: str, tmp_path: Path, listeners: list[Listener], options: MeetingOptions = MeetingOptions()
+) -> None:
     speech = fake_mic_wav(tmp_path / "speech.wav", SENTENCE)
     quiet = fake_mic_wav(tmp_path / "quiet.wav", None)
     room = f"e2e{int(time.time() * 1000) % 10**8}"
     with sync_playwright() as playwright:
-        browsers = [chromium(playwright, quiet) for _ in listeners]
+        browsers = [chromium(playwright, quiet, options.browser_args) for _ in listeners]
         urls = [room_url(base_url, room, who.name, who.hear, who.hear) for who in listeners]
-        pages = [enter(b, url) for b, url in zip(browsers, urls, strict=True)]
-        speaker_browser = chromium(playwright, speech)  # joins last: everyone hears the first utterance
+        pages = [enter(b, url, options.listener_script) for b, url in zip(browsers, urls, strict=True)]
+        # joins last: everyone hears the first utterance
+        speaker_browser = chromium(playwright, speech, options.browser_args)
         speaker = enter(speaker_browser, room_url(base_url, room, "Alice", "en", "en"))
         try:
             for page, listener in zip(pages, listeners, strict=True):
@@ -110,6 +126,8 @@ def run_meeting(base_url: str, tmp_path: Path, listeners: list[Listener]) -> Non
                 assert interim_at is not None and final_at is not None, f"{who}: no interim caption with text"
                 assert interim_at < final_at, f"{who}: the interim caption came after the final one"
                 print(f"{who}: interim caption {(final_at - interim_at) / 1000:.2f} s before the final")
+                if options.check_listener:
+                    options.check_listener(page)
             # the speaker's own words come back as an English caption, never as a translation
             speaker.wait_for_selector('[data-caption][data-lang="en"][data-final="true"]', timeout=RESULT_TIMEOUT_MS)
             foreign = speaker.evaluate("document.querySelectorAll('[data-caption]:not([data-lang=\"en\"])').length")

@@ -11,9 +11,11 @@ the floor button works over the events socket; a session whose media never conne
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import fractions
 import html
+import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -29,8 +31,8 @@ from babelroom.janus import JanusConfig
 from benchmarks.participant import ScriptedParticipant
 from gateway.app import create_app
 from gateway.health import GATEWAY_KEY
-from gateway.options import GatewayOptions, JanusOptions
-from gateway.tokens import issue_token
+from gateway.options import GatewayOptions, JanusOptions, TurnOptions
+from gateway.tokens import issue_token, verify_token
 from gateway.validation import ROOM_NAME_RULE
 from pipeline.audio import float_to_pcm16, resample
 from pipeline.bus import Bus
@@ -383,11 +385,11 @@ async def test_the_floor_button_asks_for_the_floor_queues_and_gives_it_up(
 
 
 @contextlib.asynccontextmanager
-async def expiring_server(
-    redis_url: str, prefix: str, janus_config: JanusConfig, media_timeout_s: float
+async def own_server(
+    redis_url: str, prefix: str, janus_config: JanusConfig, **overrides: Any
 ) -> AsyncIterator[tuple[BaseTestServer, ClientSession]]:
-    """A gateway of its own with a short media timeout, connected to Janus, and a client for it."""
-    options = gateway_options(janus_config, media_timeout_s=media_timeout_s)
+    """A gateway of its own with the given options (e.g. a short media timeout), connected to Janus, and a client."""
+    options = gateway_options(janus_config, **overrides)
     app = create_app(Bus.connect(BusOptions(redis_url=redis_url, prefix=prefix)), options)
     async with TestServer(app, host="127.0.0.1") as server, ClientSession(base_url=str(server.make_url(""))) as http:
         await wait_for_janus(http)
@@ -408,7 +410,7 @@ async def room_state_after(http: ClientSession, state_url: str, timeout_s: float
 async def test_a_join_whose_media_never_connects_is_removed(
     redis_url: str, stream_prefix: str, janus_config: JanusConfig
 ) -> None:
-    async with expiring_server(redis_url, f"{stream_prefix}g", janus_config, 1.0) as (_, http):
+    async with own_server(redis_url, f"{stream_prefix}g", janus_config, media_timeout_s=1.0) as (_, http):
         body = {"speak": "en", "hear": "en", "token": issue_token(SECRET, ROOM, "Ghost")}
         async with http.post(f"/api/rooms/{ROOM}/join", json=body) as response:
             assert response.status == 200, await response.json()
@@ -428,7 +430,7 @@ async def test_a_participant_whose_media_stops_is_removed_though_their_sockets_s
     redis_url: str, stream_prefix: str, janus_config: JanusConfig
 ) -> None:
     timeout_s = 2.0
-    async with expiring_server(redis_url, f"{stream_prefix}s", janus_config, timeout_s) as (server, http):
+    async with own_server(redis_url, f"{stream_prefix}s", janus_config, media_timeout_s=timeout_s) as (server, http):
         ana = await join(server, "Ana", "en", "en", SpeechTrack(silence(60)))
         try:
             await ana.wait_for(lambda: (ana.latest("roster") or {}).get("participants"), "Ana in the roster")
@@ -463,3 +465,29 @@ async def test_healthz_and_the_room_page_are_served(http: ClientSession) -> None
         config = await response.json()
         assert config["tokens_required"] and "es" in [lang["code"] for lang in config["languages"]]
         assert config["ice_servers"] == [] and config["features"]["lipsync"] is False
+
+
+async def test_each_join_gets_its_own_turn_credential_that_ends_with_its_token(
+    redis_url: str, stream_prefix: str, janus_config: JanusConfig
+) -> None:
+    """TURN REST API credentials: `expiry:participant` signed with the secret shared with coturn (which the
+    browser test checks coturn accepts), expiring with the join token; /api/config hands out none."""
+    turn = TurnOptions(("turn:198.18.0.1:3478?transport=udp", "turn:198.18.0.1:3478?transport=tcp"), "turn-secret")
+    async with own_server(redis_url, stream_prefix, janus_config, turn=turn) as (_, http):
+        users = []
+        for name, ttl_s in (("Ana", 600.0), ("Bob", 900.0)):
+            token = issue_token(SECRET, ROOM, name, ttl_s=ttl_s)
+            body = {"name": name, "speak": "en", "hear": "es", "token": token}
+            async with http.post(f"/api/rooms/{ROOM}/join", json=body) as response:
+                reply = await response.json()
+            [server] = reply["ice_servers"]
+            expiry, user = server["username"].split(":")
+            assert server["urls"] == list(turn.urls) and user == reply["id"]
+            assert int(expiry) == int(verify_token(SECRET, token, ROOM).expires_at), "it ends with the token"
+            assert len(base64.b64decode(server["credential"])) == 20, "an HMAC-SHA1, not a static password"
+            users.append(server["username"])
+            await http.post(f"{reply['events'].rsplit('/', 1)[0]}/leave?ticket={reply['ticket']}")
+        assert users[0] != users[1]
+        async with http.get("/api/config") as response:
+            config = await response.json()
+        assert config["ice_servers"] == [] and "turn-secret" not in json.dumps(config)

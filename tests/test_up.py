@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -17,6 +18,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from babelroom import netns
+from babelroom.certificate import ensure_certificate
 from babelroom.janus import JanusConfig, wait_for_janus
 from babelroom.supervisor import free_port
 from pipeline.routes import WORKER_KINDS
@@ -57,14 +60,24 @@ def health(port: int) -> tuple[int, dict[str, object]]:
         return 0, {}
 
 
+def https_answers(url: str, cert: Path) -> int:
+    """The status of `url`, trusting only `cert`: the name or address must be one it was made for."""
+    context = ssl.create_default_context(cafile=str(cert))
+    with urllib.request.urlopen(url, timeout=5, context=context) as reply:
+        return int(reply.status)
+
+
 @pytest.mark.slow
 def test_up_prints_the_url_serves_health_and_stops_cleanly(tmp_path: Path) -> None:
-    port = free_port()
+    """Plain `up`, with --https and --turn on top: HTTP on localhost as always, HTTPS with the certificate it
+    made for this host (here the namespace's veth address), coturn among its children."""
+    port, https_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"} | {"TMPDIR": str(tmp_path)}
+    env |= {"BABELROOM_TLS_DIR": str(tmp_path / "tls"), "BABELROOM_HTTPS_PORT": str(https_port)}
     started = time.monotonic()
     descendants: set[int] = set()
     up = subprocess.Popen(
-        [sys.executable, "-m", "babelroom.cli", "up", "--port", str(port)],
+        [sys.executable, "-m", "babelroom.cli", "up", "--port", str(port), "--https", "--turn"],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -72,8 +85,12 @@ def test_up_prints_the_url_serves_health_and_stops_cleanly(tmp_path: Path) -> No
     )
     try:
         assert up.stdout is not None
-        first_line = up.stdout.readline()
-        assert f"http://localhost:{port}/room/" in first_line
+        printed = [up.stdout.readline() for _ in range(4)]
+        assert printed[0].startswith("HTTPS certificate (made, self-signed)"), printed
+        fingerprint = printed[1].split(": ")[1].strip()
+        assert f"http://localhost:{port}/room/" in printed[2]
+        link = printed[3].split(": ", 1)[1].strip()
+        assert link == f"https://{netns.TEST_ADDRESS}:{https_port}/room/demo", printed
         status, body = 0, {}
         while time.monotonic() - started < COLD_START_LIMIT_S:
             status, body = health(port)
@@ -85,11 +102,17 @@ def test_up_prints_the_url_serves_health_and_stops_cleanly(tmp_path: Path) -> No
         print(f"cold_start_s={cold_start_s:.1f} health={body}")
         assert status == 200 and body.get("status") == "ok", body
         descendants = children_of(up.pid)
-        assert len(descendants) >= 7  # redis, janus, gateway, asr, mt, tts, lipsync (plus helpers)
+        assert len(descendants) >= 8  # redis, coturn, janus, gateway, asr, mt, tts, lipsync (plus helpers)
         [data_dir] = tmp_path.glob("babelroom-redis-*")
         assert list(data_dir.glob("appendonlydir/*.aof")), "the private Redis keeps an append-only file"
         [janus_dir] = tmp_path.glob("babelroom-janus-*")
         assert (janus_dir / "janus.jcfg").is_file(), "the private Janus's configuration lives in its own folder"
+        assert 'turn_server = "198.18.0.1"' in (janus_dir / "janus.jcfg").read_text(), "Janus knows the TURN server"
+        cert = tmp_path / "tls" / "cert.pem"
+        assert https_answers(link, cert) == 200
+        assert https_answers(f"https://localhost:{https_port}/healthz", cert) == 200
+        assert fingerprint == ensure_certificate(tmp_path / "tls", [], []).fingerprint
+        assert any("turnserver" in Path(f"/proc/{pid}/cmdline").read_text() for pid in descendants if alive(pid))
     finally:
         up.send_signal(signal.SIGTERM)
         up.wait(timeout=60)

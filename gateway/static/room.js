@@ -123,7 +123,14 @@ function banner(text, kind = "warning") {
 async function onSubmit(event) {
   event.preventDefault();
   if (!$("join-form").reportValidity()) return;
-  await start(readProfile()).catch((error) => showError(error.message || String(error)));
+  await start(readProfile()).catch(showFailure);
+}
+
+// Something this page did not expect: the details go to the console, the person gets words they can act on.
+function showFailure(error) {
+  console.warn("join failed:", error);
+  showError("Joining did not work: the BabelRoom server could not be reached, or it answered something this page " +
+    "did not understand. Check your network connection and press Join again.");
 }
 
 async function start(profile) {
@@ -135,12 +142,15 @@ async function start(profile) {
   remember(profile);
   if (roomFromPath() !== profile.room) history.replaceState(null, "", `/room/${encodeURIComponent(profile.room)}${location.search}`);
   if (!state.media) {
+    if (showInsecurePage()) return showError("This page cannot use your microphone here: see above.");
     try {
       state.media = await getMedia();
     } catch (error) {
-      return showError(`Microphone unavailable: ${error.message}`);
+      console.warn("microphone:", error);
+      return showError(explainMediaError(error, "microphone"));
     }
     meterMic(state.media);
+    if (state.cameraError) banner(`You joined without your camera. ${explainMediaError(state.cameraError, "camera")}`, "info");
   }
   await connect();
 }
@@ -152,7 +162,49 @@ async function getMedia() {
   try {
     return await navigator.mediaDevices.getUserMedia({ audio, video });
   } catch (error) {
+    state.cameraError = error;
     return await navigator.mediaDevices.getUserMedia({ audio });  // no camera: join with audio only
+  }
+}
+
+// -- why the browser gives this page no microphone or camera, in words a person can act on ------------------
+// Browsers give them only to secure pages: https, or http on the machine itself (localhost). The gateway
+// names its HTTPS port in /api/config when it serves HTTPS; then the page links there.
+function secureAddress() {
+  const port = state.config?.https_port;
+  if (!port) return null;
+  return `https://${location.hostname}:${port}${location.pathname}${location.search}`;
+}
+
+// True (and the explanation shown) when this page cannot ask for a microphone at all.
+function showInsecurePage() {
+  if (window.isSecureContext && navigator.mediaDevices?.getUserMedia) return false;
+  const secure = secureAddress();
+  const where = `${location.protocol}//${location.host}`;
+  $("insecure-text").textContent = `Your browser only lets a page use the microphone and camera over a secure ` +
+    `(https) connection, or on the computer that runs BabelRoom. This page was opened over plain http from ` +
+    `another computer (${where}), so you could not be heard. ` +
+    (secure ? "Open the secure address instead:" : "Ask the person who runs BabelRoom for an https link " +
+      "(they can start it with `babelroom up --https`, or put it behind HTTPS).");
+  $("insecure-link").hidden = !secure;
+  if (secure) { $("insecure-link").href = secure; $("insecure-link").textContent = secure; }
+  $("insecure").hidden = false;
+  return true;
+}
+
+function explainMediaError(error, device) {
+  const again = "then press Join again.";
+  switch (error?.name) {
+    case "NotAllowedError": case "PermissionDeniedError": case "SecurityError":
+      return `Your browser was told not to let this page use your ${device}. Click the icon at the left of the ` +
+        `address bar, allow the ${device} for this site, ${again}`;
+    case "NotFoundError": case "DevicesNotFoundError": case "OverconstrainedError":
+      return `No ${device} was found. Plug one in, or switch it on in your computer's settings, ${again}`;
+    case "NotReadableError": case "TrackStartError": case "AbortError":
+      return `Your ${device} is in use by another program, or your computer would not start it. Close other ` +
+        `programs that use it (another meeting, a recorder), ${again}`;
+    default:
+      return `Your browser could not start your ${device}. Check that one is connected and allowed for this site, ${again}`;
   }
 }
 
@@ -206,7 +258,8 @@ async function rejoin() {
       state.rejoining = false;
       return;
     } catch (error) {
-      banner(`Connection lost. Reconnecting… (${error.message || error})`);
+      console.warn("rejoin:", error);
+      banner("Connection lost. Reconnecting…");
     }
   }
 }
@@ -613,9 +666,10 @@ async function main() {
   $("floor-button").addEventListener("click", floorButton);
   $("leave").addEventListener("click", leave);
   $("show-original").addEventListener("change", (e) => $("captions").classList.toggle("hide-original", !e.target.checked));
+  if (showInsecurePage()) return;  // say so at once, before anyone fills in the form
   const link = prefill();
   if (link.error) return showError(link.error);
-  if (link.ready) start(readProfile()).catch((error) => showError(error.message || String(error)));
+  if (link.ready) start(readProfile()).catch(showFailure);
 }
 
 main();
