@@ -11,7 +11,7 @@ ENV DEBIAN_FRONTEND=noninteractive PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1
 RUN apt-get update \
  && apt-get install -y --no-install-recommends janus libjs-janus-gateway libjs-webrtc-adapter \
       espeak-ng sox apertium apertium-eng-spa apertium-eng-cat \
-      apertium-en-gl apertium-es-pt apertium-fr-es libgl1 libglib2.0-0 \
+      apertium-en-gl apertium-es-pt apertium-fr-es libgl1 libglib2.0-0 coturn \
  && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /app

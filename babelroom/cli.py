@@ -74,6 +74,10 @@ def parser() -> argparse.ArgumentParser:
     janus.add_argument("--ws-port", type=int, default=8188)
     janus.set_defaults(run=run_janus)
 
+    turn = commands.add_parser("turn", help="run coturn with BabelRoom's configuration (containers: compose.yaml)")
+    turn.add_argument("--relay-to", default="", help="the only addresses it relays to, comma-separated (Janus's)")
+    turn.set_defaults(run=run_turn)
+
     worker = commands.add_parser("worker", help="run one worker")
     worker.add_argument("kind", choices=WORKER_KINDS)
     worker.set_defaults(run=run_worker)
@@ -202,6 +206,20 @@ def run_janus(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         return 2
     fresh = janus.config_from_env(env, args.ws_port)
     return run_janus(dataclasses.replace(fresh, api_secret=secret, admin_key=admin_key, ws_ip=args.ws_ip))
+
+
+def run_turn(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    """coturn sharing BABELROOM_TURN_SECRET with the gateway, TLS too given BABELROOM_TLS_CERT/KEY, until it exits."""
+    from babelroom.coturn import CoturnConfig
+    from babelroom.supervisor import run_coturn
+
+    secret = env.get("BABELROOM_TURN_SECRET", "")
+    if not secret:
+        print("babelroom turn: set BABELROOM_TURN_SECRET (the gateway's too)", file=sys.stderr)
+        return 2
+    peers = tuple(peer.strip() for peer in args.relay_to.split(",") if peer.strip())
+    cert, key = env.get("BABELROOM_TLS_CERT", ""), env.get("BABELROOM_TLS_KEY", "")
+    return run_coturn(CoturnConfig(secret=secret, allowed_peers=peers, cert=cert, key=key))
 
 
 def check_settings(env: Mapping[str, str]) -> None:

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -194,11 +194,22 @@ def janus_child(env: dict[str, str], folder: Path) -> tuple[Child, janus.JanusCo
 
 def run_janus(config: janus.JanusConfig) -> int:
     """Janus in the foreground (`babelroom janus`, a container's one process) until it exits; returns its exit
-    status. Its configuration holds the API secret and admin key, so the folder goes when Janus does. Janus
-    runs in its own process group and gets SIGTERM and SIGINT from here, once each (a terminal's Ctrl-C
-    reaches only this process)."""
-    with tempfile.TemporaryDirectory(prefix="babelroom-janus-") as folder:
-        process = subprocess.Popen(janus_command(Path(folder), config), process_group=0)
+    status. Its configuration holds the API secret and admin key, so the folder goes when Janus does."""
+    return run_in_foreground("janus", lambda folder: janus_command(folder, config))
+
+
+def run_coturn(config: coturn.CoturnConfig) -> int:
+    """coturn in the foreground (`babelroom turn`), its configuration (with the shared secret) in a private
+    folder that goes when it does."""
+    return run_in_foreground("coturn", lambda folder: list(coturn.coturn_argv(coturn.write_config(folder, config))))
+
+
+def run_in_foreground(name: str, command: Callable[[Path], list[str]]) -> int:
+    """The program `command` writes its configuration for, until it exits; returns its exit status. It runs in
+    its own process group and gets SIGTERM and SIGINT from here, once each (a terminal's Ctrl-C reaches only
+    this process)."""
+    with tempfile.TemporaryDirectory(prefix=f"babelroom-{name}-") as folder:
+        process = subprocess.Popen(command(Path(folder)), process_group=0)
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda received, _frame: process.send_signal(received))
         code = process.wait()

@@ -41,8 +41,10 @@ def config() -> dict[str, Any]:
 
 
 def settings_read_by_the_code() -> set[str]:
+    """What the code reads, and what the Caddyfile does ({$NAME})."""
     text = "\n".join(p.read_text() for d in SOURCES for p in (ROOT / d).rglob("*.py"))
-    return set(re.findall(r'"((?:BABELROOM_|REDIS_URL)[A-Z0-9_]*)"', text))
+    caddy = set(re.findall(r"\{\$([A-Z0-9_]+)", (ROOT / "deploy" / "Caddyfile").read_text()))
+    return set(re.findall(r'"((?:BABELROOM_|REDIS_URL)[A-Z0-9_]*)"', text)) | caddy
 
 
 @pytest.mark.parametrize("profile", ["cpu", "gpu"])

@@ -9,8 +9,10 @@ flag accepts the test certificate by its public key; nothing declares an insecur
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
+import ssl
 import subprocess
 import time
 from collections.abc import Iterator
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
@@ -44,6 +47,7 @@ class SecureService:
     turn_url: str
     turn_secret: str
     turn_log: Path
+    cert_dir: Path
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +80,7 @@ def secure_service(redis_url: str, janus_config: janus.JanusConfig, tmp_path_fac
                 wait_ready(f"http://127.0.0.1:{http_port}", procs)
                 yield SecureService(
                     f"http://{netns.TEST_ADDRESS}:{http_port}", f"https://{netns.TEST_ADDRESS}:{https_port}",
-                    spki_sha256_base64(cert.cert), turn_url, turn.secret, turn_log,
+                    spki_sha256_base64(cert.cert), turn_url, turn.secret, turn_log, cert.cert.parent,
                 )  # fmt: skip
         finally:
             server.terminate()
@@ -283,3 +287,56 @@ def test_a_real_browser_without_permission_or_devices_is_explained(
                 assert expected in message, f"{case}: {message}"
             finally:
                 browser.close()
+
+
+# -- the compose proxy: Caddy with the operator's own certificate, WebSockets through it ------------------------------
+def test_caddy_serves_the_gateway_over_https_with_an_own_certificate_and_passes_websockets(
+    secure_service: SecureService, tmp_path: Path
+) -> None:
+    """deploy/Caddyfile as compose runs it, with Debian's caddy: the join API, the events socket and the Janus
+    proxy socket all work through it (media never goes through Caddy: it goes to Janus)."""
+    port = free_port()
+    cert, key = (secure_service.cert_dir / name for name in ("cert.pem", "key.pem"))
+    env = {
+        "HOME": str(tmp_path), "XDG_DATA_HOME": str(tmp_path / "data"), "XDG_CONFIG_HOME": str(tmp_path / "config"),
+        "BABELROOM_DOMAIN": f"{netns.TEST_ADDRESS}:{port}", "BABELROOM_CADDY_TLS": f"tls {cert} {key}",
+        "BABELROOM_GATEWAY": secure_service.http_url.removeprefix("http://"), "PATH": os.environ["PATH"],
+    }  # fmt: skip
+    command = ["caddy", "run", "--config", str(DOCS.parent / "deploy" / "Caddyfile"), "--adapter", "caddyfile"]
+    with open(tmp_path / "caddy.log", "wb") as log:
+        caddy = subprocess.Popen(command, env=env, stdout=log, stderr=log)
+        try:
+            reply = asyncio.run(join_through(f"https://{netns.TEST_ADDRESS}:{port}", cert))
+        finally:
+            caddy.terminate()
+            caddy.wait(timeout=10)
+    roster = reply["event"]
+    assert roster["type"] == "roster" and [p["name"] for p in roster["participants"]] == ["Ana"], reply
+    assert reply["janus"]["janus"] == "success", reply
+
+
+async def join_through(base_url: str, cert: Path) -> dict[str, Any]:
+    """Join at `base_url` trusting only `cert`, then open both sockets: the first event, Janus's answer to create."""
+    context = ssl.create_default_context(cafile=str(cert))
+    deadline = time.monotonic() + 15
+    async with aiohttp.ClientSession(base_url=base_url, connector=aiohttp.TCPConnector(ssl=context)) as http:
+        while True:  # until Caddy listens
+            try:
+                async with http.get("/healthz") as response:
+                    if response.status == 200:
+                        break
+            except aiohttp.ClientConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+            await asyncio.sleep(0.2)
+        body = {"name": "Ana", "speak": "en", "hear": "es"}
+        async with http.post("/api/rooms/caddy/join", json=body) as response:
+            me = await response.json()
+        ticket = f"?ticket={me['ticket']}"
+        async with http.ws_connect(me["events"] + ticket) as events:
+            event = await events.receive_json(timeout=10)
+        async with http.ws_connect(me["janus"] + ticket, protocols=("janus-protocol",)) as janus_socket:
+            await janus_socket.send_json({"janus": "create", "transaction": "t1"})
+            created = await janus_socket.receive_json(timeout=10)
+        await http.post(f"/api/sessions/{me['id']}/leave{ticket}")
+    return {"event": event, "janus": created}
