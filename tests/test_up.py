@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from babelroom import netns
+from babelroom import coturn, netns
 from babelroom.certificate import ensure_certificate
 from babelroom.janus import JanusConfig, wait_for_janus
 from babelroom.supervisor import free_port
@@ -157,3 +158,33 @@ def test_janus_command_serves_the_given_secret_and_leaves_no_folder(tmp_path: Pa
             process.kill()
     assert not [pid for pid in janus_pids if alive(pid)], "Janus outlived babelroom janus"
     assert list(tmp_path.glob("babelroom-janus-*")) == [], "the folder with Janus's secrets was left behind"
+
+
+@pytest.mark.slow
+def test_turn_command_runs_coturn_with_the_shared_secret_and_leaves_no_folder(tmp_path: Path) -> None:
+    """`babelroom turn` (compose's coturn): refuses to start without the secret; with it, coturn listens on
+    3478 with its configuration in a private folder, which goes when SIGTERM stops it."""
+    env = dict(os.environ) | {"TMPDIR": str(tmp_path)}
+    command = [sys.executable, "-m", "babelroom.cli", "turn", "--relay-to", netns.TEST_ADDRESS]
+    refused = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+    assert refused.returncode == 2 and "set BABELROOM_TURN_SECRET" in refused.stderr
+    process = subprocess.Popen(command, cwd=ROOT, env=env | {"BABELROOM_TURN_SECRET": "s3cret"})
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", coturn.TURN_PORT), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "coturn did not listen on 3478"
+                time.sleep(0.1)
+        [folder] = tmp_path.glob("babelroom-coturn-*")
+        config = (folder / "turnserver.conf").read_text()
+        assert "static-auth-secret=s3cret" in config and f"allowed-peer-ip={netns.TEST_ADDRESS}" in config
+        assert (folder / "turnserver.conf").stat().st_mode & 0o777 == 0o600
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 128 + signal.SIGTERM, "coturn ends by the signal, as the shell reports it"
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert list(tmp_path.glob("babelroom-coturn-*")) == [], "the folder with the TURN secret was left behind"
