@@ -225,11 +225,14 @@ def run_turn(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 def check_settings(env: Mapping[str, str]) -> None:
     """Read every setting the service's processes will read; raises ValueError naming a bad one."""
     from gateway.options import GatewayOptions
+    from gateway.serve import server_context
     from workers.registry import build_stage
 
     BusOptions.from_env(env)
     WorkerOptions.from_env(env)
-    GatewayOptions.from_env(env)
+    tls = GatewayOptions.from_env(env).tls
+    if tls.enabled:
+        server_context(tls)  # a missing or unreadable certificate, or a key that does not match it
     for kind in WORKER_KINDS:
         build_stage(kind, env)
 

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import ssl
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 from aiohttp import web
 from aiohttp.web_runner import GracefulExit
@@ -20,10 +21,18 @@ Builder = Callable[[], Awaitable[web.Application]]
 
 
 def server_context(tls: TlsOptions) -> ssl.SSLContext:
-    """TLS 1.2 or newer with the certificate and key; a missing or mismatched file raises OSError/SSLError."""
+    """TLS 1.2 or newer with the certificate and key; raises ValueError naming files that are not a PEM
+    certificate and its key (OSError for one that cannot be read)."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(tls.cert, tls.key)
+    if not (Path(tls.cert).is_file() and Path(tls.key).is_file()):
+        raise ValueError(f"BABELROOM_TLS_CERT={tls.cert!r}, BABELROOM_TLS_KEY={tls.key!r}: no such file")
+    try:
+        context.load_cert_chain(tls.cert, tls.key)
+    except ssl.SSLError as exc:
+        raise ValueError(
+            f"BABELROOM_TLS_CERT={tls.cert!r}, BABELROOM_TLS_KEY={tls.key!r}: not a PEM certificate and its key ({exc})"
+        ) from None
     return context
 
 

@@ -98,6 +98,8 @@ def test_translate_refuses_what_it_cannot_read(tmp_path: Path, capsys: pytest.Ca
         (["worker", "mt"], {"BABELROOM_CLAIM_IDLE_MS": "soon"}, "BABELROOM_CLAIM_IDLE_MS='soon': expected a whole"),
         (["token", "r", "--name", "Ana", "--ttl", "nan"], {"BABELROOM_TOKEN_SECRET": "s"}, "lifetime must be"),
         (["token", "r", "--name", "Ana"], {"BABELROOM_LOG_LEVEL": "loud", "BABELROOM_TOKEN_SECRET": "s"}, "LOG_LEVEL"),
+        (["up"], {"BABELROOM_TLS_CERT": "NOT_WAV", "BABELROOM_TLS_KEY": "NOT_WAV"}, "not a PEM certificate"),
+        (["up"], {"BABELROOM_TURN_URLS": "turn:t.example.org:3478"}, "needs BABELROOM_TURN_SECRET"),
     ],
 )
 def test_errors_are_one_clear_line(
@@ -112,7 +114,7 @@ def test_errors_are_one_clear_line(
     (tmp_path / "not.wav").write_text("this is text, not audio\n")
     paths = {"IN": str(tmp_path / "in.wav"), "NOT_WAV": str(tmp_path / "not.wav"), "OUT": str(tmp_path / "out")}
     for name, value in env.items():
-        monkeypatch.setenv(name, value)
+        monkeypatch.setenv(name, paths.get(value, value))
     assert main([paths.get(arg, arg) for arg in argv]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and "Traceback" not in err, err
