@@ -7,12 +7,14 @@ namespace of its own (Janus gathers no candidates on loopback; see babelroom/net
 - `ScriptedSpeaker`: an aiortc audio track (not a browser competing for the cores) that speaks them in real
   time, 20 ms frames at 48 kHz, with silence between, and notes the wall time at which each utterance's
   speech starts and ends leaving it;
-- a ScriptedParticipant (benchmarks/participant.py) speaks them into a room per direction, while a second one
-  listens in the target language: its captions (interim and final) and its translated feed's sound;
+- a ScriptedParticipant (benchmarks/participant.py) speaks them into a room per direction, while others
+  listen: its captions (interim and final) and its translated feed's sound. Each direction runs in rooms
+  with 1, 2 and 3 listening languages (`LISTENERS`): every target language costs the interim path an MT pass;
 - `summarize` and `plot`: p50 and p95 of the first interim caption after speech onset, the final caption
   and the translated speech's start after the end of speech, each stage's share (from the stamps of
   the final messages), and the interim updates shown during the longest utterance, to latency.json and
-  latency.png.
+  latency.png; the figures of the rooms with one listening language at the top, every room's first interim
+  (by number of target languages, each listener's language, and where its time went) under `by_targets`.
 
 What the listener sees of an utterance is what arrives between its onset and the next one's: an utterance
 cut in two (a long pause inside it) counts from its first interim caption to its last final caption, and
@@ -38,7 +40,7 @@ import numpy as np
 
 from babelroom import netns
 from pipeline.audio import Samples, float_to_pcm16, resample, rms_dbfs
-from pipeline.messages import SAMPLE_RATE, Stamps, SynthesizedSpeech
+from pipeline.messages import SAMPLE_RATE, InterimTranscript, InterimTranslation, Stamps, SynthesizedSpeech
 from pipeline.stamps import stage_spans
 from workers.engines.tts import EspeakSynthesizer, PiperSynthesizer
 
@@ -61,6 +63,13 @@ TARGETS: dict[str, tuple[float | None, float | None]] = {
     "speech_start_after_end_s": (1.5, None),
 }
 TARGET_INTERIM_UPDATES = 3  # shown during an ~8 s utterance, before it ends
+# Issue 21: interim captions reach every listening language as fast as they reach one.
+TARGET_FIRST_INTERIM_P95_S = 1.2
+# The listening languages of the rooms each speaker language is heard in: the room with k target languages
+# has the first k. en->es, en->ca and es->pt are Apertium pairs; en->pt goes through es, es->ca through en (each
+# has an espeak-ng voice).
+LISTENERS: dict[str, tuple[str, ...]] = {"en": ("es", "ca", "pt"), "es": ("en", "ca", "pt")}
+TARGET_COUNTS = (1, 2, 3)
 
 EN_ES = (
     "Yes, I agree.",
@@ -208,12 +217,19 @@ class ScriptedSpeaker:
         return Track()
 
 
+InterimKey = tuple[str, int, int, str]  # room, seq, revision, language
+
+
 @dataclass
 class Heard:
-    """What the listener saw and heard of one utterance (time.time()), and the final messages' stamps."""
+    """What one listener saw and heard of one utterance (time.time()), and the final messages' stamps."""
 
     spoken: Spoken
+    language: str = ""  # the listener's
+    targets: int = 1  # how many languages the room listened in
     first_interim_at: float | None = None
+    first_interim: InterimKey | None = None  # the first interim caption shown (its segment and revision)
+    interim_stamps: Stamps = field(default_factory=tuple)  # that caption's message's stamps
     final_caption_at: float | None = None
     speech_started_at: float | None = None
     final_stamps: Stamps = field(default_factory=tuple)
@@ -230,25 +246,67 @@ def percentiles(values: Sequence[float]) -> dict[str, float | None]:
             "count": len(values)}  # fmt: skip
 
 
+def first_interim_delays(heard: Sequence[Heard]) -> list[float]:
+    return [h.first_interim_at - h.spoken.onset_at for h in heard if h.first_interim_at and h.spoken.onset_at]
+
+
 def summarize(heard: Sequence[Heard]) -> dict[str, Any]:
     """The benchmark's figures: latency percentiles in seconds and each stage's mean share of the final path."""
-    onset = [h.first_interim_at - h.spoken.onset_at for h in heard if h.first_interim_at and h.spoken.onset_at]
+    onset = first_interim_delays(heard)
     final = [h.final_caption_at - h.spoken.end_at for h in heard if h.final_caption_at and h.spoken.end_at]
     speech = [h.speech_started_at - h.spoken.end_at for h in heard if h.speech_started_at and h.spoken.end_at]
-    spans: dict[str, list[float]] = {}
-    for h in heard:
-        for name, seconds in stage_spans(h.final_stamps):
-            spans.setdefault(name, []).append(seconds)
     return {
         "utterances": len(heard),
         "first_interim_after_onset_s": percentiles(onset),
         "final_caption_after_end_s": percentiles(final),
         "speech_start_after_end_s": percentiles(speech),
-        "stage_mean_s": {name: round(float(np.mean(v)), 4) for name, v in spans.items()},
+        "stage_mean_s": mean_spans([stage_spans(h.final_stamps) for h in heard]),
         "missed_final_captions": sum(h.final_caption_at is None for h in heard),
         "translated_before_end": sum(h.spoke_over for h in heard),
         "longest_utterance": longest(heard),
     }
+
+
+def by_targets(heard: Sequence[Heard]) -> dict[str, Any]:
+    """For the rooms with each number of target languages: the first interim caption after speech onset at
+    every listener (all together and per language), the final caption, and where the first interims' time
+    went (the mean of each hop)."""
+    figures = {}
+    for count in sorted({h.targets for h in heard}):
+        rooms = [h for h in heard if h.targets == count]
+        languages = sorted({h.language for h in rooms})
+        final = [h.final_caption_at - h.spoken.end_at for h in rooms if h.final_caption_at and h.spoken.end_at]
+        figures[str(count)] = {
+            "languages": languages,
+            "first_interim_after_onset_s": percentiles(first_interim_delays(rooms)),
+            "first_interim_by_language_s": {
+                language: percentiles(first_interim_delays([h for h in rooms if h.language == language]))
+                for language in languages
+            },
+            "missed_interims": sum(h.first_interim_at is None for h in rooms),
+            "final_caption_after_end_s": percentiles(final),
+            "first_interim_hop_mean_s": mean_spans([interim_hops(h) for h in rooms]),
+        }
+    return figures
+
+
+def interim_hops(h: Heard) -> list[tuple[str, float]]:
+    """Where the first interim caption's time went, from speech onset to the listener: the audio the first
+    request waited for (and its way through Janus to the gateway), each stage's queue and work (the message's
+    stamps), and the way from the last stage through `results` and the gateway to the listener."""
+    stamps, onset = h.interim_stamps, h.spoken.onset_at
+    if not stamps or onset is None or h.first_interim_at is None:
+        return []
+    first, last = stamps[0][1], stamps[-1][1]
+    return [("onset->captured", first - onset), *stage_spans(stamps), ("results->listener", h.first_interim_at - last)]
+
+
+def mean_spans(rows: Sequence[Sequence[tuple[str, float]]]) -> dict[str, float]:
+    spans: dict[str, list[float]] = {}
+    for row in rows:
+        for name, seconds in row:
+            spans.setdefault(name, []).append(seconds)
+    return {name: round(float(np.mean(v)), 4) for name, v in spans.items()}
 
 
 def longest(heard: Sequence[Heard]) -> dict[str, Any]:
@@ -270,7 +328,7 @@ def plot(summary: dict[str, Any], path: Path) -> None:
 
     measures = tuple(TARGETS)
     labels = ("first interim\nafter onset", "final caption\nafter end", "speech start\nafter end")
-    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5), gridspec_kw={"width_ratios": [3, 2]})
+    figure, (left, middle, right) = plt.subplots(1, 3, figsize=(15, 4.5), gridspec_kw={"width_ratios": [3, 2, 2]})
     x = np.arange(len(measures))
     for offset, key in ((-0.2, "p50"), (0.2, "p95")):
         values = [summary[m][key] or 0.0 for m in measures]
@@ -286,6 +344,7 @@ def plot(summary: dict[str, Any], path: Path) -> None:
         title += f"\nlongest ({longest['duration_s']} s): {longest['interim_updates']} interim updates before its end"
     left.set_title(title)
     left.legend()
+    plot_by_targets(summary.get("by_targets", {}), middle)
     bottom = 0.0
     for name, seconds in summary["stage_mean_s"].items():
         right.bar(0, seconds, bottom=bottom, label=name)
@@ -298,6 +357,21 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     plt.close(figure)
 
 
+def plot_by_targets(by_count: dict[str, Any], axes: Any) -> None:
+    """First interim caption after onset, p50 and p95 over every listener, per number of target languages."""
+    counts = sorted(by_count, key=int)
+    x = np.arange(len(counts))
+    for offset, key in ((-0.2, "p50"), (0.2, "p95")):
+        values = [by_count[c]["first_interim_after_onset_s"][key] or 0.0 for c in counts]
+        axes.bar(x + offset, values, width=0.4, label=key)
+    axes.axhline(TARGET_FIRST_INTERIM_P95_S, color="black", linestyle="dashed", label="p95 target")
+    axes.set_xticks(x, [f"{c}: {', '.join(by_count[c]['languages'])}" for c in counts])
+    axes.set_xlabel("target languages in the room")
+    axes.set_ylabel("seconds")
+    axes.set_title("first interim caption after onset,\nevery listener")
+    axes.legend()
+
+
 def models_in_use(env: Mapping[str, str]) -> dict[str, str]:
     """The models the workers load from this environment, as RESULTS.md names them."""
     from benchmarks.provenance import cpu_whisper
@@ -306,13 +380,20 @@ def models_in_use(env: Mapping[str, str]) -> dict[str, str]:
     return {
         "asr": cpu_whisper(AsrOptions.from_env(env)),
         "mt": "Apertium",
-        "tts": "Piper en_US-joe-medium (en), espeak-ng (es)",
+        "tts": "Piper en_US-joe-medium (en), espeak-ng (the other languages)",
     }
 
 
-# -- the run: processes, two participants per direction, what the listener saw -------------------------------
-def run(out_dir: Path, utterances: Sequence[Utterance] | None = None, gap_s: float = GAP_S) -> dict[str, Any]:
-    """Speak `utterances` (default: the corpus) into the real service and write latency.json and latency.png."""
+# -- the run: processes, a speaker and its listeners per direction and room, what each listener saw ----------
+def run(
+    out_dir: Path,
+    utterances: Sequence[Utterance] | None = None,
+    gap_s: float = GAP_S,
+    target_counts: Sequence[int] = TARGET_COUNTS,
+) -> dict[str, Any]:
+    """Speak `utterances` (default: the corpus) into the real service, in rooms with each of `target_counts`
+    listening languages, and write latency.json and latency.png. The top-level figures are those of the
+    fewest target languages (one by default)."""
     from benchmarks.media import media_plane
     from benchmarks.provenance import provenance, save
     from pipeline.routes import SPEECH_KINDS
@@ -326,17 +407,22 @@ def run(out_dir: Path, utterances: Sequence[Utterance] | None = None, gap_s: flo
     workdir.mkdir(parents=True, exist_ok=True)
     with media_plane(workdir, SPEECH_KINDS) as (base_url, _, _, redis_url):
         wait_for_workers(base_url, SPEECH_KINDS)
-        for language, target in directions:
-            spoken = [u for u in chosen if (u.language, u.target) == (language, target)]
-            heard += asyncio.run(converse(base_url, f"latency-{language}-{target}", spoken, gap_s))
-        stamps = asyncio.run(final_stamps(redis_url))
-    heard = [dataclasses.replace(h, final_stamps=stamps.get((h.room, h.final_seq), ())) for h in heard]
+        for count in target_counts:
+            for language, target in directions:
+                spoken = [u for u in chosen if (u.language, u.target) == (language, target)]
+                hear = listening_languages(language, target, count)
+                heard += asyncio.run(converse(base_url, f"latency-{language}-{'-'.join(hear)}", spoken, gap_s, hear))
+        stamps = asyncio.run(results_stamps(redis_url))
+    heard = [with_stamps(h, stamps) for h in heard]
+    fewest = [h for h in heard if h.targets == min(target_counts)]
     result = {
         "benchmark": "latency",
         **provenance(models_in_use(os.environ)),
-        "participants": "aiortc speaker and listener through Janus and the gateway",
+        "participants": "aiortc speaker and listeners through Janus and the gateway",
         "targets": {name: {"p50": p50, "p95": p95} for name, (p50, p95) in TARGETS.items()},
-        **summarize(heard),
+        "target_first_interim_p95_s": TARGET_FIRST_INTERIM_P95_S,
+        **summarize(fewest),
+        "by_targets": by_targets(heard),
         "per_utterance": [as_row(h) for h in heard],
     }
     save(result, out_dir, "latency", plot)
@@ -344,27 +430,54 @@ def run(out_dir: Path, utterances: Sequence[Utterance] | None = None, gap_s: flo
     return result
 
 
-async def converse(base_url: str, room: str, utterances: Sequence[Utterance], gap_s: float) -> list[Heard]:
-    """One speaker says `utterances` in their language while one listener hears the target language."""
+def listening_languages(language: str, target: str, count: int) -> tuple[str, ...]:
+    """`target` and the next of the speaker language's LISTENERS: `count` languages in all."""
+    others = [hear for hear in LISTENERS.get(language, ()) if hear not in (language, target)]
+    chosen = (target, *others)[:count]
+    if len(chosen) < count:
+        raise ValueError(f"{language} speech has {len(chosen)} listening languages here, not {count}")
+    return chosen
+
+
+async def converse(
+    base_url: str, room: str, utterances: Sequence[Utterance], gap_s: float, hear: Sequence[str]
+) -> list[Heard]:
+    """One speaker says `utterances` in their language while one listener per language of `hear` listens."""
     from benchmarks.participant import ScriptedParticipant
 
-    language, target = utterances[0].language, utterances[0].target
+    language = utterances[0].language
     voice = ScriptedSpeaker(utterances, lead_s=RUN_LEAD_S, gap_s=gap_s)
-    listener = ScriptedParticipant(base_url, room, "Listener", target, target)
+    listeners = [ScriptedParticipant(base_url, room, f"Listener-{h}", h, h) for h in hear]
     speaker = ScriptedParticipant(base_url, room, "Speaker", language, language)
     try:
-        await listener.join(ScriptedSpeaker((), lead_s=voice.duration_s + RUN_LEAD_S).track())
+        for listener in listeners:
+            await listener.join(ScriptedSpeaker((), lead_s=voice.duration_s + RUN_LEAD_S).track())
         await speaker.join(voice.track())
-        await listener.listen_to_translation(FEED_TIMEOUT_S)
+        for listener in listeners:
+            await listener.listen_to_translation(FEED_TIMEOUT_S)
         await asyncio.wait_for(voice.done.wait(), voice.duration_s + FEED_TIMEOUT_S)
-        last_onset = voice.spoken[-1].onset_at or 0.0
-        with contextlib.suppress(AssertionError):  # a final that never comes is counted as missed
-            await listener.wait_for(lambda: final_since(listener, last_onset), "the last final caption", TAIL_S)
+        for listener in listeners:
+            await last_final(listener, voice.spoken[-1].onset_at or 0.0)
     finally:
         await speaker.close()
-        await listener.close()
-    seen = (listener.messages, listener.message_times, listener.translated_sound_at)
-    return [what_was_heard(room, voice.spoken, i, *seen) for i in range(len(voice.spoken))]
+        for listener in listeners:
+            await listener.close()
+    return [
+        what_was_heard(room, voice.spoken, i, listener.hear, len(hear), *seen(listener))
+        for listener in listeners
+        for i in range(len(voice.spoken))
+    ]
+
+
+def seen(listener: Any) -> tuple[list[dict[str, Any]], list[float], list[float]]:
+    return listener.messages, listener.message_times, listener.translated_sound_at
+
+
+async def last_final(listener: Any, since: float) -> None:
+    """Until `listener` shows a final caption after `since`, or TAIL_S passed: a final that never comes is
+    counted as missed."""
+    with contextlib.suppress(AssertionError):
+        await listener.wait_for(lambda: final_since(listener, since), "the last final caption", TAIL_S)
 
 
 def final_since(listener: Any, since: float) -> bool:
@@ -381,48 +494,69 @@ def what_was_heard(
     room: str,
     spoken: Sequence[Spoken],
     index: int,
+    language: str,
+    targets: int,
     messages: Sequence[dict[str, Any]],
     times: Sequence[float],
     sound_at: Sequence[float],
 ) -> Heard:
-    """What reached the listener between utterance `index`'s onset and the next one's."""
+    """What reached the listener of `language` between utterance `index`'s onset and the next one's."""
     this = spoken[index]
     start = this.onset_at or 0.0
     until = spoken[index + 1].onset_at or float("inf") if index + 1 < len(spoken) else float("inf")
-    target = this.utterance.target
     captions = [(t, m) for m, t in zip(messages, times, strict=True)
-                if m["type"] == "caption" and m["lang"] == target and start <= t < until]  # fmt: skip
-    interims = [t for t, m in captions if not m["final"] and m["text"]]
+                if m["type"] == "caption" and m["lang"] == language and start <= t < until]  # fmt: skip
+    interims = [(t, m) for t, m in captions if not m["final"] and m["text"]]
     finals = [(t, m) for t, m in captions if m["final"]]
     end = this.end_at or start
     starts = [t for t in sound_starts(sound_at) if start <= t < until]
     after_end = [t for t in starts if t >= end]
+    first_interim = interims[0][1] if interims else None
     return Heard(
         this,
+        language=language,
+        targets=targets,
         room=room,
-        first_interim_at=interims[0] if interims else None,
+        first_interim_at=interims[0][0] if interims else None,
+        first_interim=(room, first_interim["seq"], first_interim["revision"], language) if first_interim else None,
         final_caption_at=finals[-1][0] if finals else None,
         speech_started_at=after_end[0] if after_end else None,
         spoke_over=len(after_end) < len(starts),
         final_seq=finals[-1][1]["seq"] if finals else None,
-        interim_updates=sum(t < end for t in interims),
+        interim_updates=sum(t < end for t, _ in interims),
     )
 
 
-async def final_stamps(redis_url: str) -> dict[tuple[str, int | None], Stamps]:
-    """The stamps of every translated speech on `results`, by (room, seq): the final path's stages."""
+@dataclass
+class ResultsStamps:
+    """The stamps of the messages on `results`: translated speech by (room, seq), interim captions by key."""
+
+    speech: dict[tuple[str, int | None], Stamps] = field(default_factory=dict)
+    interims: dict[InterimKey, Stamps] = field(default_factory=dict)
+
+
+def with_stamps(h: Heard, stamps: ResultsStamps) -> Heard:
+    interim = stamps.interims.get(h.first_interim, ()) if h.first_interim else ()
+    return dataclasses.replace(h, final_stamps=stamps.speech.get((h.room, h.final_seq), ()), interim_stamps=interim)
+
+
+async def results_stamps(redis_url: str) -> ResultsStamps:
+    """The stamps of every translated speech and interim caption on `results`: where their time went."""
     from pipeline.bus import Bus
     from pipeline.config import BusOptions
 
     bus = Bus.connect(BusOptions(redis_url=redis_url))
-    stamps: dict[tuple[str, int | None], Stamps] = {}
+    stamps = ResultsStamps()
     last_id: bytes | str = "0-0"
     try:
         while deliveries := await bus.tail("results", last_id, count=500):
             last_id = deliveries[-1].entry_id
             for message in (d.message for d in deliveries):
                 if isinstance(message, SynthesizedSpeech):
-                    stamps[(message.room, message.seq)] = message.stamps
+                    stamps.speech[(message.room, message.seq)] = message.stamps
+                elif isinstance(message, InterimTranscript | InterimTranslation):
+                    key = (message.room, message.seq, message.revision, message.language)
+                    stamps.interims[key] = message.stamps
     finally:
         await bus.close()
     return stamps
@@ -453,6 +587,8 @@ def as_row(h: Heard) -> dict[str, Any]:
     return {
         "text": h.spoken.utterance.text,
         "language": h.spoken.utterance.language,
+        "listener": h.language,
+        "targets": h.targets,
         "duration_s": round(h.spoken.utterance.duration_s, 2),
         "first_interim_after_onset_s": after(h.first_interim_at, h.spoken.onset_at),
         "final_caption_after_end_s": after(h.final_caption_at, h.spoken.end_at),
