@@ -6,7 +6,9 @@
 
 While the floor holder speaks, every `interim.interval_s` the open segment's audio so far goes out as an
 InterimRequest (`asr_interim` stream, pipeline/interim.py); its seq is allocated when the speech starts,
-so the final segment shares it and its caption replaces the interim ones. The segmenter runs in a thread:
+so the final segment shares it and its caption replaces the interim ones. When someone joins, a WarmUp hint
+names the language pairs the room newly needs, so the mt stage starts them before anyone speaks. The segmenter
+runs in a thread:
 Smart Turn may take tens of milliseconds, which the event loop (RTP, sockets) must not wait for.
 
 Segments that cannot be published while Redis is away are held and published in order once it is
@@ -36,7 +38,7 @@ from gateway.rooms import Participant, Room
 from pipeline import turns
 from pipeline.audio import resample
 from pipeline.bus import Bus
-from pipeline.messages import SAMPLE_RATE, SpeechSegment
+from pipeline.messages import SAMPLE_RATE, SpeechSegment, WarmUp
 from pipeline.segmenter import Segment, Segmenter
 
 log = logging.getLogger(__name__)
@@ -125,6 +127,19 @@ class Ingest:
             self.stats.interim_requests += 1
         except RedisError:  # an interim caption can be skipped: the final one carries the same words
             log.debug("interim request for %s not sent: redis unavailable", request.log_context)
+
+    async def warm_up(self, room: Room, participant: Participant) -> None:
+        """Someone joined: the language pairs the room needs that the mt stage was not told of yet, so it
+        starts them before anyone speaks (a cold Apertium pair took 1.5-6 s, longer than a short utterance)."""
+        pairs = room.language_pairs() - room.pairs_announced
+        if not pairs:
+            return
+        hint = WarmUp(room=room.name, speaker=participant.id, seq=0, pairs=tuple(sorted(pairs)))
+        try:
+            await self.bus.publish(hint.stamped("published"))
+            room.pairs_announced |= pairs
+        except RedisError:  # only a hint: the pairs start on first use instead
+            log.debug("warm-up hint for %s not sent: redis unavailable", room.name)
 
     def _pausing(self, segmenter: Segmenter) -> bool:
         last_voiced = segmenter.last_speech_sample

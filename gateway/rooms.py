@@ -102,6 +102,7 @@ class Room:
         self.feeds: dict[str, int] = {}  # listening language -> the feed id of its translated speech
         self.video = SegmentVideo()  # consenting speakers' frames of recent segments, for the feeds
         self.pending_feeds: dict[int, str] = {}  # feeds published but not yet announced by Janus -> language
+        self.pairs_announced: set[tuple[str, str]] = set()  # language pairs the mt stage was told to warm up
         self._seq: dict[str, int] = {}
 
     def add(self, participant: Participant) -> None:
@@ -127,6 +128,15 @@ class Room:
         people = list(self.participants.values())
         return {
             p.profile.hear for p in people if any(q.id != p.id and q.profile.speak != p.profile.hear for q in people)
+        }
+
+    def language_pairs(self) -> set[tuple[str, str]]:
+        """(spoken, heard) for each consenting speaker and each language it would be translated into now."""
+        return {
+            (p.profile.speak, target)
+            for p in self.participants.values()
+            if p.profile.consent
+            for target in turns.plan_targets(self.floor, p.id)
         }
 
     def next_seq(self, speaker: str) -> int:

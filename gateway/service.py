@@ -207,6 +207,7 @@ class Gateway:
             self.sessions[participant.id] = participant
         self.joined += 1
         log.info("%s joined room %s (speaks %s, hears %s)", profile.name, room_name, profile.speak, profile.hear)
+        await self.ingest.warm_up(room, participant)
         await self._update_feeds(room)
         self._announce_roster(room)
         return participant

@@ -234,6 +234,17 @@ class InterimTranslation(Message):
 
 
 @dataclass(frozen=True)
+class WarmUp(Message):
+    """The language pairs a room will need, sent by the gateway when someone joins, before anyone speaks:
+    an engine that starts each pair separately (an Apertium pipeline: 1-6 s) starts them now rather than on
+    the room's first interim caption. A hint: the mt stage acts on it in the background and emits nothing."""
+
+    kind: ClassVar[str] = "warm_up"
+
+    pairs: tuple[tuple[str, str], ...] = ()  # (source, target) language codes
+
+
+@dataclass(frozen=True)
 class ControlEvent(Message):
     """Floor control and cancellation: `action` is e.g. "request", "grant", "release", "cancel"."""
 
@@ -281,6 +292,7 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         InterimTranscript,
         InterimTranslation,
         Dropped,
+        WarmUp,
     )
 }
 INTERIM_TYPES = (InterimRequest, InterimTranscript, InterimTranslation)

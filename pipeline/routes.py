@@ -13,7 +13,9 @@ While the floor holder speaks, interim work takes its own streams, so it never w
     gateway --InterimRequest--> asr_interim --InterimTranscript--> mt_interim --InterimTranslation--> results
                                                     \\--> results (interim caption, original words)
 
-A worker of a kind with an interim stream serves both, finals first (workers/base.py).
+A worker of a kind with an interim stream serves both, finals first (workers/base.py). The gateway's WarmUp
+hints (the language pairs a room will need, sent as people join) take the interim stream too: disposable,
+never in front of a final.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from pipeline.messages import (
     Transcript,
     Translation,
     VideoClip,
+    WarmUp,
 )
 
 ASR, MT, TTS, LIPSYNC, RESULTS, DEAD = "asr", "mt", "tts", "lipsync", "results", "dead"
@@ -51,6 +54,7 @@ ROUTES: dict[type[Message], tuple[str, ...]] = {
     InterimTranscript: (MT_INTERIM, RESULTS),
     InterimTranslation: (RESULTS,),
     Dropped: (RESULTS,),
+    WarmUp: (MT_INTERIM,),
 }
 
 

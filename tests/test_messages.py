@@ -24,6 +24,7 @@ from pipeline.messages import (
     Transcript,
     Translation,
     VideoClip,
+    WarmUp,
     Word,
     decode,
     decode_as,
@@ -132,6 +133,7 @@ EXAMPLES = [
         note="",
     ),
     Dropped(room="r", speaker="ana", seq=3, stage="asr", reason="late", languages=("es", "ca")),
+    WarmUp(room="r", speaker="ana", seq=0, pairs=(("en", "ca"), ("es", "ca"))),
 ]
 
 

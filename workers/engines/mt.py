@@ -177,6 +177,14 @@ class WarmTranslator(Translator, Protocol):
     def warm(self, pairs: Sequence[tuple[str, str]]) -> None: ...
 
 
+@runtime_checkable
+class PairStartingTranslator(WarmTranslator, Protocol):
+    """An engine that starts each pair separately and slowly (Apertium: a pipeline per pair, 0.2-6 s on 2 busy
+    cores): `ready` tells whether translating a pair now would start nothing, so interim work can go without it."""
+
+    def ready(self, source: str, target: str) -> bool: ...
+
+
 def translate_all(
     translator: Translator, text: str, source: str, targets: Sequence[str]
 ) -> dict[str, TranslationResult]:

@@ -100,6 +100,12 @@ class ApertiumPipe:
         self.timeout_s = timeout_s
         self.lock = threading.Lock()  # one request in flight per pipe; the answers come back in order
         self.proc: subprocess.Popen[bytes] | None = None
+        self.answered = False  # the running pipeline has answered once: it is loaded
+
+    @property
+    def ready(self) -> bool:
+        """A call now would start nothing (a first call starts the pipeline: 0.2-6 s on a busy CPU)."""
+        return self.answered and self.proc is not None and self.proc.poll() is None
 
     def translate(self, text: str) -> str:
         with self.lock:
@@ -125,10 +131,12 @@ class ApertiumPipe:
                 if not chunk:
                     raise EOFError("apertium pipeline exited")
                 out += chunk
+        self.answered = True
         return from_stream(bytes(out[:-1]))
 
     def _running(self) -> subprocess.Popen[bytes]:
         if self.proc is None or self.proc.poll() is not None:
+            self.answered = False
             # Own process group, so close() ends every program of the pipeline, not just bash.
             self.proc = subprocess.Popen(
                 self.argv,
@@ -185,6 +193,11 @@ class ApertiumTranslator:
 
     def supports(self, source: str, target: str) -> bool:
         return bool(self.route(source, target))
+
+    def ready(self, source: str, target: str) -> bool:
+        """Whether translating source->target now starts no pipeline (an unsupported pair starts none)."""
+        hops = itertools.pairwise(self.route(source, target))
+        return all((pipe := self.pipes.get(hop)) is not None and pipe.ready for hop in hops)
 
     def translate(self, text: str, source: str, targets: Sequence[str]) -> dict[str, TranslationResult]:
         # Targets that share a first hop (en->es, en->pt via es) translate that hop once.
