@@ -44,10 +44,12 @@ WORKERS_READY_S = 90.0
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def fake_mic_wav(path: Path, text: str | None, voice: str = "en") -> Path:
-    """48 kHz mono WAV: silence, the sentence, a long silence (or only silence when text is None)."""
+def fake_mic_wav(path: Path, text: str | None, voice: str = "en", lead_in_s: float = LEAD_IN_S) -> Path:
+    """48 kHz mono WAV: silence, the sentence, a long silence (or only silence when text is None). Chromium
+    starts the file when the page opens the microphone: the lead-in is the time the page has to get its audio
+    into the room before the sentence starts."""
     speech = espeak(text, voice) if text else np.zeros(0, dtype=np.float32)
-    samples = np.concatenate([silence(LEAD_IN_S), speech, silence(TAIL_S)])
+    samples = np.concatenate([silence(lead_in_s), speech, silence(TAIL_S)])
     write_wav(path, resample(samples, 16_000, MIC_RATE), MIC_RATE)
     return path
 

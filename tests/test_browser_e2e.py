@@ -1,8 +1,8 @@
 """Real browsers in a real room: headless Chromium with a fake mic, the gateway, and the real asr, mt
 and tts workers on the test's own Redis streams. A speaks English; each listener reads a final caption
-in their language with the expected words, after an interim caption with text (while A still speaks),
-and hears translated speech (measured in the page with a
-WebAudio analyser); A never gets its own translation. Latencies are measured from the end of A's
+in their language with the expected words, after an interim caption with text that shows within
+INTERIM_WITHIN_S of A's speech onset (while A still speaks), and hears translated speech (measured in the
+page with a WebAudio analyser); A never gets its own translation. Latencies are measured from the end of A's
 speech, as A's page heard it, to the caption and the first translated sound at each listener (both
 pages run in one machine, so their clocks agree).
 """
@@ -30,6 +30,13 @@ EXPECTED_WORDS = {"es": ("casa", "gato"), "ca": ("casa", "gat"), "gl": ("casa", 
 JOIN_TIMEOUT_MS = 20_000
 RESULT_TIMEOUT_MS = 60_000
 SOUND_FRAMES = 10
+# Chromium plays the speaker's fake microphone from the moment the page opens it. Publishing to Janus and the
+# gateway's forward took longer than a 1 s lead-in with three Chromiums on 2 loaded cores: the gateway heard
+# "is big and a cut is black". The page says when its audio reached Janus; the sentence must start after that.
+SPEAKER_LEAD_IN_S = 4.0
+# The first interim caption at every listener, after the speaker's speech onset (as the speaker's page heard
+# it): the sentence lasts 2.2 s, so this is before the final caption too.
+INTERIM_WITHIN_S = 3.0
 VIDEOS_PLAYING = (
     "n => [...document.querySelectorAll('[data-participant] video')].filter(v => v.videoWidth > 0).length >= n"
 )
@@ -79,6 +86,16 @@ def first_shown(page: Page, metric: str, language: str) -> float | None:
     return min((at for key, at in shown.items() if key.endswith(f"|{language}")), default=None)
 
 
+def speech_onset(speaker: Page) -> float:
+    """When the speaker's page heard its sentence start (ms), checked to come after its audio reached Janus."""
+    metrics = "window.babelroom.metrics"
+    speaker.wait_for_function(f"{metrics}.speechStarts.length > 0", timeout=RESULT_TIMEOUT_MS)
+    onset, connected = speaker.evaluate(f"[{metrics}.speechStarts[0], {metrics}.connectedAt]")
+    print(f"Alice: speech started {(onset - connected) / 1000:.2f} s after her audio reached Janus")
+    assert onset > connected, "the sentence started before the speaker's audio reached the room: lead-in too short"
+    return float(onset)
+
+
 def latencies(speaker: Page, listener: Page, language: str) -> tuple[float, float]:
     speaker.wait_for_function("window.babelroom.metrics.speechEnds.length > 0", timeout=RESULT_TIMEOUT_MS)
     speech_end = speaker.evaluate("window.babelroom.metrics.speechEnds[0]")
@@ -101,7 +118,7 @@ class MeetingOptions:
 def run_meeting(
     base_url: str, tmp_path: Path, listeners: list[Listener], options: MeetingOptions = MeetingOptions()
 ) -> None:
-    speech = fake_mic_wav(tmp_path / "speech.wav", SENTENCE)
+    speech = fake_mic_wav(tmp_path / "speech.wav", SENTENCE, lead_in_s=SPEAKER_LEAD_IN_S)
     quiet = fake_mic_wav(tmp_path / "quiet.wav", None)
     room = f"e2e{int(time.time() * 1000) % 10**8}"
     with sync_playwright() as playwright:
@@ -112,6 +129,7 @@ def run_meeting(
         speaker_browser = chromium(playwright, speech, options.browser_args)
         speaker = enter(speaker_browser, room_url(base_url, room, "Alice", "en", "en"))
         try:
+            onset = speech_onset(speaker)
             for page, listener in zip(pages, listeners, strict=True):
                 text = wait_for_translation(page, listener.hear)
                 heard = speaker.inner_text('[data-caption][data-lang="en"][data-final="true"] .text')
@@ -124,8 +142,11 @@ def run_meeting(
                 interim_at = first_shown(page, "interimShownAt", listener.hear)
                 final_at = first_shown(page, "captionsShownAt", listener.hear)
                 assert interim_at is not None and final_at is not None, f"{who}: no interim caption with text"
+                interim_s = (interim_at - onset) / 1000
+                print(f"{who}: first interim caption {interim_s:.2f} s after speech onset, "
+                      f"{(final_at - interim_at) / 1000:.2f} s before the final")  # fmt: skip
                 assert interim_at < final_at, f"{who}: the interim caption came after the final one"
-                print(f"{who}: interim caption {(final_at - interim_at) / 1000:.2f} s before the final")
+                assert interim_s <= INTERIM_WITHIN_S, f"{who}: first interim {interim_s:.2f} s after speech onset"
                 if options.check_listener:
                     options.check_listener(page)
             # the speaker's own words come back as an English caption, never as a translation

@@ -28,7 +28,7 @@ const state = {
   muted: false, cameraOn: true, connected: false, janusReady: false, iceTimer: 0, left: false, rejoining: false, attempts: 0,
 };
 // Measurements for tests and for the curious (window.babelroom in the console).
-const metrics = { speechEnds: [], translatedSoundAt: [], captionsShownAt: {}, interimShownAt: {}, translatedRms: 0, micRms: 0, rejoins: 0 };
+const metrics = { connectedAt: 0, speechStarts: [], speechEnds: [], translatedSoundAt: [], captionsShownAt: {}, interimShownAt: {}, translatedRms: 0, micRms: 0, rejoins: 0 };
 window.babelroom = { state, metrics };
 
 // -- the join form -----------------------------------------------------------------------------------
@@ -367,6 +367,7 @@ function publish(me) {
     },
     webrtcState: (up) => {
       state.connected = up;
+      if (up && !metrics.connectedAt) metrics.connectedAt = Date.now();  // my audio reaches Janus from now on
       setConnection(up ? "connected" : "reconnecting");
       if (up) { state.attempts = 0; banner(""); }
     },
@@ -486,7 +487,10 @@ function meterMic(media) {
   let speaking = false;
   meter(new MediaStream(media.getAudioTracks()), (rms, now) => {
     metrics.micRms = rms;
-    if (rms > SPEECH_RMS && !state.muted) { lastLoud = now; speaking = true; }
+    if (rms > SPEECH_RMS && !state.muted) {
+      if (!speaking) metrics.speechStarts.push(now);
+      lastLoud = now; speaking = true;
+    }
     else if (speaking && now - lastLoud > SPEECH_END_HOLD_MS) { speaking = false; metrics.speechEnds.push(lastLoud); }
     state.tiles.get("me")?.root.classList.toggle("speaking", speaking);
   });
