@@ -263,7 +263,28 @@ def latency_section(stem: str, result: dict[str, Any], folder: Path, link: str) 
         f"Each stage's mean on the final path, s: {stages}. The longest utterance ({longest.get('duration_s')} s) "
         f"showed {longest.get('interim_updates')} interim updates before it ended (target: {longest.get('target')} "
         "or more).",
+        *by_targets_lines(result),
         *image(stem, link),
+    ]
+
+
+def by_targets_lines(result: dict[str, Any]) -> list[str]:
+    """The first interim caption at every listener, in rooms with 1, 2, 3 listening languages."""
+    by_count = result.get("by_targets")
+    if not by_count:
+        return []
+    rows = [
+        [count, ", ".join(f["languages"]), f["first_interim_after_onset_s"]["p50"],
+         f["first_interim_after_onset_s"]["p95"], f["missed_interims"], f["final_caption_after_end_s"]["p95"]]
+        for count, f in sorted(by_count.items(), key=lambda item: int(item[0]))
+    ]  # fmt: skip
+    target = result.get("target_first_interim_p95_s")
+    return [
+        "",
+        f"First interim caption after speech onset at every listener, by the room's listening languages (target: "
+        f"p95 <= {target} s whatever their number):",
+        "",
+        *table(["target languages", "listeners hear", "p50", "p95", "no interim", "final caption p95"], rows),
     ]
 
 
