@@ -45,6 +45,10 @@ SILENCE_DBFS = -55.0  # below this the segment is silence; skips the VAD and the
 MAX_WORDS_PER_SPEECH_S = 7.0  # humans rarely exceed ~5 words/s; more means invented text
 MIN_DISTINCT_WORD_RATIO = 0.34  # below this, with enough words, the output is a repetition loop
 REPETITION_MIN_WORDS = 6
+# A fitted final that says a phrase of this many words twice is checked against the full window, which keeps a
+# repetition only where the audio holds it (a fitted window once heard "Login incorrect. Please enter your agent
+# number followed by the pound key." twice in one prompt). Four words: "press one, press two" is no repeat.
+REPEATED_PHRASE_WORDS = 4
 
 # Fitted audio context: the encoder sees the audio plus padding instead of Whisper's 30 s window, 4-8x faster
 # on a CPU (the encoder is ~2/3 of a full-window pass), at some risk of loops, which the token budget cuts short

@@ -12,7 +12,7 @@ import numpy as np
 
 from pipeline.audio import Samples, pcm16_to_float, rms_dbfs
 from pipeline.messages import SAMPLE_RATE, SpeechSegment
-from workers.engines.asr.base import REPETITION_MIN_WORDS, GuardOptions, check_language
+from workers.engines.asr.base import REPEATED_PHRASE_WORDS, REPETITION_MIN_WORDS, GuardOptions, check_language
 
 
 @dataclass(frozen=True)
@@ -58,9 +58,24 @@ class HallucinationGuard:
         if len(words) > max(speech_s, 0.5) * self.options.max_words_per_speech_s:
             return False
         if len(words) >= REPETITION_MIN_WORDS:
-            distinct = len({w.lower().strip(".,!?;:¿¡'\"") for w in words})
+            distinct = len({bare_word(w) for w in words})
             return distinct / len(words) >= self.options.min_distinct_word_ratio
         return True
+
+
+def bare_word(word: str) -> str:
+    return word.lower().strip(".,!?;:¿¡'\"")
+
+
+def repeated_phrase(words: Sequence[str], length: int = REPEATED_PHRASE_WORDS) -> str:
+    """The first phrase of `length` words said twice without overlap (case and punctuation ignored), or ""."""
+    bare = [bare_word(w) for w in words]
+    first_seen: dict[tuple[str, ...], int] = {}
+    for i in range(len(bare) - length + 1):
+        phrase = tuple(bare[i : i + length])
+        if i - first_seen.setdefault(phrase, i) >= length:
+            return " ".join(phrase)
+    return ""
 
 
 def avg_logprob(score: float, length: int) -> float:

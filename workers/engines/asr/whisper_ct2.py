@@ -5,6 +5,7 @@ int8 on CPU, float16 on CUDA. Finals over a fitted window (see base.FIT) or the 
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,9 +27,18 @@ from workers.engines.asr.base import (
     AsrOptions,
     empty_transcript,
 )
-from workers.engines.asr.guard import HallucinationGuard, SegmentScores, avg_logprob, compression_ratio, speech_audio
+from workers.engines.asr.guard import (
+    HallucinationGuard,
+    SegmentScores,
+    avg_logprob,
+    compression_ratio,
+    repeated_phrase,
+    speech_audio,
+)
 from workers.engines.asr.models import resolve_model
 from workers.engines.common import EngineUnavailable
+
+log = logging.getLogger(__name__)
 
 
 def pick_device(device: str) -> str:
@@ -86,7 +96,8 @@ class FasterWhisperRecognizer:
 
     def transcribe(self, segment: SpeechSegment) -> Transcript:
         """The final text of a segment, decoded after the words interim captions committed (`committed`).
-        Fitted context first (when chosen); the full window when the guard rejects what that decoded."""
+        Fitted context first (when chosen); the full window when the guard rejects what that decoded or it
+        repeats a phrase."""
         heard = speech_audio(segment, self.languages, self.guard)
         if heard is None:
             return empty_transcript(segment)
@@ -101,10 +112,19 @@ class FasterWhisperRecognizer:
                 min_window_s=self.options.fit_min_window_s,
                 beam_size=self.options.beam_size,
             )
-            if fitted is not None:
+            if fitted is not None and not self._invents_repetition(fitted):
                 transcript = empty_transcript(segment, fitted.language)
                 return dataclasses.replace(transcript, text=fitted.text, words=fitted.words)
         return self._transcribe_full_window(segment, audio, speech_s)
+
+    @staticmethod
+    def _invents_repetition(fitted: WhisperText) -> bool:
+        """A fitted final that says a phrase twice may have invented the second time (it reads the start again
+        in the padding): the full window then decides, and keeps the repetition only where the audio holds it."""
+        phrase = repeated_phrase(fitted.text.split())
+        if phrase:
+            log.info("fitted final repeats %r; decoding the full window instead", phrase)
+        return bool(phrase)
 
     def draft(self, segment: SpeechSegment, prefix: str) -> str:
         heard = speech_audio(segment, self.languages, self.guard)
