@@ -9,7 +9,10 @@ PORT ?= 8080
 # (FaceMesh's, for lip-sync), coturn for the TURN relay (`babelroom up --turn`).
 APT_RUNTIME := redis-server janus libjs-janus-gateway libjs-webrtc-adapter espeak-ng sox apertium apertium-eng-spa \
 	apertium-eng-cat apertium-en-gl apertium-es-pt apertium-fr-es libgl1 libglib2.0-0 coturn
-APT_TEST := chromium chromium-driver firefox-esr docker-compose iproute2 openssl caddy
+# openssl and caddy for the HTTPS tests; real human speech for the recognition tests (benchmarks/real_speech.py):
+# LibriVox English, studio prompts in English, Colombian Spanish and Canadian French.
+APT_TEST := chromium chromium-driver firefox-esr docker-compose iproute2 openssl caddy pocketsphinx-testdata \
+	asterisk-core-sounds-en asterisk-core-sounds-en-wav asterisk-prompt-es-co asterisk-core-sounds-fr-wav
 # `make up` needs no torch. The tests load the torch engines on tiny random models, so `make test`
 # adds the CPU build of torch (a local wheel on the CI machines; elsewhere add
 # TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu", or a bare `torch` pulls a

@@ -136,8 +136,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 BENCHMARKS = (
-    "stages", "scaling", "hops", "latency", "asr-context", "media", "lipsync", "mt-quality", "pipeline", "gpu",
-    "report",
+    "stages", "scaling", "hops", "latency", "asr-context", "real-speech", "media", "lipsync", "mt-quality",
+    "pipeline", "gpu", "report",
 )  # fmt: skip
 
 
@@ -359,6 +359,10 @@ def run_bench(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         from benchmarks.asr_context import run as run_asr_context
 
         run_asr_context(args.out)
+    elif args.name == "real-speech":
+        from benchmarks.real_speech import run as run_real_speech
+
+        run_real_speech(args.out)
     elif args.name == "mt-quality":
         from benchmarks.mt_quality import run as run_mt_quality
         from workers.engines.asr import DEFAULT_CACHE_DIR

@@ -27,7 +27,7 @@ from benchmarks.talking_head import talking_head_frames
 from pipeline.audio import float_to_pcm16, pcm16_to_float
 from pipeline.frames import Frame, decode_frames, make_clip
 from pipeline.messages import SAMPLE_RATE, SynthesizedSpeech, VideoClip
-from workers.engines.asr import EngineUnavailable
+from workers.engines.common import EngineUnavailable
 from workers.engines.lipsync import CPU, WAV2LIP, LipSyncer, LipSyncOptions, SyncedFrames, load_lipsyncer
 from workers.engines.tts import EspeakSynthesizer, render
 from workers.lipsync_metric import measure_sync

@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from workers.engines.asr import bundled_base_dir, import_torch_transformers
+from workers.engines.asr import bundled_base_dir
+from workers.engines.common import import_torch_transformers
 from workers.engines.mt_families import NLLB_CODES
 
 

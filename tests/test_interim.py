@@ -262,7 +262,7 @@ async def test_stale_and_failing_interim_jobs_are_dropped(bus: Bus) -> None:
 
 
 def test_text_placed_after_the_audio_is_dropped() -> None:
-    from workers.engines.asr import heard_tokens
+    from workers.engines.asr.whisper_ct2 import heard_tokens
 
     begin, eot = 1000, 900
     at = lambda seconds: begin + round(seconds / 0.02)  # noqa: E731 - a timestamp token

@@ -34,7 +34,7 @@ import pytest
 
 from pipeline.audio import pcm16_to_float
 from pipeline.messages import SAMPLE_RATE, SynthesizedSpeech, Transcript, Translation
-from workers.engines.asr import EngineUnavailable
+from workers.engines.common import EngineUnavailable
 from workers.engines.mt import MtOptions, translate_all
 from workers.engines.mt_families import NLLB_CODES
 from workers.engines.mt_transformers import TransformersTranslator

@@ -16,7 +16,7 @@ import numpy.typing as npt
 from scipy.ndimage import gaussian_filter1d
 
 from pipeline.frames import Frame
-from workers.engines.asr import EngineUnavailable
+from workers.engines.common import EngineUnavailable
 
 Landmarks = npt.NDArray[np.float32]  # 468 x 2, pixels
 

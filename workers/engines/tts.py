@@ -33,7 +33,7 @@ from scipy.signal import resample as fft_resample
 from pipeline.audio import Samples, median_f0_hz, resample
 from pipeline.config import env_flag
 from pipeline.messages import SAMPLE_RATE, Phoneme
-from workers.engines.asr import EngineUnavailable, import_torch_transformers, torch_device
+from workers.engines.common import EngineUnavailable, import_torch_transformers, torch_device
 from workers.stage import one_by_one
 
 log = logging.getLogger(__name__)

@@ -26,7 +26,7 @@ from scipy.signal import get_window, lfilter
 from pipeline.audio import Samples, pcm16_to_float, resample
 from pipeline.frames import Frame
 from pipeline.messages import SynthesizedSpeech
-from workers.engines.asr import EngineUnavailable
+from workers.engines.common import EngineUnavailable
 from workers.engines.face import Landmarks, import_mediapipe, smooth_landmarks, track_faces
 from workers.engines.lipsync import LipSyncOptions, SyncedFrames, timeline
 
