@@ -9,7 +9,8 @@ size of its append-only file on disk. soak.json and soak.png hold the samples, a
 - each process's growth from the end of the warm-up to the end of the run (the median of the samples in the
   last minute of each, so one sample caught mid-allocation does not decide it), in per cent;
 - missed final captions, in all and per round;
-- latency drift: the final caption's and the translated speech's p50 in the first round against the last.
+- latency drift: the final caption's and the translated speech's p50 in the first round against the last;
+- what Redis holds when the talking stops, and again once the retention has passed.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import numpy as np
 
 from babelroom import netns
 from benchmarks.latency import GAP_S, Heard, Utterance, converse, corpus, summarize, wait_for_workers
+from pipeline.config import RETENTION_S, STREAM_PREFIX, TRIM_INTERVAL_S
 
 DEFAULT_MINUTES = 60.0
 WARMUP_MINUTES = 5.0  # the models' first calls, the allocators' first high-water marks: not growth
@@ -47,6 +49,7 @@ class Sample:
     rss_mb: dict[str, float]  # process name -> resident memory
     redis_used_mb: float
     aof_mb: float
+    redis_keys: int = 0  # streams included
 
 
 # -- what the run measures ----------------------------------------------------------------------------------------
@@ -119,12 +122,31 @@ class Sampler:
         rss = {name: round(mb, 1) for name, pid in sorted(pids.items()) if (mb := rss_mb(pid)) is not None}
         used = int(self.client.info("memory")["used_memory"]) / MB
         at = round(time.monotonic() - self.started, 1)
-        self.samples.append(Sample(at, rss, round(used, 2), round(folder_mb(self.aof_dir), 2)))
+        keys = int(self.client.dbsize())
+        self.samples.append(Sample(at, rss, round(used, 2), round(folder_mb(self.aof_dir), 2), keys))
 
     def _run(self) -> None:
         while not self._stop.is_set():
             self.sample()
             self._stop.wait(self.every_s)
+
+
+def leftovers(redis_url: str, prefix: str = STREAM_PREFIX) -> dict[str, dict[str, int]]:
+    """What Redis holds: each stream's entries, and the other keys by kind (`emitted`, `frames`, `hb`, ...)."""
+    import redis
+
+    from pipeline.routes import STREAMS
+
+    client = redis.Redis.from_url(redis_url)
+    streams = {name: int(client.xlen(f"{prefix}:{name}")) for name in STREAMS}
+    kinds: dict[str, int] = {}
+    for key in client.scan_iter(match=f"{prefix}:*", count=1000):
+        rest = key.decode(errors="replace").removeprefix(f"{prefix}:")
+        if rest not in STREAMS:
+            kind = rest.split(":")[0]
+            kinds[kind] = kinds.get(kind, 0) + 1
+    client.close()
+    return {"stream_entries": streams, "other_keys": dict(sorted(kinds.items()))}
 
 
 # -- the figures ----------------------------------------------------------------------------------------------------
@@ -295,11 +317,15 @@ def run(
             heard = asyncio.run(one_round(base_url, len(rounds), round_plan(utterances, len(rounds))))
             rounds.append(round_figures(len(rounds), started_s, heard))
             print(json.dumps(rounds[-1]), flush=True)
+        held = {"at_the_end": leftovers(redis_url)}
+        time.sleep(RETENTION_S + 2 * TRIM_INTERVAL_S)  # the meetings are over: what the retention leaves
+        held["after_the_retention"] = leftovers(redis_url)
     result = {
         "benchmark": "soak",
         **provenance(models_in_use(os.environ)),
         "participants": f"{ROOMS} rooms at once, each an aiortc speaker and listener through Janus and the gateway",
         **summarize_soak(sampler.samples, rounds, warmup_s, minutes),
+        "redis_holds": held,
         "per_round": rounds,
         "samples": [vars(s) for s in sampler.samples],
     }

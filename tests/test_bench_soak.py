@@ -17,6 +17,8 @@ import numpy as np
 from benchmarks import report, soak
 from benchmarks.latency import Utterance
 from benchmarks.soak import Sample, Sampler
+from pipeline.bus import Bus
+from pipeline.messages import SpeechSegment
 
 
 def test_the_services_are_named_by_their_command_lines() -> None:
@@ -103,3 +105,12 @@ def test_each_room_says_the_next_utterances_of_its_direction() -> None:
     assert [u.text for u in first[0]] == ["en0", "en1", "en2", "en3"]
     assert [u.text for u in first[1]] == ["es1", "es2", "es3", "es4"]
     assert [u.text for u in second[0]] == ["en4", "en5", "en0", "en1"]  # cycling through the corpus
+
+
+async def test_what_redis_holds_is_counted_by_stream_and_kind(redis_url: str, bus: Bus) -> None:
+    await bus.publish(SpeechSegment(room="r", speaker="s", seq=0, language="en", targets=("es",)))
+    await bus.client.set(bus.key("emitted", "asr:r:s:0:"), "1", ex=60)
+    await bus.client.set(bus.key("frames", "r:s:0"), "x", ex=60)
+    held = soak.leftovers(redis_url, bus.options.prefix)
+    assert held["stream_entries"]["asr"] == 1 and held["stream_entries"]["results"] == 0
+    assert held["other_keys"] == {"emitted": 1, "frames": 1}
