@@ -311,12 +311,13 @@ def run(
     workdir = out_dir / "soak-run"  # services.log, Janus's configuration, Redis's files
     workdir.mkdir(parents=True, exist_ok=True)
     rounds: list[dict[str, Any]] = []
-    with service(workdir) as (base_url, redis_url), Sampler(redis_url, workdir / "appendonlydir", sample_s) as sampler:
-        while time.monotonic() - sampler.started < 60 * minutes:
-            started_s = time.monotonic() - sampler.started
-            heard = asyncio.run(one_round(base_url, len(rounds), round_plan(utterances, len(rounds))))
-            rounds.append(round_figures(len(rounds), started_s, heard))
-            print(json.dumps(rounds[-1]), flush=True)
+    with service(workdir) as (base_url, redis_url):
+        with Sampler(redis_url, workdir / "appendonlydir", sample_s) as sampler:  # its last sample: the run's end
+            while time.monotonic() - sampler.started < 60 * minutes:
+                started_s = time.monotonic() - sampler.started
+                heard = asyncio.run(one_round(base_url, len(rounds), round_plan(utterances, len(rounds))))
+                rounds.append(round_figures(len(rounds), started_s, heard))
+                print(json.dumps(rounds[-1]), flush=True)
         held = {"at_the_end": leftovers(redis_url)}
         time.sleep(RETENTION_S + 2 * TRIM_INTERVAL_S)  # the meetings are over: what the retention leaves
         held["after_the_retention"] = leftovers(redis_url)
