@@ -131,13 +131,14 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--participants", default="2,4", help="media: room sizes to measure, comma-separated (default 2,4)"
     )
+    bench.add_argument("--minutes", type=float, default=60.0, help="soak: how long the meeting talks (default 60)")
     bench.set_defaults(run=run_bench)
     return top
 
 
 BENCHMARKS = (
-    "stages", "scaling", "hops", "latency", "asr-context", "real-speech", "media", "lipsync", "mt-quality",
-    "pipeline", "gpu", "report",
+    "stages", "scaling", "hops", "latency", "soak", "asr-context", "real-speech", "media", "lipsync",
+    "mt-quality", "pipeline", "gpu", "report",
 )  # fmt: skip
 
 
@@ -355,6 +356,10 @@ def run_bench(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         from benchmarks.latency import run as run_latency
 
         run_latency(args.out)
+    elif args.name == "soak":
+        from benchmarks.soak import run as run_soak
+
+        run_soak(args.out, args.minutes)
     elif args.name == "asr-context":
         from benchmarks.asr_context import run as run_asr_context
 

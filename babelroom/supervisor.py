@@ -76,6 +76,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+AOF_REWRITE_PERCENTAGE = "100"
+AOF_REWRITE_MIN_SIZE = "8mb"
+
+
 def redis_argv(port: int, workdir: str) -> list[str]:
     """A private redis-server on loopback (the embedded default, and the tests'), durable: every write
     goes to an append-only file in `workdir` before it is acknowledged, fsynced once a second, so a
@@ -92,6 +96,10 @@ def redis_argv(port: int, workdir: str) -> list[str]:
         "appendonly": "yes",
         "appendfsync": "everysec",
         "save": "",  # no RDB snapshots: the append-only file is the one copy
+        # Rewrite the file once it doubles past a few MB: it then stays near the live data (the work in flight,
+        # trimmed as it is done) instead of keeping every entry ever written, audio included.
+        "auto-aof-rewrite-percentage": AOF_REWRITE_PERCENTAGE,
+        "auto-aof-rewrite-min-size": AOF_REWRITE_MIN_SIZE,
     }
     return [binary, *(arg for key, value in options.items() for arg in (f"--{key}", value)), "--loglevel", "warning"]
 

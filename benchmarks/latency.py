@@ -56,6 +56,7 @@ TAIL_S = 15.0  # after the last utterance, how long to wait for its final captio
 QUIET_S = 0.3  # a gap between loud frames of the translated feed this long starts a new clip
 SPEECH_FLOOR_DBFS = -45.0  # 10 ms windows louder than this are speech (the voices' own silence is digital)
 ESPEAK_WPM = 150
+KEEP_RESULTS_S = 3_600  # the run's retention of `results`
 # Issue 10's targets, seconds: (p50, p95) where the issue sets them.
 TARGETS: dict[str, tuple[float | None, float | None]] = {
     "first_interim_after_onset_s": (1.2, None),
@@ -405,7 +406,8 @@ def run(
     heard: list[Heard] = []
     workdir = out_dir / "latency-run"  # the services' log (services.log), Janus's configuration, Redis's files
     workdir.mkdir(parents=True, exist_ok=True)
-    with media_plane(workdir, SPEECH_KINDS) as (base_url, _, _, redis_url):
+    keep_results = {"BABELROOM_RETENTION_S": str(KEEP_RESULTS_S)}  # final_stamps reads them back at the end
+    with media_plane(workdir, SPEECH_KINDS, keep_results) as (base_url, _, _, redis_url):
         wait_for_workers(base_url, SPEECH_KINDS)
         for count in target_counts:
             for language, target in directions:

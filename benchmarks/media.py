@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -97,10 +97,11 @@ def cpu_seconds(pid: int) -> float:
 
 @contextlib.contextmanager
 def media_plane(
-    workdir: Path, workers: Sequence[str] = ()
+    workdir: Path, workers: Sequence[str] = (), settings: Mapping[str, str] | None = None
 ) -> Iterator[tuple[str, subprocess.Popen[bytes], subprocess.Popen[bytes], str]]:
-    """Redis, Janus, the gateway and one worker of each kind in `workers` as processes; yields the gateway's
-    URL, the two processes the media benchmark measures, and Redis's URL."""
+    """Redis, Janus, the gateway and one worker of each kind in `workers` as processes (`settings` added to
+    their environment); yields the gateway's URL, the two processes the media benchmark measures, and Redis's
+    URL."""
     procs: list[subprocess.Popen[bytes]] = []
     log = open(workdir / "services.log", "wb")  # noqa: SIM115 - closed below
     try:
@@ -114,7 +115,8 @@ def media_plane(
         procs.append(janus_proc)
         janus.wait_for_janus(config)
         port = free_port()
-        env = {**os.environ, "REDIS_URL": redis_url, "BABELROOM_OPEN_ROOMS": "1", **janus.gateway_env(config)}
+        env = {**os.environ, "REDIS_URL": redis_url, "BABELROOM_OPEN_ROOMS": "1", **janus.gateway_env(config),
+               **(settings or {})}  # fmt: skip
         argv = [sys.executable, "-m", "babelroom.cli", "gateway", "--host", "127.0.0.1", "--port", str(port)]
         gateway = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
         procs.append(gateway)

@@ -16,7 +16,7 @@ from typing import Any
 
 from benchmarks import gpu, mt_quality, pipeline, scaling
 
-KNOWN_ORDER = ("stages", "mt", "scaling", "pipeline", "media", "latency", "lipsync", "gpu")
+KNOWN_ORDER = ("stages", "mt", "scaling", "pipeline", "media", "latency", "soak", "lipsync", "gpu")
 NOT_RECORDED = "not recorded"
 GPU_COMMAND = "babelroom bench gpu --device cuda --out results && babelroom bench pipeline --device cuda --out results"
 
@@ -288,6 +288,32 @@ def by_targets_lines(result: dict[str, Any]) -> list[str]:
     ]
 
 
+def soak_section(stem: str, result: dict[str, Any], folder: Path, link: str) -> list[str]:
+    rows = [
+        [name, row["after_warmup_mb"], row["end_mb"], row["growth_pct"], row["max_mb"]]
+        for name, row in result["growth"].items()
+    ]
+    drift = ", ".join(
+        f"{name.removesuffix('_after_end_s').replace('_', ' ')} p50 {d['first_p50']} -> {d['last_p50']} s"
+        for name, d in result.get("latency_drift", {}).items()
+    )
+    targets = result.get("targets", {})
+    header = ["process", f"MB after {result['warmup_minutes']} min warm-up", "MB at the end", "growth %", "max MB"]
+    return [
+        "## A long meeting's memory (soak)",
+        "",
+        provenance_line(result) + f" {result['minutes']} minutes, {result.get('participants')}: {result['rounds']} "
+        f"rounds, {result['utterances']} utterances, {result['missed_final_captions']} final captions missed.",
+        f"Measure again (as root): `babelroom bench soak --minutes {result['minutes']:g} --out {link}`.",
+        "",
+        *table(header, rows),
+        "",
+        f"Worst growth {result['worst_growth_pct']} % (target <= {targets.get('growth_pct')} %); the AOF at most "
+        f"{result['aof_max_mb']} MB (target < {targets.get('aof_mb')} MB). Latency, first round -> last: {drift}.",
+        *image(stem, link),
+    ]
+
+
 def _target(bounds: dict[str, Any]) -> str:
     parts = [f"{key} <= {value}" for key, value in bounds.items() if value is not None]
     return ", ".join(parts) or "-"
@@ -321,4 +347,5 @@ SECTIONS: dict[str, Section] = {
     "media": media_section,
     "lipsync": lipsync_section,
     "latency": latency_section,
+    "soak": soak_section,
 }

@@ -34,6 +34,10 @@ MAX_TRACK_LAG_S = 0.5
 # Silence on a feed: this many silent frames go out as usual, then one every DTX_KEEPALIVE_FRAMES (400 ms,
 # Opus DTX's pace), which keeps the stream alive at a fiftieth of the cost.
 DTX_AFTER_FRAMES = 5
+# Segments of a speaker remembered as seen (to tell a duplicate from late speech) behind the newest placed:
+# a meeting's timeline must not grow with its length. An older redelivery counts as out of order instead.
+SEEN_BEHIND = 64
+SEEN_PRUNE_AT = 256
 DTX_KEEPALIVE_FRAMES = 20
 
 Outcome = Literal["scheduled", "held", "late", "out_of_order", "duplicate"]
@@ -190,6 +194,8 @@ class PlayoutTimeline:
         state = self._state(clip.speaker)
         state.last_placed = max(state.last_placed, clip.seq)
         state.expected = {seq for seq in state.expected if seq > state.last_placed}
+        if len(self._seen) > SEEN_PRUNE_AT:
+            self._seen = {(s, q) for s, q in self._seen if q > self._state(s).last_placed - SEEN_BEHIND}
         self.stats.scheduled += 1
         return placement
 

@@ -42,6 +42,7 @@ from pipeline.bus import Bus, cancel_and_wait
 from pipeline.interim import InterimTracker
 from pipeline.messages import Message, VideoClip
 from pipeline.metrics import Metrics
+from pipeline.routes import STREAMS
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,8 @@ class Gateway:
         self.tasks.supervise("outbox", self.ingest.flush_outbox_forever)
         self.tasks.supervise("tick", self._tick_forever)
         self.tasks.supervise("overload", self.overload.run)
+        # Every stream, `results` and `dead` included, and the byte cap even while a stage's workers are down.
+        self.tasks.supervise("retention", lambda: self.bus.trim_forever(STREAMS))
 
     async def stop(self) -> None:
         for participant_id in list(self.sessions):

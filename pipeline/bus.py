@@ -6,6 +6,11 @@ that another (dead) worker left pending past `claim_idle_ms` with XAUTOCLAIM. Ou
 and the input acknowledged by one Lua script that also sets a dedup key per output, so a redelivered
 input never yields a second copy downstream, and a Redis crash never keeps an acknowledgement while
 losing the outputs. Messages that fail too often go to the `dead` stream with their error.
+
+Streams hold only the work in flight (README "Data retention"): `trim` removes what every group of a stream
+has acknowledged once it is older than the retention, and never an entry still pending or unread, so a dead
+worker's messages are still there to be claimed. A stream no group reads keeps its entries for the retention.
+A stream over its byte cap (a stalled stage) loses its oldest entries, pending or not, with a warning.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,31 +27,32 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from pipeline.config import BusOptions
 from pipeline.messages import Message, MessageError, StageFailure, decode, dedup_key, encode
-from pipeline.routes import DEAD, destinations
+from pipeline.routes import DEAD, STAGE_STREAMS, destinations
 
 log = logging.getLogger(__name__)
 
 FIELD = b"m"  # each stream entry holds one encoded message under this field
+CAP_HEADROOM = 0.9  # a stream over its byte cap is cut to this fraction of it, so it is not cut again at once
 
 # Outputs and the acknowledgement of their input in one atomic step. Redis writes a script's effects
 # to the AOF together, so a crash that loses the last writes leaves a consistent prefix: the input is
 # still pending and its outputs absent (redone later), never acknowledged with its outputs lost.
 # KEYS: input stream, then per output: its dedup key and its destination streams.
-# ARGV: group ('' to acknowledge nothing), entry id, dedup ttl s, maxlen, then per output: number of
-# destinations, payload. Returns how many outputs were new (the others were emitted before).
+# ARGV: group ('' to acknowledge nothing), entry id, dedup ttl s, then per output: number of destinations,
+# payload. Returns how many outputs were new (the others were emitted before).
 _COMMIT = """
-local k, a, new = 2, 5, 0
+local k, a, new = 2, 4, 0
 while a <= #ARGV do
   local n = tonumber(ARGV[a])
   if redis.call('SET', KEYS[k], '1', 'NX', 'EX', ARGV[3]) then
     new = new + 1
     for i = 1, n do
-      redis.call('XADD', KEYS[k + i], 'MAXLEN', '~', ARGV[4], '*', 'm', ARGV[a + 1])
+      redis.call('XADD', KEYS[k + i], '*', 'm', ARGV[a + 1])
     end
   end
   k, a = k + n + 1, a + 2
@@ -54,6 +61,34 @@ if ARGV[1] ~= '' then redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) end
 return new
 """
 
+# Trim one stream up to the oldest entry that any of its groups still needs: its oldest pending entry, or
+# the first it has not read (after last-delivered-id); and at most up to ARGV[1], the retention's bound.
+# One script, so no entry can be delivered between reading the groups and trimming.
+# A stage's stream whose group does not exist yet (its workers are still loading) is left whole.
+# KEYS: the stream. ARGV: the retention's bound as an id, '1' if a stage's group reads the stream.
+# Returns how many entries were removed.
+_TRIM = """
+local function parse(id)
+  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+  return {tonumber(ms), tonumber(seq)}
+end
+local function less(a, b) return a[1] < b[1] or (a[1] == b[1] and a[2] < b[2]) end
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local keep, groups = parse(ARGV[1]), redis.call('XINFO', 'GROUPS', KEYS[1])
+if #groups == 0 and ARGV[2] == '1' then return 0 end
+for _, group in ipairs(groups) do
+  local info = {}
+  for i = 1, #group, 2 do info[group[i]] = group[i + 1] end
+  local unread = parse(info['last-delivered-id'])
+  unread[2] = unread[2] + 1
+  if less(unread, keep) then keep = unread end
+  if info['pending'] > 0 then
+    local oldest = parse(redis.call('XPENDING', KEYS[1], info['name'])[2])
+    if less(oldest, keep) then keep = oldest end
+  end
+end
+return redis.call('XTRIM', KEYS[1], 'MINID', string.format('%d-%d', keep[1], keep[2]))
+"""
 
 # How long a cancelled task gets to end before it is cancelled again (see cancel_and_wait).
 RECANCEL_S = 0.5
@@ -90,6 +125,7 @@ class Bus:
         self.client = client
         self.options = options
         self._commit = client.register_script(_COMMIT)
+        self._trim = client.register_script(_TRIM)
 
     @classmethod
     def connect(cls, options: BusOptions) -> Bus:
@@ -116,10 +152,10 @@ class Bus:
     # --- producing -------------------------------------------------------------------------------
 
     async def publish(self, message: Message, stream: str | None = None) -> None:
-        """XADD to the message's routed streams (or one named stream), capped at approximately maxlen."""
+        """XADD to the message's routed streams (or one named stream)."""
         payload = encode(message)
         for name in (stream,) if stream else destinations(message):
-            await self.client.xadd(self.stream(name), {FIELD: payload}, maxlen=self.options.maxlen, approximate=True)
+            await self.client.xadd(self.stream(name), {FIELD: payload})
 
     async def commit(self, delivery: Delivery, group: str, outputs: Sequence[Message], stage: str) -> int:
         """Emit a stage's outputs, each once per identity (a redelivered or twice-claimed input adds no
@@ -149,7 +185,7 @@ class Bus:
         self, delivery: Delivery, group: str, emits: list[tuple[str, tuple[str, ...], bytes]]
     ) -> int:
         keys: list[str] = [self.stream(delivery.stream)]
-        args: list[str | int | bytes] = [group, delivery.entry_id, self.options.dedup_ttl_s, self.options.maxlen]
+        args: list[str | int | bytes] = [group, delivery.entry_id, self.options.dedup_ttl_s]
         for once_key, streams, payload in emits:
             keys += [once_key, *(self.stream(name) for name in streams)]
             args += [len(streams), payload]
@@ -220,6 +256,42 @@ class Bus:
         """Plain XREAD (no group): every reader sees every entry, as each gateway must for its rooms."""
         reply = await self.client.xread({self.stream(name): last_id}, count=count, block=block_ms)
         return [self._delivery(name, entry_id, fields) for entry_id, fields in _entries(reply)]
+
+    # --- retention ---------------------------------------------------------------------------------
+
+    async def trim(self, name: str, now: float | None = None) -> int:
+        """Remove a stream's entries that every group has acknowledged (or, on `results` and `dead`, which no
+        group reads, any entry) once older than the retention, then hold it to its byte cap. Returns how many
+        entries left it."""
+        retention_s = self.options.dead_retention_s if name == DEAD else self.options.retention_s
+        bound_ms = max(0, int(((time.time() if now is None else now) - retention_s) * 1000))
+        staged = "1" if name in STAGE_STREAMS else "0"
+        removed = int(await self._trim(keys=[self.stream(name)], args=[f"{bound_ms}-0", staged]))
+        return removed + await self._hold_to_cap(name)
+
+    async def _hold_to_cap(self, name: str) -> int:
+        """The backstop: a stream past `max_bytes` keeps only its newest entries, in proportion (a stalled stage
+        would otherwise fill Redis's memory). These entries are lost to their stage, so it is a warning."""
+        key = self.stream(name)
+        used = await self.client.memory_usage(key) or 0
+        if used <= self.options.max_bytes:
+            return 0
+        length = int(await self.client.xlen(key))
+        keep = int(length * self.options.max_bytes / used * CAP_HEADROOM)
+        removed = int(await self.client.xtrim(key, maxlen=keep, approximate=False))
+        log.warning("%s holds %d bytes, over its cap of %d: dropped its %d oldest entries (is its stage stalled?)",
+                    key, used, self.options.max_bytes, removed)  # fmt: skip
+        return removed
+
+    async def trim_forever(self, names: Sequence[str]) -> None:
+        """Trim `names` every trim_interval_s (a task of the workers and the gateway); Redis errors are retried."""
+        while True:
+            for name in names:
+                try:
+                    await self.trim(name)
+                except (RedisError, OSError) as exc:
+                    log.warning("could not trim %s: %s", self.stream(name), exc)
+            await asyncio.sleep(self.options.trim_interval_s)
 
     # --- workers' heartbeats -----------------------------------------------------------------------
 

@@ -9,15 +9,24 @@ from dataclasses import dataclass
 
 DEFAULT_REDIS_URL = ""  # empty: `babelroom up` starts its own redis-server on a free port
 STREAM_PREFIX = "br"
-# Streams are capped (approximate MAXLEN) so a stalled consumer cannot fill Redis' memory.
-STREAM_MAXLEN = 10_000
+# Retention (README "Data retention"). An entry every consumer group has acknowledged leaves its stream once
+# it is this old (0: at the next sweep); kept a little while only to debug with. Streams no group reads
+# (`results`, which every gateway tails) keep each entry this long.
+RETENTION_S = 60.0
+# Dead letters (the failed message with its audio, and the error) stay longer, for an operator to look at.
+DEAD_RETENTION_S = 3_600.0
+# How often the workers and the gateway trim the streams.
+TRIM_INTERVAL_S = 5.0
+# The backstop against a stalled consumer: a stream larger than this loses its oldest entries, pending or not.
+STREAM_MAX_BYTES = 64 * 1024 * 1024
 # A message pending this long on a consumer that stopped heartbeating is taken over by another.
 CLAIM_IDLE_MS = 15_000
 # After this many deliveries (crashes while holding it, or failures) a message is dead-lettered.
 MAX_DELIVERIES = 3
 BLOCK_MS = 1_000
-# How long an emitted output's identity is remembered, so a redelivery does not emit it again.
-DEDUP_TTL_S = 3_600
+# How long an emitted output's identity is remembered, so a redelivery does not emit it again: longer than a
+# message can keep being redelivered (MAX_DELIVERIES x (claim idle + message timeout) = 3 x 75 s).
+DEDUP_TTL_S = 300
 
 WORKER_CONCURRENCY = 2
 # Ready messages a worker runs as one batch when its stage can (the torch engines on a GPU). 1 on CPU: there a
@@ -77,18 +86,31 @@ def env_float(env: Mapping[str, str], name: str, default: float) -> float:
 class BusOptions:
     redis_url: str = DEFAULT_REDIS_URL
     prefix: str = STREAM_PREFIX
-    maxlen: int = STREAM_MAXLEN
+    retention_s: float = RETENTION_S
+    dead_retention_s: float = DEAD_RETENTION_S
+    trim_interval_s: float = TRIM_INTERVAL_S
+    max_bytes: int = STREAM_MAX_BYTES
     claim_idle_ms: int = CLAIM_IDLE_MS
     max_deliveries: int = MAX_DELIVERIES
     block_ms: int = BLOCK_MS
     dedup_ttl_s: int = DEDUP_TTL_S
+
+    def __post_init__(self) -> None:
+        if min(self.retention_s, self.dead_retention_s) < 0:
+            raise ValueError("a retention cannot be negative (0 trims acknowledged entries at once)")
+        if self.trim_interval_s <= 0 or self.max_bytes <= 0:
+            raise ValueError("the trim interval and a stream's byte cap must be positive")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> BusOptions:
         return cls(
             redis_url=env.get("REDIS_URL", DEFAULT_REDIS_URL),
             prefix=env.get("BABELROOM_STREAM_PREFIX", STREAM_PREFIX),
-            maxlen=env_int(env, "BABELROOM_STREAM_MAXLEN", STREAM_MAXLEN),
+            retention_s=env_float(env, "BABELROOM_RETENTION_S", RETENTION_S),
+            dead_retention_s=env_float(env, "BABELROOM_DEAD_RETENTION_S", DEAD_RETENTION_S),
+            trim_interval_s=env_float(env, "BABELROOM_TRIM_INTERVAL_S", TRIM_INTERVAL_S),
+            max_bytes=env_int(env, "BABELROOM_STREAM_MAX_BYTES", STREAM_MAX_BYTES),
+            dedup_ttl_s=env_int(env, "BABELROOM_DEDUP_TTL_S", DEDUP_TTL_S),
             claim_idle_ms=env_int(env, "BABELROOM_CLAIM_IDLE_MS", CLAIM_IDLE_MS),
             max_deliveries=env_int(env, "BABELROOM_MAX_DELIVERIES", MAX_DELIVERIES),
         )

@@ -41,6 +41,8 @@ ASR_INTERIM, MT_INTERIM = "asr_interim", "mt_interim"
 SPEECH_KINDS = (ASR, MT, TTS)  # what a caption and translated speech need; lip-sync comes on top
 WORKER_KINDS = (*SPEECH_KINDS, LIPSYNC)
 INTERIM_STREAMS = {ASR: ASR_INTERIM, MT: MT_INTERIM}  # a worker kind's second, lower-priority stream
+STAGE_STREAMS = (*WORKER_KINDS, *INTERIM_STREAMS.values())  # read by a stage's consumer group
+STREAMS = (*STAGE_STREAMS, RESULTS, DEAD)  # every stream; results and dead have no group (tailed, kept for operators)
 
 ROUTES: dict[type[Message], tuple[str, ...]] = {
     SpeechSegment: (ASR,),

@@ -1,7 +1,8 @@
 """Chaos: real segments flow through the real asr, mt and tts workers (processes under `babelroom up`'s
 supervisor, with the durable Redis) while workers are SIGKILLed again and again and Redis is killed
 and restarted once. Nothing is lost and nothing is duplicated: every segment's caption, translation
-and speech arrive exactly once, or the segment is dead-lettered with its reason."""
+and speech arrive exactly once, or the segment is dead-lettered with its reason. The workers trim their
+streams as they go, with no retention: what they acknowledged leaves at once, what is pending stays."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from pipeline.audio import float_to_pcm16
 from pipeline.bus import Bus
 from pipeline.config import BusOptions
 from pipeline.messages import SpeechSegment, StageFailure, SynthesizedSpeech, Transcript, Translation
-from pipeline.routes import WORKER_KINDS
+from pipeline.routes import SPEECH_KINDS, WORKER_KINDS
 from tests.speech import espeak, silence
 
 SEGMENTS = 32
@@ -31,6 +32,7 @@ WORKER_KILLS = 12
 KILL_EVERY_S = 5.0
 REDIS_KILL_AT_S = 28.0
 CLAIM_IDLE_MS = 1000  # a killed worker's segment is taken over about a second later
+TRIM_INTERVAL_S = 0.5  # trimming at its most eager: acknowledged entries leave within half a second
 DEADLINE_S = 170.0  # the whole run, feeding and draining
 SENTENCES = ("the house is big", "we need a better plan", "thank you for coming", "the train was late")
 RESULT_KINDS = (Transcript, Translation, SynthesizedSpeech)
@@ -38,7 +40,8 @@ RESULT_KINDS = (Transcript, Translation, SynthesizedSpeech)
 
 class Chaos:
     def __init__(self, data_dir: Path, prefix: str) -> None:
-        env = {**os.environ, "BABELROOM_STREAM_PREFIX": prefix, "BABELROOM_CLAIM_IDLE_MS": str(CLAIM_IDLE_MS)}
+        env = {**os.environ, "BABELROOM_STREAM_PREFIX": prefix, "BABELROOM_CLAIM_IDLE_MS": str(CLAIM_IDLE_MS),
+               "BABELROOM_RETENTION_S": "0", "BABELROOM_TRIM_INTERVAL_S": str(TRIM_INTERVAL_S)}  # fmt: skip
         self.redis, self.url = redis_child(env, str(data_dir))
         env["REDIS_URL"] = self.url
         self.workers = [Child(f"worker-{kind}", babelroom_argv("worker", kind), env) for kind in WORKER_KINDS]
@@ -116,6 +119,15 @@ async def outcome(bus: Bus) -> tuple[Counter[tuple[str, int]], dict[int, str]]:
     return results, dead
 
 
+async def stream_lengths(bus: Bus) -> dict[str, tuple[int, int]]:
+    """Per speech stage: (entries ever added to its stream, entries it holds now)."""
+    lengths = {}
+    for kind in SPEECH_KINDS:
+        info = await bus.client.xinfo_stream(bus.stream(kind))
+        lengths[kind] = (int(info["entries-added"]), int(info["length"]))
+    return lengths
+
+
 def delivered(results: Counter[tuple[str, int]], seq: int) -> bool:
     return results[("SynthesizedSpeech", seq)] > 0
 
@@ -142,6 +154,8 @@ async def test_workers_and_redis_killed_lose_nothing_and_duplicate_nothing(tmp_p
             if chaos.worker_kills >= WORKER_KILLS and all(delivered(results, s) or s in dead for s in range(SEGMENTS)):
                 break
             await asyncio.sleep(0.5)
+        await asyncio.sleep(2 * TRIM_INTERVAL_S)  # the last acknowledgements' sweep
+        lengths = await stream_lengths(bus)
     finally:
         for task in tasks:
             task.cancel()
@@ -159,12 +173,14 @@ async def test_workers_and_redis_killed_lose_nothing_and_duplicate_nothing(tmp_p
         "dead_lettered": dead,
         "lost": lost,
         "duplicated": len(duplicated),
+        "stream_entries_added_and_left": lengths,
         "seconds": round(time.monotonic() - started, 1),
     }
     print("chaos figures: " + json.dumps(figures))
     assert chaos.worker_kills >= 10 and chaos.redis_kills == 1
     assert chaos.redis.history == [-signal.SIGKILL]
     assert lost == [] and duplicated == {}, figures
+    assert all(left < added for added, left in lengths.values()), figures  # trimming was on
     for seq in range(SEGMENTS):  # each delivered segment: one caption, one translation, one speech
         if delivered(results, seq):
             assert [results[(kind.__name__, seq)] for kind in RESULT_KINDS] == [1, 1, 1], seq

@@ -11,6 +11,7 @@ from gateway.playout import (
     DTX_AFTER_FRAMES,
     DTX_KEEPALIVE_FRAMES,
     OUTPUT_RATE,
+    SEEN_PRUNE_AT,
     Clip,
     PlayoutOptions,
     PlayoutTimeline,
@@ -124,3 +125,15 @@ async def test_between_translations_the_track_sends_one_silent_frame_every_400_m
     speech = [await track.recv() for _ in range(3)]
     assert all(float(np.abs(f.to_ndarray()).mean()) > 10_000 for f in speech[1:]), "a new translation plays at once"
     assert [b.pts - a.pts for a, b in itertools.pairwise(speech)] == [960, 960]  # type: ignore[operator]
+
+
+def test_a_long_meetings_timeline_remembers_a_bounded_number_of_segments() -> None:
+    timeline = PlayoutTimeline(OPTIONS, origin=T0)
+    for seq in range(2_000):
+        now = T0 + seq
+        assert timeline.offer(clip("ana", seq, 0.1, ready_at=now, captured_at=now), now)[0] == "scheduled"
+        timeline.prune(now)
+    assert len(timeline._seen) <= SEEN_PRUNE_AT + 1  # what it remembers, not 2,000 segments
+    now = T0 + 2_000
+    assert timeline.offer(clip("ana", 1_999, 0.1, ready_at=now, captured_at=now), now)[0] == "duplicate"
+    assert timeline.offer(clip("ana", 5, 0.1, ready_at=now, captured_at=now), now)[0] == "out_of_order"

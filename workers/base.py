@@ -87,15 +87,18 @@ class Worker:
         started = time.monotonic()
         await asyncio.to_thread(self.stage.load)
         log.info("%s worker %s loaded in %.1f s", self.stage.kind, self.consumer, time.monotonic() - started)
-        heartbeat = asyncio.create_task(self._heartbeat())
+        interim = INTERIM_STREAMS.get(self.stage.kind)
+        streams = [self.stage.kind, *([interim] if interim else [])]
+        # What this stage has acknowledged leaves its streams (pipeline/bus.py `trim`), pending work never.
+        background = [asyncio.create_task(self._heartbeat()), asyncio.create_task(self.bus.trim_forever(streams))]
         loops = [self._serve(self.stage.kind, self._poll_once)]
-        if interim := INTERIM_STREAMS.get(self.stage.kind):
+        if interim:
             loops.append(self._serve(interim, lambda: self._poll_interim(interim)))
         try:
             await asyncio.gather(*loops)
         finally:
             await self._drain()
-            await cancel_and_wait([heartbeat])
+            await cancel_and_wait(background)
             await self._forget_heartbeat()
 
     async def _serve(self, stream: str, poll: Callable[[], Awaitable[None]]) -> None:
