@@ -153,7 +153,7 @@ def measure(
                 page = browser.new_page()
                 page.set_default_timeout(JOIN_TIMEOUT_MS)
                 lang = LANGUAGES[i % len(LANGUAGES)]
-                page.goto(f"{base_url}/room/{room}?name=P{i}&speak={lang}&hear={lang}")
+                page.goto(f"{base_url}/room/{room}?name=P{i}&speak={lang}&hear={lang}&raw_audio=1")
                 page.wait_for_function("window.babelroom && window.babelroom.state.connected === true")
                 pages.append(page)
             expected = n - 1  # every page receives every other camera

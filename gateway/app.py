@@ -190,6 +190,7 @@ async def metrics(request: web.Request) -> web.Response:
     gateway = request.app[GATEWAY_KEY]
     gateway.metrics.set_sessions(len(gateway.sessions), len(gateway.rooms))
     gateway.metrics.set_video(gateway.video_counts())
+    gateway.metrics.set_echo(vars(gateway.ingest.echo.stats))
     return web.Response(body=gateway.metrics.render(), headers={hdrs.CONTENT_TYPE: CONTENT_TYPE})
 
 

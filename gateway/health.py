@@ -46,6 +46,7 @@ async def healthz(request: web.Request) -> web.Response:
         "tasks": gateway.tasks.status(),
         "service": service.public(),
         "video": gateway.video_counts(),
+        "echo": vars(gateway.ingest.echo.stats),
         "rooms": len(gateway.rooms),
         "participants": len(gateway.sessions),
     }

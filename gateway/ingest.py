@@ -29,6 +29,7 @@ from aiortc.mediastreams import MediaStreamError
 from av import AudioFrame
 from redis.exceptions import RedisError
 
+from gateway.echo import EchoGuard
 from gateway.frames import FramePath, wants_lipsync
 from gateway.media import mono_samples
 from gateway.options import GatewayOptions
@@ -70,10 +71,17 @@ class Ingest:
         self.overload = overload  # decides, per segment, how much service it gets (speech, lip-sync)
         self.frames = frames  # a consenting speaker's frames out to the lipsync stage
         self.stats = IngestStats()
+        self.echo = EchoGuard(options.echo)  # what each participant was played comes back as echo: not theirs
         self._outbox: deque[tuple[Room, SpeechSegment, float]] = deque()
 
     async def listen(self, room: Room, participant: Participant, track: AudioSource) -> None:
         """Segment one participant's audio until their track ends."""
+        try:
+            await self._segment(room, participant, track)
+        finally:
+            self.echo.forget(participant.id)
+
+    async def _segment(self, room: Room, participant: Participant, track: AudioSource) -> None:
         segmenter = Segmenter(self.options.segmenter, input_rate=OUTPUT_RATE)
         while True:
             try:
@@ -91,6 +99,7 @@ class Ingest:
                 samples = resample(samples, frame.sample_rate, OUTPUT_RATE)
             if participant.muted:  # the page mutes its track too; this covers the frames in flight
                 samples = samples * 0.0
+            self.echo.heard(participant.id, samples, time.time())  # the others who hear this voice may echo it
             if segmenter.speaking and segmenter.turn_detection:  # Smart Turn may judge a pause: 12-80 ms
                 segments = await asyncio.to_thread(segmenter.feed, samples)
             else:  # no model runs between segments: a thread hop per 20 ms frame would cost more than the frame
@@ -98,12 +107,13 @@ class Ingest:
             if participant.id not in room.participants:
                 return  # left
             now = time.time()
-            if segmenter.speaking:
+            speaking = segmenter.speaking and not self._echo_so_far(room, participant, segmenter, now)
+            if speaking:  # an echo takes no floor and keeps none
                 await self.floor_events(room, room.floor.heard(participant.id))
             for segment in segments:
                 captured_at = now - (segmenter.position_sample - segment.end_sample) / SAMPLE_RATE
                 await self.submit(room, participant, segment, captured_at, self._take_seq(room, participant))
-            if segmenter.speaking:
+            if speaking:
                 await self.request_interim(room, participant, segmenter, now)
 
     async def request_interim(self, room: Room, participant: Participant, segmenter: Segmenter, now: float) -> None:
@@ -141,6 +151,11 @@ class Ingest:
         except RedisError:  # only a hint: the pairs start on first use instead
             log.debug("warm-up hint for %s not sent: redis unavailable", room.name)
 
+    def _echo_so_far(self, room: Room, participant: Participant, segmenter: Segmenter, now: float) -> bool:
+        """The open segment is (or may yet be) an echo of what the participant was played."""
+        open_audio = segmenter.open_audio() if self.echo.options.enabled else None
+        return open_audio is not None and self.echo.onset_is_echo(room, participant, *open_audio, now)
+
     def _pausing(self, segmenter: Segmenter) -> bool:
         last_voiced = segmenter.last_speech_sample
         paused = segmenter.position_sample - (last_voiced if last_voiced is not None else 0)
@@ -159,6 +174,8 @@ class Ingest:
         if not participant.profile.consent:
             return  # no consent to processing their speech: the others hear the original voice only
         committed = participant.interim.close(seq)
+        if self.echo.is_echo(room, participant, segment.samples, captured_at):
+            return  # what they were played, back through their microphone: not their speech
         plan = room.floor.submit(participant.id)
         if plan.disposition is turns.Disposition.WAIT:
             participant.waiting.append((segment, captured_at, seq, committed))

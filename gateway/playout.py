@@ -39,6 +39,9 @@ DTX_AFTER_FRAMES = 5
 SEEN_BEHIND = 64
 SEEN_PRUNE_AT = 256
 DTX_KEEPALIVE_FRAMES = 20
+# Played speech stays on the timeline this long: the echo guard (gateway/echo.py) compares a listener's
+# next segment (at most MAX_SEGMENT_S, 10 s, plus its echo's lag) with what they were played.
+KEEP_PLAYED_S = 12.0
 
 Outcome = Literal["scheduled", "held", "late", "out_of_order", "duplicate"]
 
@@ -174,8 +177,9 @@ class PlayoutTimeline:
         return next((p for p in self._placements if p.start_sample <= sample < p.end_sample), None)
 
     def prune(self, now: float) -> None:
-        """Drop placements every listener has already played (listeners never lag more than MAX_TRACK_LAG_S)."""
-        horizon = self.sample_at(now - 2 * MAX_TRACK_LAG_S)
+        """Drop placements every listener played (they never lag more than MAX_TRACK_LAG_S) and the echo
+        guard no longer needs."""
+        horizon = self.sample_at(now - max(2 * MAX_TRACK_LAG_S, KEEP_PLAYED_S))
         self._placements = [p for p in self._placements if p.end_sample > horizon]
 
     @property

@@ -59,6 +59,10 @@ class Metrics:
             "babelroom_video", "Lip-sync path: segments shown lip-synced or with the original frames; frames "
             "stored; clips received", ["what"], registry=r,
         )  # fmt: skip
+        self.echo = Gauge(
+            "babelroom_echo", "Echo guard: participants' segments (and onsets) checked against what they were "
+            "played, and those found to be echo (not translated)", ["what"], registry=r,
+        )  # fmt: skip
         self.sessions = Gauge("babelroom_sessions", "Participants connected to this gateway", registry=r)
         self.rooms = Gauge("babelroom_rooms", "Rooms with at least one participant", registry=r)
         self.http_errors = Counter(
@@ -103,6 +107,10 @@ class Metrics:
     def set_video(self, counts: Mapping[str, int]) -> None:
         for what, count in counts.items():
             self.video.labels(what).set(count)
+
+    def set_echo(self, counts: Mapping[str, int]) -> None:
+        for what, count in counts.items():
+            self.echo.labels(what).set(count)
 
     def count_http_error(self) -> None:
         self.http_errors.inc()

@@ -42,6 +42,9 @@ LEAD_IN_S = 1.0
 TAIL_S = 14.0
 WORKERS_READY_S = 90.0
 ROOT = Path(__file__).resolve().parent.parent
+# The pages' microphones are fake files: they ask the room page for raw capture, since the browser's voice
+# processing (on for real users) would clip and gate them.
+RAW_AUDIO = "raw_audio=1"
 
 
 def fake_mic_wav(path: Path, text: str | None, voice: str = "en", lead_in_s: float = LEAD_IN_S) -> Path:

@@ -22,6 +22,7 @@ from benchmarks.asr_context import BROWSER_SENTENCE
 from tests.browser import (
     CHROMIUM,
     CHROMIUM_FLAGS,
+    RAW_AUDIO,
     fake_mic_wav,
 )
 
@@ -71,7 +72,7 @@ def enter(browser: Browser, url: str, init_script: str = "") -> Page:
 
 
 def room_url(base_url: str, room: str, name: str, speak: str, hear: str) -> str:
-    return f"{base_url}/room/{room}?name={name}&speak={speak}&hear={hear}"
+    return f"{base_url}/room/{room}?name={name}&speak={speak}&hear={hear}&{RAW_AUDIO}"
 
 
 def wait_for_translation(page: Page, language: str) -> str:

@@ -32,7 +32,7 @@ from pipeline.frames import Frame, decode_frames, from_jpeg
 from pipeline.messages import Message, SynthesizedSpeech, VideoClip, decode
 from pipeline.routes import RESULTS
 from pipeline.video import write_y4m
-from tests.browser import CHROMIUM, CHROMIUM_FLAGS, fake_mic_wav, get_json
+from tests.browser import CHROMIUM, CHROMIUM_FLAGS, RAW_AUDIO, fake_mic_wav, get_json
 from tests.test_browser_e2e import SENTENCE, enter, wait_for_translation
 from workers.lipsync_metric import (
     loudness_per_frame,
@@ -159,9 +159,11 @@ def meeting(base_url: str, tmp_path: Path, face: bool, screenshot: Path | None =
         listener_browser = launch(playwright, quiet)
         speaker_browser = launch(playwright, speech, camera)
         try:
-            listener = enter(listener_browser, f"{base_url}/room/{room}?name=Bea&speak=es&hear=es&lipsync=1")
+            listener_url = f"{base_url}/room/{room}?name=Bea&speak=es&hear=es&lipsync=1&{RAW_AUDIO}"
+            listener = enter(listener_browser, listener_url)
             listener.evaluate(CAPTURE_JS)
-            speaker = enter(speaker_browser, f"{base_url}/room/{room}?name=Alice&speak=en&hear=en&face={int(face)}")
+            speaker_url = f"{base_url}/room/{room}?name=Alice&speak=en&hear=en&face={int(face)}&{RAW_AUDIO}"
+            speaker = enter(speaker_browser, speaker_url)
             speaker_id = speaker.evaluate("window.babelroom.state.me.id")
             listener.evaluate("id => { window.lipsyncCapture.speaker = id; }", speaker_id)
             wait_for_translation(listener, "es")

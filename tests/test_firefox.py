@@ -34,6 +34,7 @@ from benchmarks.asr_context import BROWSER_SENTENCE
 from tests.browser import (
     CHROMIUM,
     CHROMIUM_FLAGS,
+    RAW_AUDIO,
     fake_mic_wav,
 )
 from tests.firefox import Tab, launch_firefox
@@ -81,7 +82,7 @@ pytestmark = pytest.mark.slow
 
 
 async def firefox_join(tab: Tab, base_url: str, room: str) -> None:
-    await tab.navigate(f"{base_url}/room/{room}?name=Bea&speak=es&hear=es")
+    await tab.navigate(f"{base_url}/room/{room}?name=Bea&speak=es&hear=es&{RAW_AUDIO}")
     await tab.wait_for(CONNECTED, JOIN_TIMEOUT_S, "Bea connected")
     # Firefox's fake microphone is a steady tone, not speech: Bea listens with her mic muted
     await tab.evaluate("document.getElementById('mute').click()")
@@ -92,7 +93,7 @@ async def firefox_join(tab: Tab, base_url: str, room: str) -> None:
 async def chromium_speaker(browser: Browser, base_url: str, room: str) -> Page:
     page = await browser.new_page()
     page.set_default_timeout(JOIN_TIMEOUT_S * 1000)
-    await page.goto(f"{base_url}/room/{room}?name=Alice&speak=en&hear=en")
+    await page.goto(f"{base_url}/room/{room}?name=Alice&speak=en&hear=en&{RAW_AUDIO}")
     await page.wait_for_function(CONNECTED)
     return page
 

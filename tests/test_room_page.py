@@ -25,7 +25,16 @@ from pipeline.audio import float_to_pcm16
 from pipeline.bus import Bus
 from pipeline.config import BusOptions
 from pipeline.messages import SpeechSegment
-from tests.browser import CHROMIUM, CHROMIUM_FLAGS, fake_mic_wav, gateway_command, get_json, processes, service_env
+from tests.browser import (
+    CHROMIUM,
+    CHROMIUM_FLAGS,
+    RAW_AUDIO,
+    fake_mic_wav,
+    gateway_command,
+    get_json,
+    processes,
+    service_env,
+)
 from tests.speech import espeak, silence
 
 TIMEOUT_MS = 20_000
@@ -67,7 +76,7 @@ def test_the_form_offers_lipsync_off_by_default_and_keeps_languages_apart(servic
 
 
 def test_a_lost_connection_shows_a_banner_and_rejoins_with_the_same_profile(service: str, browser: Browser) -> None:
-    page = open_page(browser, f"{service}/room/rejoin?name=Ana&speak=en&hear=es")
+    page = open_page(browser, f"{service}/room/rejoin?name=Ana&speak=en&hear=es&{RAW_AUDIO}")
     page.wait_for_function(CONNECTED)
     first = page.evaluate("window.babelroom.state.me.id")
     ticket = page.evaluate("window.babelroom.state.me.ticket")
@@ -136,7 +145,7 @@ def test_a_page_joining_a_degraded_service_shows_the_service_pill(
         with urllib.request.urlopen(f"{base_url}/metrics", timeout=5) as reply:
             metrics = reply.read().decode()
         assert "babelroom_degradation_level 2.0" in metrics, "the metrics show the level too"
-        page = open_page(browser, f"{base_url}/room/busy?name=Ana&speak=en&hear=es")
+        page = open_page(browser, f"{base_url}/room/busy?name=Ana&speak=en&hear=es&{RAW_AUDIO}")
         page.wait_for_function(CONNECTED)
         page.wait_for_selector("#service", state="visible")
         assert "captions continue" in page.inner_text("#service")

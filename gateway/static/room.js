@@ -156,8 +156,11 @@ async function start(profile) {
 }
 
 async function getMedia() {
-  // Browser voice processing would clip and gate the voice the pipeline needs to hear: off.
-  const audio = { echoCancellation: false, autoGainControl: false, noiseSuppression: false, channelCount: 1 };
+  // The browser's echo cancellation keeps what this page plays out of its microphone (the gateway has its own
+  // echo guard for what is left). Tests whose fake microphone is a file ask for it raw (?raw_audio=1): voice
+  // processing would clip and gate it.
+  const processed = !["1", "true", "yes"].includes(new URLSearchParams(location.search).get("raw_audio"));
+  const audio = { echoCancellation: processed, autoGainControl: processed, noiseSuppression: processed, channelCount: 1 };
   const video = { width: 320, height: 240, frameRate: 15 };
   try {
     return await navigator.mediaDevices.getUserMedia({ audio, video });

@@ -1,0 +1,253 @@
+"""The echo guard: a participant's microphone must not hand back what the room played to them.
+
+On loudspeakers, what a participant hears (their language's feed, and the original voices they subscribed
+to at their gains) reaches their microphone again 50-800 ms later (network, jitter buffer, output and input
+buffers, air), quieter and reverberant. Translated, that echo would come back to the room as their speech;
+with two loudspeakers the room would talk to itself. Browser echo cancellation leaves residual echo, and
+some browsers and headsets do none, so the gateway checks for itself: it knows what it played to whom.
+
+A segment is compared with that reference as power spectrograms (32 ms frames, 16 ms hop, 100 Hz-4 kHz at
+16 kHz). The reference is spread over a reverberation tail (REVERB_S); for each lag in ECHO_MIN_LAG_S ..
+ECHO_MAX_LAG_S (gateway/options.py) it is scaled by least squares, and each cell of the segment counts as
+explained up to MARGIN times the scaled reference. A segment whose energy is at least ECHO_SHARE explained
+at its best lag is echo: not translated, not captioned, not voiced, and it never takes the floor.
+Own speech lies in cells the reference leaves dark, so it passes, also while something plays (double talk)
+and right after.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from gateway.options import EchoOptions
+from gateway.playout import OUTPUT_RATE
+from pipeline.audio import Samples, resample
+from pipeline.messages import SAMPLE_RATE
+
+if TYPE_CHECKING:
+    from gateway.rooms import Participant, Room
+
+log = logging.getLogger(__name__)
+
+REVERB_S = 0.4  # RT60 of a furnished room: its echo dies away 60 dB in this time
+MARGIN = 2.0  # a cell is explained up to 3 dB above the scaled reference (Opus, level drift)
+MAX_GAIN = 4.0  # an echo louder than this (12 dB) over what was played is no echo
+REFERENCE_FLOOR_DB = 50.0  # reference cells this far under its loudest are silence, not something heard
+HISTORY_S = 12.0  # what was played stays this long: the longest segment (10 s) plus the longest lag
+OPEN_CHECK_S = 0.5  # an onset is judged once this much of it is in (shorter says too little)
+OPEN_GROWTH = 1.5  # an onset judged echo is judged again once it has grown by half (it may turn into speech)
+LOUD_RMS = 1e-3  # about -60 dBFS: a frame of someone's voice louder than this was "played" to their listeners
+ORIGINAL_UNDER_GAIN = 0.2  # the room page plays others' voices at this gain under the translation (room.js)
+
+LAG_CANDIDATES = 4  # lags judged in full, of those the envelopes suggest
+FRAME = 512  # 32 ms at 16 kHz
+HOP = 256  # 16 ms
+LOW_BIN, HIGH_BIN = 3, 129  # 94 Hz .. 4 kHz: where speech energy is
+WINDOW = np.hanning(FRAME).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    echo: bool
+    explained: float  # the share of the segment's energy the reference explains at the best lag
+    lag_s: float
+
+
+@dataclass
+class EchoStats:
+    segments_checked: int = 0
+    segments_echo: int = 0  # dropped as echo
+    onsets_checked: int = 0  # open segments judged before they could take the floor
+    onsets_echo: int = 0
+
+
+class AudioHistory:
+    """The last HISTORY_S of one participant's voice as the gateway received it (48 kHz), on the wall clock."""
+
+    def __init__(self, seconds: float = HISTORY_S, rate: int = OUTPUT_RATE) -> None:
+        self.rate = rate
+        self._ring = np.zeros(round(seconds * rate), dtype=np.float32)
+        self._written = 0  # samples ever written
+        self._last_at = 0.0  # wall time of the last sample written
+        self.loud_at = 0.0  # wall time of the last loud frame
+
+    def append(self, samples: Samples, now: float) -> None:
+        n = min(samples.size, self._ring.size)
+        index = (self._written + np.arange(n)) % self._ring.size
+        self._ring[index] = samples[-n:]
+        self._written += n
+        self._last_at = now
+        if n and float(np.sqrt(np.mean(np.square(samples)))) > LOUD_RMS:
+            self.loud_at = now
+
+    def window(self, start: float, count: int) -> Samples:
+        """`count` samples from wall time `start`; silence where nothing was received (or kept)."""
+        first = self._written - round((self._last_at - start) * self.rate)
+        out = np.zeros(count, dtype=np.float32)
+        lo, hi = max(first, self._written - self._ring.size), min(first + count, self._written)
+        if lo < hi:
+            out[lo - first : hi - first] = self._ring[np.arange(lo, hi) % self._ring.size]
+        return out
+
+
+@dataclass
+class _Onset:
+    start_sample: int
+    checked_samples: int
+    echo: bool
+
+
+@dataclass
+class EchoGuard:
+    options: EchoOptions = field(default_factory=EchoOptions)
+    stats: EchoStats = field(default_factory=EchoStats)
+    _voices: dict[str, AudioHistory] = field(default_factory=dict)
+    _onsets: dict[str, _Onset] = field(default_factory=dict)
+
+    # -- what was played ------------------------------------------------------------------------------
+    def heard(self, participant_id: str, samples: Samples, now: float) -> None:
+        """A participant's voice reached the gateway: their listeners hear it (as the original) from now."""
+        self._voices.setdefault(participant_id, AudioHistory()).append(samples, now)
+
+    def forget(self, participant_id: str) -> None:
+        self._voices.pop(participant_id, None)
+        self._onsets.pop(participant_id, None)
+
+    def reference(self, room: Room, listener: Participant, start: float, seconds: float) -> Samples:
+        """What the gateway played to `listener` from wall time `start`: their feed and voices they hear, 16 kHz."""
+        count = round(seconds * OUTPUT_RATE)
+        played = np.zeros(count, dtype=np.float32)
+        timeline = room.timelines.get(listener.profile.hear)
+        if timeline is not None:
+            played += timeline.render(timeline.sample_at(start), count)
+        for other_id, gain in self._voices_heard_by(room, listener):
+            played += gain * self._voices[other_id].window(start, count)
+        return resample(played, OUTPUT_RATE, SAMPLE_RATE)
+
+    def played_since(self, room: Room, listener: Participant, since: float) -> bool:
+        """Whether anything was played to the listener after wall time `since` (or plays still)."""
+        timeline = room.timelines.get(listener.profile.hear)
+        if timeline is not None and timeline.stats.scheduled and timeline.tail_time > since:
+            return True
+        return any(self._voices[o].loud_at > since for o, _ in self._voices_heard_by(room, listener))
+
+    def _voices_heard_by(self, room: Room, listener: Participant) -> list[tuple[str, float]]:
+        """The others whose voices the listener's page plays, with its gains (room.js wantedStreams)."""
+        heard = []
+        for other in room.participants.values():
+            if other.id == listener.id or other.id not in self._voices:
+                continue
+            if other.profile.speak == listener.profile.hear:
+                heard.append((other.id, 1.0))
+            elif listener.profile.hear_original:
+                heard.append((other.id, ORIGINAL_UNDER_GAIN))
+        return heard
+
+    # -- verdicts -------------------------------------------------------------------------------------
+    def judge(self, room: Room, speaker: Participant, audio: Samples, end_at: float) -> Verdict | None:
+        """Is this audio (16 kHz, received until wall time `end_at`) an echo of what `speaker` was played?
+        None when nothing was played to them in its time: no echo, and nothing to compute."""
+        o = self.options
+        duration = audio.size / SAMPLE_RATE
+        start = end_at - duration - o.max_lag_s
+        if not self.played_since(room, speaker, start):
+            return None
+        reference = self.reference(room, speaker, start, duration + o.max_lag_s - o.min_lag_s)
+        explained, lag_frames = explained_share(audio, reference, o)
+        return Verdict(explained >= o.echo_share, explained, lag_frames * HOP / SAMPLE_RATE)
+
+    def is_echo(self, room: Room, speaker: Participant, audio: Samples, end_at: float) -> bool:
+        """A closed segment: judged, and counted when something was played to the speaker in its time."""
+        self._onsets.pop(speaker.id, None)
+        verdict = self.judge(room, speaker, audio, end_at) if self.options.enabled else None
+        if verdict is None:
+            return False
+        self.stats.segments_checked += 1
+        self.stats.segments_echo += verdict.echo
+        if verdict.echo:
+            log.info(
+                "%s: a segment of %.1f s is echo (%.0f%% explained by what they were played %.2f s earlier): dropped",
+                speaker.profile.name, audio.size / SAMPLE_RATE, 100 * verdict.explained, verdict.lag_s,
+            )  # fmt: skip
+        return verdict.echo
+
+    def onset_is_echo(self, room: Room, speaker: Participant, start_sample: int, audio: Samples, now: float) -> bool:
+        """The open segment so far: echo, or too early to tell while something was played in its time (then
+        it may not take the floor yet). Speech once found stays speech; an echo is judged again as it grows."""
+        if not self.options.enabled:
+            return False
+        onset = self._onsets.get(speaker.id)
+        if onset is not None and onset.start_sample == start_sample:
+            if not onset.echo or audio.size < onset.checked_samples * OPEN_GROWTH:
+                return onset.echo
+        elif not self.played_since(room, speaker, now - audio.size / SAMPLE_RATE - self.options.max_lag_s):
+            return False
+        if audio.size < OPEN_CHECK_S * SAMPLE_RATE:
+            return True
+        verdict = self.judge(room, speaker, audio, now)
+        echo = verdict is not None and verdict.echo
+        self._onsets[speaker.id] = _Onset(start_sample, audio.size, echo)
+        self.stats.onsets_checked += 1
+        self.stats.onsets_echo += echo
+        return echo
+
+
+def power_frames(samples: Samples) -> np.ndarray:
+    """Power spectrogram, frames x bins, of the speech band."""
+    count = 1 + (samples.size - FRAME) // HOP
+    if count <= 0:
+        return np.zeros((0, HIGH_BIN - LOW_BIN), dtype=np.float32)
+    index = np.arange(FRAME)[None, :] + HOP * np.arange(count)[:, None]
+    spectrum = np.fft.rfft(samples[index] * WINDOW, axis=1)[:, LOW_BIN:HIGH_BIN]
+    return (spectrum.real**2 + spectrum.imag**2).astype(np.float32)
+
+
+def with_tail(power: np.ndarray) -> np.ndarray:
+    """The reference as a reverberant room keeps it: each cell at least its predecessor decayed by
+    60 dB over REVERB_S (a room's RT60)."""
+    spread = power.copy()
+    decay = 10 ** (-6 * HOP / SAMPLE_RATE / REVERB_S)
+    for t in range(1, spread.shape[0]):
+        np.maximum(spread[t], spread[t - 1] * decay, out=spread[t])
+    return spread
+
+
+def explained_share(audio: Samples, reference: Samples, options: EchoOptions) -> tuple[float, int]:
+    """The largest share of `audio`'s energy that the scaled, aligned reference explains, and its lag in hops.
+
+    `reference` starts `max_lag_s` before `audio` and ends `min_lag_s` before its end. The lags whose
+    envelopes agree best are tried in full (LAG_CANDIDATES of them): a tenth of the work of trying every lag."""
+    x = power_frames(audio)
+    total = float(x.sum())
+    r = power_frames(reference)
+    if total <= 0.0 or not r.size or not r.any():
+        return 0.0, 0
+    r[r < r.max() * 10 ** (-REFERENCE_FLOOR_DB / 10)] = 0.0
+    r = with_tail(r)
+    max_lag = round(options.max_lag_s * SAMPLE_RATE / HOP)
+    min_lag = round(options.min_lag_s * SAMPLE_RATE / HOP)
+    r = np.pad(r, ((0, max(0, x.shape[0] + max_lag - min_lag - r.shape[0])), (0, 0)))
+    best, best_lag = 0.0, 0
+    for lag in _likely_lags(x, r, min_lag, max_lag):
+        aligned = r[max_lag - lag : max_lag - lag + x.shape[0]]
+        power = float(np.vdot(aligned, aligned))
+        if power <= 0.0:
+            continue
+        gain2 = min(float(np.vdot(x, aligned)) / power, MAX_GAIN**2)
+        share = float(np.minimum(x, MARGIN * gain2 * aligned).sum()) / total
+        if share > best:
+            best, best_lag = share, lag
+    return best, best_lag
+
+
+def _likely_lags(x: np.ndarray, r: np.ndarray, min_lag: int, max_lag: int) -> list[int]:
+    """Lags (hops) ordered by how well the amplitude envelopes of segment and reference correlate."""
+    ex, er = np.sqrt(x.sum(axis=1)), np.sqrt(r.sum(axis=1))
+    ex = ex - ex.mean()
+    lags = np.arange(min_lag, max_lag + 1)
+    scores = [float(np.dot(ex, er[max_lag - lag : max_lag - lag + ex.size])) for lag in lags]
+    return [int(lags[i]) for i in np.argsort(scores)[::-1][:LAG_CANDIDATES]]
