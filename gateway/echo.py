@@ -168,11 +168,11 @@ class EchoGuard:
             return False
         self.stats.segments_checked += 1
         self.stats.segments_echo += verdict.echo
-        if verdict.echo:
-            log.info(
-                "%s: a segment of %.1f s is echo (%.0f%% explained by what they were played %.2f s earlier): dropped",
-                speaker.profile.name, audio.size / SAMPLE_RATE, 100 * verdict.explained, verdict.lag_s,
-            )  # fmt: skip
+        log.info(
+            "%s: a segment of %.1f s, %.0f%% explained by what they were played %.2f s earlier: %s",
+            speaker.profile.name, audio.size / SAMPLE_RATE, 100 * verdict.explained, verdict.lag_s,
+            "echo, dropped" if verdict.echo else "their speech",
+        )  # fmt: skip
         return verdict.echo
 
     def onset_is_echo(self, room: Room, speaker: Participant, start_sample: int, audio: Samples, now: float) -> bool:
