@@ -2,9 +2,10 @@
 
 On loudspeakers, what a participant hears (their language's feed, and the original voices they subscribed
 to at their gains) reaches their microphone again 50-800 ms later (network, jitter buffer, output and input
-buffers, air), quieter and reverberant. Translated, that echo would come back to the room as their speech;
-with two loudspeakers the room would talk to itself. Browser echo cancellation leaves residual echo, and
-some browsers and headsets do none, so the gateway checks for itself: it knows what it played to whom.
+buffers, air; more on a loaded gateway), quieter and reverberant. Translated, that echo would come back to
+the room as their speech; with two loudspeakers the room would talk to itself. Browser echo cancellation
+leaves residual echo, and some browsers and headsets do none, so the gateway checks for itself: it knows
+what it played to whom.
 
 A segment is compared with that reference as power spectrograms (32 ms frames, 16 ms hop, 100 Hz-4 kHz at
 16 kHz). The reference is spread over a reverberation tail (REVERB_S); for each lag in ECHO_MIN_LAG_S ..
@@ -37,7 +38,7 @@ REVERB_S = 0.4  # RT60 of a furnished room: its echo dies away 60 dB in this tim
 MARGIN = 2.0  # a cell is explained up to 3 dB above the scaled reference (Opus, level drift)
 MAX_GAIN = 4.0  # an echo louder than this (12 dB) over what was played is no echo
 REFERENCE_FLOOR_DB = 50.0  # reference cells this far under its loudest are silence, not something heard
-HISTORY_S = 12.0  # what was played stays this long: the longest segment (10 s) plus the longest lag
+HISTORY_S = 14.0  # what was played stays this long: the longest segment (10 s) plus the longest lag
 OPEN_CHECK_S = 0.5  # an onset is judged once this much of it is in (shorter says too little)
 OPEN_GROWTH = 1.5  # an onset judged echo is judged again once it has grown by half (it may turn into speech)
 LOUD_RMS = 1e-3  # about -60 dBFS: a frame of someone's voice louder than this was "played" to their listeners

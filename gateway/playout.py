@@ -41,7 +41,7 @@ SEEN_PRUNE_AT = 256
 DTX_KEEPALIVE_FRAMES = 20
 # Played speech stays on the timeline this long: the echo guard (gateway/echo.py) compares a listener's
 # next segment (at most MAX_SEGMENT_S, 10 s, plus its echo's lag) with what they were played.
-KEEP_PLAYED_S = 12.0
+KEEP_PLAYED_S = 14.0
 
 Outcome = Literal["scheduled", "held", "late", "out_of_order", "duplicate"]
 
