@@ -44,6 +44,11 @@ OPEN_GROWTH = 1.5  # an onset judged echo is judged again once it has grown by h
 LOUD_RMS = 1e-3  # about -60 dBFS: a frame of someone's voice louder than this was "played" to their listeners
 ORIGINAL_UNDER_GAIN = 0.2  # the room page plays others' voices at this gain under the translation (room.js)
 
+MIN_SPEECH_S = 0.5  # a segment's start is cut as echo only when at least this much is left after it
+QUIET_FRAME = 0.01  # a frame under this share of the segment's loudest frame is silence, part of an echo's tail
+FRAME_ECHO_SHARE = 0.5  # a frame at least this much explained is echo (one frame says less than a segment)
+KEEP_BEFORE_S = 0.25  # of a cut echo, what stays before the speaker's sound (the segmenter's pre-roll)
+OWN_RUN = 3  # frames (48 ms) mostly unexplained in a row: the speaker's own sound has begun
 LAG_CANDIDATES = 4  # lags judged in full, of those the envelopes suggest
 FRAME = 512  # 32 ms at 16 kHz
 HOP = 256  # 16 ms
@@ -56,12 +61,14 @@ class Verdict:
     echo: bool
     explained: float  # the share of the segment's energy the reference explains at the best lag
     lag_s: float
+    leading_samples: int = 0  # speech that follows the echo's tail: this much of its start is echo (16 kHz)
 
 
 @dataclass
 class EchoStats:
     segments_checked: int = 0
     segments_echo: int = 0  # dropped as echo
+    segments_trimmed: int = 0  # speech that began with the echo's tail: sent without it
     onsets_checked: int = 0  # open segments judged before they could take the floor
     onsets_echo: int = 0
 
@@ -158,23 +165,27 @@ class EchoGuard:
         if not self.played_since(room, speaker, start):
             return None
         reference = self.reference(room, speaker, start, duration + o.max_lag_s - o.min_lag_s)
-        explained, lag_frames = explained_share(audio, reference, o)
-        return Verdict(explained >= o.echo_share, explained, lag_frames * HOP / SAMPLE_RATE)
+        fit = explained_share(audio, reference, o)
+        leading = max(0, fit.leading_frames * HOP - round(KEEP_BEFORE_S * SAMPLE_RATE))
+        if audio.size - leading < MIN_SPEECH_S * SAMPLE_RATE:
+            leading = 0
+        return Verdict(fit.share >= o.echo_share, fit.share, fit.lag * HOP / SAMPLE_RATE, leading)
 
-    def is_echo(self, room: Room, speaker: Participant, audio: Samples, end_at: float) -> bool:
-        """A closed segment: judged, and counted when something was played to the speaker in its time."""
+    def check(self, room: Room, speaker: Participant, audio: Samples, end_at: float) -> Verdict | None:
+        """A closed segment: judged, and counted, when something was played to the speaker in its time."""
         self._onsets.pop(speaker.id, None)
         verdict = self.judge(room, speaker, audio, end_at) if self.options.enabled else None
         if verdict is None:
-            return False
+            return None
         self.stats.segments_checked += 1
         self.stats.segments_echo += verdict.echo
+        self.stats.segments_trimmed += not verdict.echo and verdict.leading_samples > 0
         log.info(
             "%s: a segment of %.1f s, %.0f%% explained by what they were played %.2f s earlier: %s",
             speaker.profile.name, audio.size / SAMPLE_RATE, 100 * verdict.explained, verdict.lag_s,
-            "echo, dropped" if verdict.echo else "their speech",
+            "echo, dropped" if verdict.echo else f"speech, after {verdict.leading_samples / SAMPLE_RATE:.1f} s of echo",
         )  # fmt: skip
-        return verdict.echo
+        return verdict
 
     def onset_is_echo(self, room: Room, speaker: Participant, start_sample: int, audio: Samples, now: float) -> bool:
         """The open segment so far: echo, or too early to tell while something was played in its time (then
@@ -217,8 +228,16 @@ def with_tail(power: np.ndarray) -> np.ndarray:
     return spread
 
 
-def explained_share(audio: Samples, reference: Samples, options: EchoOptions) -> tuple[float, int]:
-    """The largest share of `audio`'s energy that the scaled, aligned reference explains, and its lag in hops.
+@dataclass(frozen=True)
+class Fit:
+    share: float  # of the audio's energy, explained at the best lag
+    lag: int  # hops
+    leading_frames: int  # frames at the start that are echo (or silence after it) before anything else
+
+
+def explained_share(audio: Samples, reference: Samples, options: EchoOptions) -> Fit:
+    """The largest share of `audio`'s energy that the scaled, aligned reference explains, its lag, and how
+    much of the audio's start is echo at that lag.
 
     `reference` starts `max_lag_s` before `audio` and ends `min_lag_s` before its end. The lags whose
     envelopes agree best are tried in full (LAG_CANDIDATES of them): a tenth of the work of trying every lag."""
@@ -226,23 +245,37 @@ def explained_share(audio: Samples, reference: Samples, options: EchoOptions) ->
     total = float(x.sum())
     r = power_frames(reference)
     if total <= 0.0 or not r.size or not r.any():
-        return 0.0, 0
+        return Fit(0.0, 0, 0)
     r[r < r.max() * 10 ** (-REFERENCE_FLOOR_DB / 10)] = 0.0
     r = with_tail(r)
     max_lag = round(options.max_lag_s * SAMPLE_RATE / HOP)
     min_lag = round(options.min_lag_s * SAMPLE_RATE / HOP)
     r = np.pad(r, ((0, max(0, x.shape[0] + max_lag - min_lag - r.shape[0])), (0, 0)))
-    best, best_lag = 0.0, 0
+    best = Fit(0.0, 0, 0)
     for lag in _likely_lags(x, r, min_lag, max_lag):
         aligned = r[max_lag - lag : max_lag - lag + x.shape[0]]
         power = float(np.vdot(aligned, aligned))
         if power <= 0.0:
             continue
         gain2 = min(float(np.vdot(x, aligned)) / power, MAX_GAIN**2)
-        share = float(np.minimum(x, MARGIN * gain2 * aligned).sum()) / total
-        if share > best:
-            best, best_lag = share, lag
-    return best, best_lag
+        explained = np.minimum(x, MARGIN * gain2 * aligned).sum(axis=1)
+        share = float(explained.sum()) / total
+        if share > best.share:
+            best = Fit(share, lag, _leading_echo(x.sum(axis=1), explained))
+    return best
+
+
+def _leading_echo(energy: np.ndarray, explained: np.ndarray) -> int:
+    """Frames at the start before the speaker's own sound (OWN_RUN frames in a row mostly unexplained), when
+    they hold some echo."""
+    loud = energy >= QUIET_FRAME * energy.max()
+    own = loud & (explained < FRAME_ECHO_SHARE * energy)
+    runs = np.convolve(own.astype(np.int32), np.ones(OWN_RUN, np.int32), mode="valid")
+    starts = np.flatnonzero(runs == OWN_RUN)
+    if not starts.size:
+        return 0
+    first_own = int(starts[0])
+    return first_own if bool((loud & ~own)[:first_own].any()) else 0
 
 
 def _likely_lags(x: np.ndarray, r: np.ndarray, min_lag: int, max_lag: int) -> list[int]:

@@ -174,8 +174,11 @@ class Ingest:
         if not participant.profile.consent:
             return  # no consent to processing their speech: the others hear the original voice only
         committed = participant.interim.close(seq)
-        if self.echo.is_echo(room, participant, segment.samples, captured_at):
+        verdict = self.echo.check(room, participant, segment.samples, captured_at)
+        if verdict is not None and verdict.echo:
             return  # what they were played, back through their microphone: not their speech
+        if verdict is not None and verdict.leading_samples:  # their words right after the echo's tail: only theirs
+            segment = without_start(segment, verdict.leading_samples)
         plan = room.floor.submit(participant.id)
         if plan.disposition is turns.Disposition.WAIT:
             participant.waiting.append((segment, captured_at, seq, committed))
@@ -265,3 +268,14 @@ class Ingest:
                 return
             self._outbox.popleft()
             self.stats.segments_published += 1
+
+
+def without_start(segment: Segment, samples: int) -> Segment:
+    """The segment less its first `samples` (an echo's tail before the speaker's own words)."""
+    start = segment.start_sample + samples
+    return dataclasses.replace(
+        segment,
+        samples=segment.samples[samples:],
+        start_sample=start,
+        speech_start_sample=max(segment.speech_start_sample, start),
+    )
