@@ -91,6 +91,8 @@ class TurnOptions:
         if not all(url.startswith(("turn:", "turns:")) for url in urls):
             raise ValueError(f"BABELROOM_TURN_URLS={','.join(urls)!r}: each URL starts with turn: or turns:")
         return cls(urls, secret, env_float(env, "BABELROOM_TURN_TTL_S", TURN_TTL_S))
+
+
 # The echo guard (gateway/echo.py): a participant's segment is echo when what they were played, delayed by
 # ECHO_MIN_LAG_S to ECHO_MAX_LAG_S and scaled, explains at least ECHO_SHARE of its energy. Echo measured
 # 0.87-0.99 (Opus both ways, reverberation, 100-500 ms); own speech over the echo, at an equal level, 0.5-0.55.
