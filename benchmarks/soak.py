@@ -283,7 +283,7 @@ def round_plan(utterances: Sequence[Utterance], index: int, rooms: int = ROOMS) 
 
 async def one_round(base_url: str, index: int, plan: Sequence[Sequence[Utterance]]) -> list[Heard]:
     """Every room of the plan talks at once; the same room names every round (each ends, then opens again)."""
-    talks = [converse(base_url, f"soak-{room}", spoken, GAP_S) for room, spoken in enumerate(plan)]
+    talks = [converse(base_url, f"soak-{room}", spoken, GAP_S, [spoken[0].target]) for room, spoken in enumerate(plan)]
     return [h for heard in await asyncio.gather(*talks) for h in heard]
 
 
