@@ -1,8 +1,11 @@
-"""compose.yaml and the Dockerfile, checked here without a Docker engine: the file is valid to a real
-Compose implementation (Debian's docker-compose), and it only names settings and commands that exist."""
+"""compose.yaml and the Dockerfile, checked here without a Docker engine: the file is valid under Compose v2's
+rules (strict YAML: a duplicate key is an error; the Compose Specification's JSON schema) and to a real Compose
+implementation (Debian's docker-compose), and it only names settings and commands that exist. `make image-test`
+builds the images and runs the CPU profile on podman."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -11,6 +14,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 import yaml
 
@@ -19,6 +23,35 @@ from pipeline.routes import WORKER_KINDS
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = ("babelroom", "gateway", "pipeline", "workers")
 JANUS_SECRETS = {"BABELROOM_JANUS_API_SECRET": "api-secret", "BABELROOM_JANUS_ADMIN_KEY": "admin-key"}
+# Vendored from the compose-spec project with its licence; its README there names the commit.
+COMPOSE_SPEC = ROOT / "tests" / "data" / "compose-spec" / "compose-spec.json"
+
+
+class DuplicateKey(yaml.constructor.ConstructorError):  # type: ignore[misc]
+    pass
+
+
+class StrictLoader(yaml.SafeLoader):  # type: ignore[misc]  # PyYAML ships no types
+    """PyYAML keeps the last of two equal keys silently; Compose v2 (go-yaml) refuses the file: so do we.
+    A key given beside a merge (`<<: *anchor`) overrides the merged one, as in Compose: not a duplicate."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, yaml.Mark] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
+            if key in seen:
+                raise DuplicateKey(
+                    None, None, f"mapping key {key!r} already defined at line {seen[key].line + 1}", key_node.start_mark
+                )
+            seen[key] = key_node.start_mark
+        mapping: dict[Any, Any] = super().construct_mapping(node, deep=deep)
+        return mapping
+
+
+def strict_load(text: str) -> Any:
+    return yaml.load(text, Loader=StrictLoader)  # a SafeLoader underneath
 
 
 def compose_config(**env: str) -> subprocess.CompletedProcess[str]:
@@ -45,6 +78,33 @@ def settings_read_by_the_code() -> set[str]:
     text = "\n".join(p.read_text() for d in SOURCES for p in (ROOT / d).rglob("*.py"))
     caddy = set(re.findall(r"\{\$([A-Z0-9_]+)", (ROOT / "deploy" / "Caddyfile").read_text()))
     return set(re.findall(r'"((?:BABELROOM_|REDIS_URL)[A-Z0-9_]*)"', text)) | caddy
+
+
+def test_compose_yaml_loads_as_strict_yaml_and_matches_the_compose_specification() -> None:
+    document = strict_load((ROOT / "compose.yaml").read_text())
+    validator = jsonschema.Draft7Validator(json.loads(COMPOSE_SPEC.read_text()))
+    errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(document)]
+    assert errors == []
+
+
+def test_the_strict_load_refuses_a_duplicate_key_and_names_both_lines() -> None:
+    text = "services:\n  redis:\n    image: redis\n    volumes: [a:/data]\n    volumes: [b:/data]\n"
+    with pytest.raises(DuplicateKey, match=r"mapping key 'volumes' already defined at line 4") as raised:
+        strict_load(text)
+    assert raised.value.problem_mark is not None and raised.value.problem_mark.line + 1 == 5
+    assert yaml.safe_load(text)["services"]["redis"]["volumes"] == ["b:/data"], "PyYAML alone keeps the last"
+
+
+def test_the_strict_load_lets_a_key_override_a_merged_one() -> None:
+    text = "x-base: &base {restart: 'no', image: a}\nservice:\n  <<: *base\n  image: b\n"
+    assert strict_load(text)["service"] == {"restart": "no", "image": "b"}
+
+
+def test_the_schema_check_catches_a_misspelled_setting() -> None:
+    """The vendored schema is really applied: an unknown service key is an error, as in Compose v2."""
+    validator = jsonschema.Draft7Validator(json.loads(COMPOSE_SPEC.read_text()))
+    assert not validator.is_valid({"services": {"redis": {"image": "redis", "restrat": "always"}}})
+    assert validator.is_valid({"services": {"redis": {"image": "redis", "restart": "always"}}})
 
 
 @pytest.mark.parametrize("profile", ["cpu", "gpu"])
