@@ -18,6 +18,7 @@ import jsonschema
 import pytest
 import yaml
 
+from babelroom.cli import parser, run_health
 from pipeline.routes import WORKER_KINDS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -125,6 +126,27 @@ def test_each_profile_runs_one_worker_per_kind_against_the_shared_redis(config: 
         assert not services[shared].get("profiles")
     assert services["gateway"]["command"][:2] == ["babelroom", "gateway"]
     assert services["gateway"]["image"] == "babelroom:cpu"
+
+
+def test_every_service_has_a_healthcheck_and_starts_after_what_it_needs_is_healthy(config: dict[str, Any]) -> None:
+    """Read from `docker-compose config`, so it holds for any service added later (a proxy, a TURN server)."""
+    for name, service in config["services"].items():
+        test = service.get("healthcheck", {}).get("test")
+        assert test and test[0] in ("CMD", "CMD-SHELL"), f"{name}: no healthcheck"
+        waits_for = service.get("depends_on", {})
+        assert isinstance(waits_for, dict), f"{name}: depends_on without conditions starts it too early"
+        for needed, how in waits_for.items():
+            assert how == {"condition": "service_healthy"}, f"{name} starts before {needed} is healthy: {how}"
+
+
+def test_the_babelroom_healthchecks_are_commands_it_has(config: dict[str, Any]) -> None:
+    checks = {name: s["healthcheck"]["test"][1:] for name, s in config["services"].items() if "healthcheck" in s}
+    ours = {name: argv for name, argv in checks.items() if argv[0] == "babelroom"}
+    for name, argv in ours.items():
+        assert parser().parse_args(argv[1:]).run is run_health, name
+    assert {ours[name][2] for name in ours} >= {"gateway", "janus", "worker"}
+    workers = {f"{kind}-{profile}" for kind in WORKER_KINDS for profile in ("cpu", "gpu")}
+    assert {name for name in ours if ours[name][2] == "worker"} == workers, "each worker: healthy once loaded"
 
 
 def test_redis_keeps_an_append_only_file_on_a_volume(config: dict[str, Any]) -> None:
