@@ -5,7 +5,6 @@
 ARG BASE=python:3.11-slim-bookworm
 FROM ${BASE}
 
-ARG EXTRAS=all,gpu
 ENV DEBIAN_FRONTEND=noninteractive PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1
 
 # Debian stable's own versions: the release pins them, and its security updates should come in with a rebuild.
@@ -17,14 +16,18 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /app
-# The dependencies in a layer of their own (the package folders empty for now), so that a change to the code
-# alone reinstalls only the project. pipecat-ai only for the Smart Turn model file it ships (end-of-turn
-# detection): none of its dependencies. The ranges are in pyproject.toml.
-COPY pyproject.toml README.md ./
+# The dependencies in a layer of their own (the package folders and README empty for now), so that a change to
+# the code or the README reinstalls only the project. pipecat-ai only for the Smart Turn model file it ships
+# (end-of-turn detection): none of its dependencies. The ranges are in pyproject.toml.
+COPY pyproject.toml ./
+# Declared here, not above: a build argument is part of every later step's cache key, and the apt layer is the
+# same for both images.
+ARG EXTRAS=all,gpu
 # hadolint ignore=DL3013
-RUN mkdir babelroom gateway pipeline workers benchmarks \
+RUN mkdir babelroom gateway pipeline workers benchmarks && touch README.md \
     && pip install --no-cache-dir ".[${EXTRAS}]" \
     && pip install --no-cache-dir --no-deps 'pipecat-ai==1.14.0'
+COPY README.md ./
 COPY babelroom babelroom
 COPY gateway gateway
 COPY pipeline pipeline
