@@ -13,6 +13,8 @@ APT_RUNTIME := redis-server janus libjs-janus-gateway libjs-webrtc-adapter espea
 # LibriVox English, studio prompts in English, Colombian Spanish and Canadian French.
 APT_TEST := chromium chromium-driver firefox-esr docker-compose iproute2 openssl caddy pocketsphinx-testdata \
 	asterisk-core-sounds-en asterisk-core-sounds-en-wav asterisk-prompt-es-co asterisk-core-sounds-fr-wav
+# `make image-test` builds the images and runs compose.yaml's CPU profile on podman (no Docker engine needed).
+APT_IMAGE := podman buildah debootstrap docker-compose
 # `make up` needs no torch. The tests load the torch engines on tiny random models, so `make test`
 # adds the CPU build of torch (a local wheel on the CI machines; elsewhere add
 # TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu", or a bare `torch` pulls a
@@ -23,13 +25,19 @@ TORCH_SPEC ?= torch==2.13.0
 SMART_TURN_SPEC ?= pipecat-ai==1.14.0
 TORCH_PIP_ARGS ?=
 
-.PHONY: up test lint bench results system-deps system-test-deps venv test-venv clean
+.PHONY: up test image-test lint bench results system-deps system-test-deps venv test-venv clean
 
 up: system-deps venv
 	$(VENV)/bin/babelroom up --port $(PORT)
 
 test: system-deps system-test-deps test-venv
 	$(PY) -m pytest -ra
+
+# Not part of `make test` (about N minutes, most of it the first build): the CPU image built with buildah, the CPU
+# profile up on podman, /healthz, a translated caption for an aiortc participant, everything down again.
+image-test:
+	@./.ci/apt-install $(APT_IMAGE)
+	./.ci/image/test
 
 lint: test-venv
 	$(VENV)/bin/ruff check babelroom gateway pipeline workers benchmarks tests

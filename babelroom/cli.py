@@ -82,6 +82,12 @@ def parser() -> argparse.ArgumentParser:
     worker.add_argument("kind", choices=WORKER_KINDS)
     worker.set_defaults(run=run_worker)
 
+    health = commands.add_parser("health", help="exit 0 when a part is ready, else 1 and why (the healthchecks)")
+    health.add_argument("part", choices=("gateway", "janus", "worker"))
+    health.add_argument("kind", nargs="?", choices=WORKER_KINDS, help="worker: only this kind (default: any)")
+    health.add_argument("--url", help=f"gateway: its /healthz ({GATEWAY_HEALTHZ}); janus: its API ({JANUS_API})")
+    health.set_defaults(run=run_health)
+
     token = commands.add_parser("token", help="issue a signed join link for a room (needs BABELROOM_TOKEN_SECRET)")
     token.add_argument("room")
     token.add_argument("--name", required=True, help="the participant's display name")
@@ -140,6 +146,10 @@ BENCHMARKS = (
     "stages", "scaling", "hops", "latency", "soak", "asr-context", "real-speech", "media", "lipsync",
     "mt-quality", "pipeline", "gpu", "report",
 )  # fmt: skip
+
+
+GATEWAY_HEALTHZ = f"http://127.0.0.1:{DEFAULT_PORT}/healthz"
+JANUS_API = "ws://127.0.0.1:8188"
 
 
 def rooms_list(text: str) -> tuple[int, ...]:
@@ -271,6 +281,28 @@ def run_worker(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
     asyncio.run(run())
     return 0
+
+
+def run_health(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    import socket
+
+    from babelroom.health import gateway_problem, janus_problem, worker_problem
+    from pipeline.bus import Bus
+
+    async def problem() -> str | None:
+        if args.part == "gateway":
+            return await gateway_problem(args.url or GATEWAY_HEALTHZ)
+        if args.part == "janus":
+            return await janus_problem(args.url or JANUS_API)
+        bus = Bus.connect(BusOptions.from_env(env))
+        try:
+            return await worker_problem(bus, socket.gethostname(), args.kind)
+        finally:
+            await bus.close()
+
+    found = asyncio.run(problem())
+    print(f"babelroom health {args.part}: {found or 'ready'}", file=sys.stderr if found else sys.stdout)
+    return 1 if found else 0
 
 
 def run_token(args: argparse.Namespace, env: Mapping[str, str]) -> int:

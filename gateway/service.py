@@ -310,7 +310,7 @@ class Gateway:
                 self._control, self.options.janus.admin_key, room.keys, feed.id, mid, host, self.rtp.port, track.ssrc
             )
             await self.ingest.listen(room, participant, track)
-        except (JanusError, JanusClosed, TimeoutError) as exc:
+        except (JanusError, JanusClosed, TimeoutError, OSError) as exc:  # OSError: BABELROOM_RTP_HOST unresolved
             log.warning("could not forward %s's audio: %s", participant.profile.name, exc)
         finally:
             if self._listeners.get(participant.id, (None, None))[0] is track:

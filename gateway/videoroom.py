@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -114,7 +115,8 @@ async def forward_audio(
     handle: Handle, admin_key: str, keys: RoomKeys, feed_id: int, mid: str, host: str, port: int, ssrc: int
 ) -> int:
     """Have Janus forward one audio stream of a feed as plain RTP to host:port, under `ssrc`; returns
-    Janus's id for the forward. Janus ends it by itself when the publisher stops."""
+    Janus's id for the forward. Janus ends it by itself when the publisher stops. A host name is resolved
+    here: Janus 1.1.2 given one (compose's `gateway`) forwarded to 127.0.0.1 (seen in `make image-test`)."""
     data, _ = await handle.message(
         {
             "request": "rtp_forward",
@@ -122,12 +124,18 @@ async def forward_audio(
             "room": keys.room_id,
             "secret": keys.secret,
             "publisher_id": feed_id,
-            "host": host,
+            "host": await address_of(host, port),
             "streams": [{"mid": mid, "port": port, "ssrc": ssrc}],
         }
     )
     forwarders = data.get("forwarders", [])
     return int(forwarders[0]["stream_id"]) if forwarders else 0
+
+
+async def address_of(host: str, port: int) -> str:
+    """The first address `host` resolves to (itself when it is one), as a UDP sender would pick."""
+    found = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+    return str(found[0][4][0])
 
 
 class Monitor:

@@ -1,8 +1,11 @@
-"""compose.yaml and the Dockerfile, checked here without a Docker engine: the file is valid to a real
-Compose implementation (Debian's docker-compose), and it only names settings and commands that exist."""
+"""compose.yaml and the Dockerfile, checked here without a Docker engine: the file is valid under Compose v2's
+rules (strict YAML: a duplicate key is an error; the Compose Specification's JSON schema) and to a real Compose
+implementation (Debian's docker-compose), and it only names settings and commands that exist. `make image-test`
+builds the images and runs the CPU profile on podman."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -11,14 +14,45 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 import yaml
 
+from babelroom.cli import parser, run_health
 from pipeline.routes import WORKER_KINDS
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = ("babelroom", "gateway", "pipeline", "workers")
 JANUS_SECRETS = {"BABELROOM_JANUS_API_SECRET": "api-secret", "BABELROOM_JANUS_ADMIN_KEY": "admin-key"}
+# Vendored from the compose-spec project with its licence; its README there names the commit.
+COMPOSE_SPEC = ROOT / "tests" / "data" / "compose-spec" / "compose-spec.json"
+
+
+class DuplicateKey(yaml.constructor.ConstructorError):  # type: ignore[misc]
+    pass
+
+
+class StrictLoader(yaml.SafeLoader):  # type: ignore[misc]  # PyYAML ships no types
+    """PyYAML keeps the last of two equal keys silently; Compose v2 (go-yaml) refuses the file: so do we.
+    A key given beside a merge (`<<: *anchor`) overrides the merged one, as in Compose: not a duplicate."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, yaml.Mark] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
+            if key in seen:
+                raise DuplicateKey(
+                    None, None, f"mapping key {key!r} already defined at line {seen[key].line + 1}", key_node.start_mark
+                )
+            seen[key] = key_node.start_mark
+        mapping: dict[Any, Any] = super().construct_mapping(node, deep=deep)
+        return mapping
+
+
+def strict_load(text: str) -> Any:
+    return yaml.load(text, Loader=StrictLoader)  # a SafeLoader underneath
 
 
 def compose_config(**env: str) -> subprocess.CompletedProcess[str]:
@@ -47,6 +81,33 @@ def settings_read_by_the_code() -> set[str]:
     return set(re.findall(r'"((?:BABELROOM_|REDIS_URL)[A-Z0-9_]*)"', text)) | caddy
 
 
+def test_compose_yaml_loads_as_strict_yaml_and_matches_the_compose_specification() -> None:
+    document = strict_load((ROOT / "compose.yaml").read_text())
+    validator = jsonschema.Draft7Validator(json.loads(COMPOSE_SPEC.read_text()))
+    errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(document)]
+    assert errors == []
+
+
+def test_the_strict_load_refuses_a_duplicate_key_and_names_both_lines() -> None:
+    text = "services:\n  redis:\n    image: redis\n    volumes: [a:/data]\n    volumes: [b:/data]\n"
+    with pytest.raises(DuplicateKey, match=r"mapping key 'volumes' already defined at line 4") as raised:
+        strict_load(text)
+    assert raised.value.problem_mark is not None and raised.value.problem_mark.line + 1 == 5
+    assert yaml.safe_load(text)["services"]["redis"]["volumes"] == ["b:/data"], "PyYAML alone keeps the last"
+
+
+def test_the_strict_load_lets_a_key_override_a_merged_one() -> None:
+    text = "x-base: &base {restart: 'no', image: a}\nservice:\n  <<: *base\n  image: b\n"
+    assert strict_load(text)["service"] == {"restart": "no", "image": "b"}
+
+
+def test_the_schema_check_catches_a_misspelled_setting() -> None:
+    """The vendored schema is really applied: an unknown service key is an error, as in Compose v2."""
+    validator = jsonschema.Draft7Validator(json.loads(COMPOSE_SPEC.read_text()))
+    assert not validator.is_valid({"services": {"redis": {"image": "redis", "restrat": "always"}}})
+    assert validator.is_valid({"services": {"redis": {"image": "redis", "restart": "always"}}})
+
+
 @pytest.mark.parametrize("profile", ["cpu", "gpu"])
 def test_each_profile_runs_one_worker_per_kind_against_the_shared_redis(config: dict[str, Any], profile: str) -> None:
     services = config["services"]
@@ -65,6 +126,27 @@ def test_each_profile_runs_one_worker_per_kind_against_the_shared_redis(config: 
         assert not services[shared].get("profiles")
     assert services["gateway"]["command"][:2] == ["babelroom", "gateway"]
     assert services["gateway"]["image"] == "babelroom:cpu"
+
+
+def test_every_service_has_a_healthcheck_and_starts_after_what_it_needs_is_healthy(config: dict[str, Any]) -> None:
+    """Read from `docker-compose config`, so it holds for any service added later (a proxy, a TURN server)."""
+    for name, service in config["services"].items():
+        test = service.get("healthcheck", {}).get("test")
+        assert test and test[0] in ("CMD", "CMD-SHELL"), f"{name}: no healthcheck"
+        waits_for = service.get("depends_on", {})
+        assert isinstance(waits_for, dict), f"{name}: depends_on without conditions starts it too early"
+        for needed, how in waits_for.items():
+            assert how == {"condition": "service_healthy"}, f"{name} starts before {needed} is healthy: {how}"
+
+
+def test_the_babelroom_healthchecks_are_commands_it_has(config: dict[str, Any]) -> None:
+    checks = {name: s["healthcheck"]["test"][1:] for name, s in config["services"].items() if "healthcheck" in s}
+    ours = {name: argv for name, argv in checks.items() if argv[0] == "babelroom"}
+    for name, argv in ours.items():
+        assert parser().parse_args(argv[1:]).run is run_health, name
+    assert {ours[name][2] for name in ours} >= {"gateway", "janus", "worker"}
+    workers = {f"{kind}-{profile}" for kind in WORKER_KINDS for profile in ("cpu", "gpu")}
+    assert {name for name in ours if ours[name][2] == "worker"} == workers, "each worker: healthy once loaded"
 
 
 def test_redis_keeps_an_append_only_file_on_a_volume(config: dict[str, Any]) -> None:

@@ -9,9 +9,11 @@ import socket
 import struct
 
 import numpy as np
+import pytest
 from av import AudioFrame, CodecContext
 
 from gateway.rtp import FRAME_SAMPLES, RtpReceiver, parse_rtp
+from gateway.videoroom import address_of
 
 RATE = 48_000
 
@@ -69,3 +71,11 @@ async def test_forwarded_opus_is_decoded_in_order_with_gaps_kept_in_time() -> No
     levels = [float(np.abs(f.to_ndarray()).mean()) for f in frames]
     assert min(levels[20:23]) == 0 and track.lost == 3, "lost packets become silence; the reordered ones play"
     assert np.median(levels[40:]) > 3_000, "the tone comes through"
+
+
+async def test_janus_is_asked_to_forward_to_an_address_never_a_name() -> None:
+    """Janus 1.1.2 given a host name (compose's `gateway`) forwarded to 127.0.0.1: the gateway resolves it."""
+    assert await address_of("198.18.0.1", 5002) == "198.18.0.1"
+    assert await address_of("localhost", 5002) in ("127.0.0.1", "::1")
+    with pytest.raises(socket.gaierror):  # an OSError: the gateway logs "could not forward ...'s audio"
+        await address_of("no-such-host.invalid", 5002)
