@@ -87,6 +87,50 @@ def test_tiny_en_english_only(piper_clip: Samples) -> None:
         tiny.transcribe(segment(piper_clip, "es"))
 
 
+class CountingModel:
+    """The real CTranslate2 Whisper model, with a record of the decodings run on it (name, beam size)."""
+
+    def __init__(self, model: Any) -> None:
+        self.model, self.calls = model, list[tuple[str, int]]()
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self.model, name)
+        if name not in ("encode", "generate", "align"):
+            return attribute
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            self.calls.append((name, kwargs.get("beam_size", 0)))
+            return attribute(*args, **kwargs)
+
+        return counted
+
+
+@pytest.mark.slow
+def test_a_loaded_worker_is_warm_before_its_first_caption(piper_clip: Samples) -> None:
+    """A fresh model's first draft costs several times a later one; the stage's load runs each step once (the VAD,
+    a greedy draft, a final's beam search with word timings), so the worker's first caption is not a cold call.
+    The times are printed, not asserted (performance lives in benchmarks: python -m benchmarks.asr_warmup)."""
+    from faster_whisper.vad import get_vad_model
+
+    get_vad_model.cache_clear()
+    recognizer = FasterWhisperRecognizer(AsrOptions())
+    model = recognizer.model.model = CountingModel(recognizer.model.model)
+    stage = AsrStage(recognizer=recognizer)
+    started = time.perf_counter()
+    stage.load()
+    warm_s = time.perf_counter() - started
+    assert recognizer.warmed and get_vad_model.cache_info().currsize == 1
+    assert model.calls == [("encode", 0), ("generate", 1), ("encode", 0), ("generate", 5), ("align", 0)]
+    stage.load()  # loading again warms nothing again
+    assert len(model.calls) == 5
+    draft_s = []
+    for seq in (1, 2):
+        started = time.perf_counter()
+        recognizer.draft(segment(piper_clip[: piper_clip.size // 2], seq=seq), "")
+        draft_s.append(time.perf_counter() - started)
+    print(f"\nwarm-up {warm_s:.2f} s; then drafts {draft_s[0]:.2f} s, {draft_s[1]:.2f} s")
+
+
 @pytest.mark.slow
 def test_unknown_language_is_permanent(base: FasterWhisperRecognizer, piper_clip: Samples) -> None:
     with pytest.raises(PermanentError, match="xx"):

@@ -13,7 +13,7 @@ from typing import TypeVar
 from pipeline.audio import median_f0_hz, pcm16_to_float
 from pipeline.interim import local_agreement
 from pipeline.messages import InterimRequest, InterimTranscript, Message, SpeechSegment, Transcript
-from workers.engines.asr import AsrOptions, Recognizer, load_recognizer, transcribe_all
+from workers.engines.asr import AsrOptions, Recognizer, WarmRecognizer, load_recognizer, transcribe_all
 from workers.stage import Outcome, PermanentError, batched, single
 
 
@@ -31,6 +31,8 @@ class AsrStage:
     def load(self) -> None:
         if self.recognizer is None:
             self.recognizer = load_recognizer(self.options)
+        if isinstance(self.recognizer, WarmRecognizer):
+            self.recognizer.warm()  # before the worker says it is ready: the first caption pays no first-call cost
 
     def process(self, message: Message) -> Sequence[Message]:
         if isinstance(message, InterimRequest):

@@ -18,6 +18,7 @@ from workers.engines.asr.base import (
     BatchRecognizer,
     GuardOptions,
     Recognizer,
+    WarmRecognizer,
     load_recognizer,
     transcribe_all,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "GuardOptions",
     "Recognizer",
     "TransformersWhisperRecognizer",
+    "WarmRecognizer",
     "bundled_base_dir",
     "import_torch_transformers",
     "join_model_parts",

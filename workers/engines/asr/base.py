@@ -99,6 +99,16 @@ class Recognizer(Protocol):
 
 
 @runtime_checkable
+class WarmRecognizer(Recognizer, Protocol):
+    """An engine whose first decoding costs several times a later one: the worker warms it at load, before it
+    reads the bus, so that the first caption does not pay for it. `warmed` tells whether it has been."""
+
+    warmed: bool
+
+    def warm(self) -> None: ...
+
+
+@runtime_checkable
 class BatchRecognizer(Recognizer, Protocol):
     """An engine that recognises several segments (from any rooms) in one batch; one failing fails alone."""
 

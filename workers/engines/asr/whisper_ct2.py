@@ -22,6 +22,7 @@ from workers.engines.asr.base import (
     DRAFT_TOKENS_PER_SECOND,
     FIT,
     LATE_START_S,
+    MAX_FIT_WINDOW_S,
     TIMESTAMP_S,
     WHISPER_LANGUAGES,
     AsrOptions,
@@ -39,6 +40,22 @@ from workers.engines.asr.models import resolve_model
 from workers.engines.common import EngineUnavailable
 
 log = logging.getLogger(__name__)
+
+# The warm-up's audio: a second of voiced, syllable-paced sound (a 120 Hz voice's first harmonics, four
+# syllables), which the model decodes as some words or none; its text is thrown away.
+WARM_UP_S = 1.0
+WARM_UP_F0_HZ = 120.0
+WARM_UP_HARMONICS = 8
+WARM_UP_SYLLABLES_PER_S = 4.0
+WARM_UP_PEAK = 0.3
+
+
+def warm_up_signal() -> Samples:
+    t = np.arange(round(WARM_UP_S * SAMPLE_RATE), dtype=np.float32) / SAMPLE_RATE
+    harmonics = np.arange(1, WARM_UP_HARMONICS + 1, dtype=np.float32)[:, None]
+    voice = (np.sin(2 * np.pi * WARM_UP_F0_HZ * harmonics * t) / harmonics).sum(axis=0)
+    samples: Samples = (voice * np.sin(np.pi * WARM_UP_SYLLABLES_PER_S * t) ** 2).astype(np.float32)
+    return samples * np.float32(WARM_UP_PEAK / np.max(np.abs(samples)))
 
 
 def pick_device(device: str) -> str:
@@ -62,6 +79,17 @@ def heard_tokens(tokens: Sequence[int], timestamp_begin: int, eot: int, duration
         elif token < eot and start_s < duration_s - LATE_START_S:
             kept.append(token)
     return kept
+
+
+@dataclass(frozen=True)
+class Heard:
+    """One fitted decoding, before the guard judges it."""
+
+    text: str
+    tokens: list[int]
+    scores: SegmentScores
+    tokenizer: Any
+    encoded: Any  # the encoder's output (a ctranslate2.StorageView), which word timing reads again
 
 
 @dataclass(frozen=True)
@@ -93,6 +121,7 @@ class FasterWhisperRecognizer:
         self.languages = WHISPER_LANGUAGES if self.model.model.is_multilingual else ("en",)
         self.guard = HallucinationGuard(options.guard)
         self.name = f"faster-whisper:{options.model} ({device}, {compute_type})"
+        self.warmed = False
 
     def transcribe(self, segment: SpeechSegment) -> Transcript:
         """The final text of a segment, decoded after the words interim captions committed (`committed`).
@@ -158,6 +187,28 @@ class FasterWhisperRecognizer:
             return empty_transcript(segment, info.language)
         return dataclasses.replace(empty_transcript(segment, info.language), text=text, words=words)
 
+    def warm(self) -> None:
+        """Runs once each step a caption takes, before the worker reads the bus: a fresh model's first draft costs
+        several times a later one (3.8 s against 0.3-0.8 s on 2 busy cores), and CI starts fresh workers per test.
+        The VAD, a draft's greedy pass and a final's beam search with word timings, on a second of WARM_UP_SIGNAL."""
+        if self.warmed:
+            return
+        audio = warm_up_signal()
+        self.guard.speech_seconds(audio)  # loads Silero
+        language = self.languages[0]
+        self._hear(audio, language, "", min_window_s=0.0, beam_size=DRAFT_BEAM_SIZE)
+        final = self._hear(audio, language, "", min_window_s=self._final_window_s, beam_size=self.options.beam_size)
+        self._word_timings(final.tokenizer, final.tokens, final.encoded, audio.size // self._hop)
+        self.warmed = True
+
+    @property
+    def _final_window_s(self) -> float:
+        return self.options.fit_min_window_s if self.options.audio_context == FIT else MAX_FIT_WINDOW_S
+
+    @property
+    def _hop(self) -> int:
+        return int(self.model.feature_extractor.hop_length)
+
     def _decode_fitted(
         self,
         audio: Samples,
@@ -168,10 +219,19 @@ class FasterWhisperRecognizer:
         min_window_s: float = 0.0,
         beam_size: int = DRAFT_BEAM_SIZE,
     ) -> WhisperText | None:
-        """Text (and word timings, when asked) by greedy decoding after `prefix` on an encoder input cut to
-        the audio (see DRAFT_PAD_S; at least `min_window_s` long), with timestamps so that text the model places
-        after the audio's end (a short window's typical invention: the start again) is dropped; None when the
+        """Text (and word timings, when asked) heard after `prefix` in a fitted window (see `_hear`); None when the
         guard rejects it (no speech, improbable text, a loop)."""
+        heard = self._hear(audio, language, prefix, min_window_s, beam_size)
+        if not self.guard.keep_segment(heard.scores) or not self.guard.plausible_text(heard.text.split(), speech_s):
+            return None
+        frames = audio.size // self._hop
+        words = self._word_timings(heard.tokenizer, heard.tokens, heard.encoded, frames) if with_words else ()
+        return WhisperText(heard.text, heard.tokenizer.language_code, words)
+
+    def _hear(self, audio: Samples, language: str, prefix: str, min_window_s: float, beam_size: int) -> Heard:
+        """One decoding after `prefix` on an encoder input cut to the audio (see DRAFT_PAD_S; at least
+        `min_window_s` long), with timestamps so that text the model places after the audio's end (a short
+        window's typical invention: the start again) is dropped."""
         import ctranslate2
         from faster_whisper.tokenizer import Tokenizer
 
@@ -203,11 +263,7 @@ class FasterWhisperRecognizer:
         scores = SegmentScores(
             text, result.no_speech_prob, avg_logprob(result.scores[0], len(tokens)), compression_ratio(text)
         )
-        if not self.guard.keep_segment(scores) or not self.guard.plausible_text(text.split(), speech_s):
-            return None
-        frames = audio.size // self.model.feature_extractor.hop_length
-        words = self._word_timings(tokenizer, tokens, encoded, frames) if with_words else ()
-        return WhisperText(text, language, words)
+        return Heard(text, tokens, scores, tokenizer, encoded)
 
     def _word_timings(self, tokenizer: Any, tokens: list[int], encoded: Any, frames: int) -> tuple[Word, ...]:
         """From the decoder's cross-attention, as faster-whisper times words (its own alignment)."""
