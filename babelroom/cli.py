@@ -346,7 +346,7 @@ def run_translate(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 def run_models(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     from babelroom import models
     from pipeline.config import env_flag
-    from workers.engines.asr import DEFAULT_CACHE_DIR
+    from workers.engines.common import DEFAULT_CACHE_DIR
 
     cache = env.get("BABELROOM_MODEL_CACHE", DEFAULT_CACHE_DIR)
     if getattr(args, "action", None) == "fetch":
@@ -402,7 +402,7 @@ def run_bench(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         run_real_speech(args.out)
     elif args.name == "mt-quality":
         from benchmarks.mt_quality import run as run_mt_quality
-        from workers.engines.asr import DEFAULT_CACHE_DIR
+        from workers.engines.common import DEFAULT_CACHE_DIR
 
         run_mt_quality(args.out, env.get("BABELROOM_MODEL_CACHE", DEFAULT_CACHE_DIR))
     elif args.name == "media":
@@ -410,7 +410,7 @@ def run_bench(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
         run_media(args.out, [int(n) for n in args.participants.split(",")])
     else:
-        from workers.engines.asr import DEFAULT_CACHE_DIR
+        from workers.engines.common import DEFAULT_CACHE_DIR
 
         args.models = args.models or Path(env.get("BABELROOM_MODEL_CACHE", DEFAULT_CACHE_DIR)).expanduser() / "random"
         with private_redis(env) as redis_url:

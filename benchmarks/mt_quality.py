@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.provenance import provenance
-from workers.engines.asr import EngineUnavailable
+from workers.engines.common import EngineUnavailable
 from workers.engines.mt import APERTIUM, BERGAMOT, CTRANSLATE2, MtOptions, Translator, load_translator
 
 DATA = Path(__file__).parent / "data" / "meeting_sentences.json"

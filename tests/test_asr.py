@@ -17,8 +17,9 @@ from pipeline.audio import Samples, float_to_pcm16, resample
 from pipeline.messages import SAMPLE_RATE, SpeechSegment, Transcript
 from tests.speech import espeak, silence
 from workers.asr import AsrStage
-from workers.engines.asr import AsrOptions, EngineUnavailable, FasterWhisperRecognizer, join_model_parts
+from workers.engines.asr import AsrOptions, FasterWhisperRecognizer, join_model_parts
 from workers.engines.asr.models import bundled_base_dir, check_model_file
+from workers.engines.common import EngineUnavailable
 from workers.engines.tts import PiperSynthesizer
 from workers.stage import PermanentError
 

@@ -1,8 +1,11 @@
-"""What every engine module shares: the error for a missing dependency or model, and torch's loading."""
+"""What every engine module shares: the error for a missing dependency or model, the model cache, and torch's
+loading."""
 
 from __future__ import annotations
 
 from typing import Any
+
+DEFAULT_CACHE_DIR = "~/.cache/babelroom/models"  # models joined from wheels or converted, for every stage
 
 
 class EngineUnavailable(RuntimeError):

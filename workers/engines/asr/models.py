@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 
-from workers.engines.asr.base import BUNDLED_BASE, BUNDLED_SMALL, BUNDLED_TINY_EN, DEFAULT_CACHE_DIR
-from workers.engines.common import EngineUnavailable
+from workers.engines.asr.base import BUNDLED_BASE, BUNDLED_SMALL, BUNDLED_TINY_EN
+from workers.engines.common import DEFAULT_CACHE_DIR, EngineUnavailable
 
 
 def bundled_tiny_en_dir() -> Path:
