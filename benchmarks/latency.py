@@ -32,7 +32,7 @@ import json
 import os
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -226,6 +226,7 @@ class Heard:
     """What one listener saw and heard of one utterance (time.time()), and the final messages' stamps."""
 
     spoken: Spoken
+    _: KW_ONLY  # the rest by name: a field added in the middle must not shift a caller's positions
     language: str = ""  # the listener's
     targets: int = 1  # how many languages the room listened in
     first_interim_at: float | None = None

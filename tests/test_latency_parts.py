@@ -86,7 +86,8 @@ def test_summary_and_plot(tmp_path: Path) -> None:
         final = float(rng.uniform(0.5, 2.0))
         finals.append(final)
         stamps = (("captured", 0.0), ("published", 0.01), ("asr.start", 0.012), ("asr", 0.2 + i / 100))
-        heard.append(Heard(spoken, 100.0 * i + 0.8, 100.0 * i + 3 + final, 100.0 * i + 3.9, stamps))
+        heard.append(Heard(spoken, first_interim_at=100.0 * i + 0.8, final_caption_at=100.0 * i + 3 + final,
+                           speech_started_at=100.0 * i + 3.9, final_stamps=stamps))  # fmt: skip
     heard.append(Heard(Spoken(heard[0].spoken.utterance, 5000.0, 5003.0)))  # nothing arrived for this one
     summary = summarize(heard)
     assert summary["utterances"] == 22 and summary["missed_final_captions"] == 1
