@@ -31,10 +31,6 @@ EXPECTED_WORDS = {"es": ("casa", "gato"), "ca": ("casa", "gat"), "gl": ("casa", 
 JOIN_TIMEOUT_MS = 20_000
 RESULT_TIMEOUT_MS = 60_000
 SOUND_FRAMES = 10
-# Chromium plays the speaker's fake microphone from the moment the page opens it. Publishing to Janus and the
-# gateway's forward took longer than a 1 s lead-in with three Chromiums on 2 loaded cores: the gateway heard
-# "is big and a cut is black". The page says when its audio reached Janus; the sentence must start after that.
-SPEAKER_LEAD_IN_S = 4.0
 # The first interim caption at every listener, after the speaker's speech onset (as the speaker's page heard
 # it): a ceiling for a loaded machine, not the target (bench latency has that: p95 1.2 s). With three Chromiums
 # and other developers' suites on the 2 cores (load average 12-28) it came 0.62-3.40 s after onset, and 4.96 s
@@ -122,7 +118,7 @@ class MeetingOptions:
 def run_meeting(
     base_url: str, tmp_path: Path, listeners: list[Listener], options: MeetingOptions = MeetingOptions()
 ) -> None:
-    speech = fake_mic_wav(tmp_path / "speech.wav", SENTENCE, lead_in_s=SPEAKER_LEAD_IN_S)
+    speech = fake_mic_wav(tmp_path / "speech.wav", SENTENCE)
     quiet = fake_mic_wav(tmp_path / "quiet.wav", None)
     room = f"e2e{int(time.time() * 1000) % 10**8}"
     with sync_playwright() as playwright:
