@@ -16,6 +16,7 @@ from aiohttp import web
 from aiohttp.web_runner import GracefulExit
 
 from gateway.options import TlsOptions
+from pipeline import memory
 
 Builder = Callable[[], Awaitable[web.Application]]
 
@@ -39,6 +40,7 @@ def server_context(tls: TlsOptions) -> ssl.SSLContext:
 def serve(build: Builder, host: str, port: int, tls: TlsOptions) -> None:
     """Until SIGINT or SIGTERM, then a clean shutdown of the application."""
     context = server_context(tls) if tls.enabled else None  # a bad certificate stops here, before anything starts
+    memory.limit_arenas()
     with contextlib.suppress(GracefulExit, KeyboardInterrupt):
         asyncio.run(_serve(build, host, port, tls.port, context))
 

@@ -38,6 +38,7 @@ from gateway.rooms import Participant, Profile, Room
 from gateway.rtp import RtpAudioTrack, RtpReceiver
 from gateway.tasks import TaskSupervisor
 from gateway.videoroom import PLUGIN, Feed, Monitor, Subscriber, create_room, destroy_room, forward_audio, kick, new_id
+from pipeline import memory
 from pipeline.bus import Bus, cancel_and_wait
 from pipeline.interim import InterimTracker
 from pipeline.messages import Message, VideoClip
@@ -48,6 +49,7 @@ log = logging.getLogger(__name__)
 
 TICK_S = 0.1  # floor timeouts, playout give-ups and "still playing" notices run at this pace
 EXPIRY_EVERY_S = 1.0
+GIVE_BACK_EVERY_S = 10.0  # freed memory goes back to the system this often (pipeline/memory.py)
 JANUS_RETRY_S = (0.5, 1.0, 2.0, 5.0)
 MONITOR_DISPLAY = "babelroom-monitor"
 
@@ -103,6 +105,7 @@ class Gateway:
         self.tasks.supervise("overload", self.overload.run)
         # Every stream, `results` and `dead` included, and the byte cap even while a stage's workers are down.
         self.tasks.supervise("retention", lambda: self.bus.trim_forever(STREAMS))
+        self.tasks.supervise("memory", self._give_back_forever)
 
     async def stop(self) -> None:
         for participant_id in list(self.sessions):
@@ -422,6 +425,12 @@ class Gateway:
             if time.monotonic() - last_expiry >= EXPIRY_EVERY_S:
                 last_expiry = time.monotonic()
                 await self.expire_sessions(last_expiry)
+
+    @staticmethod
+    async def _give_back_forever() -> None:
+        while True:
+            await asyncio.sleep(GIVE_BACK_EVERY_S)
+            await asyncio.to_thread(memory.give_back)
 
     async def expire_sessions(self, now: float) -> None:
         """Remove participants whose media never connected or stopped (their feed gone from Janus, sockets

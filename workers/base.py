@@ -34,6 +34,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from pipeline import memory
 from pipeline.bus import Bus, Delivery, cancel_and_wait
 from pipeline.config import WorkerOptions
 from pipeline.messages import FULL_SERVICE, INTERIM_TYPES, Dropped, Message
@@ -365,11 +366,17 @@ class Worker:
             task.cancel()
 
     async def _heartbeat(self) -> None:
+        """Tell the gateway this worker lives; and, when it worked since the last beat, give what that work
+        freed back to the system (pipeline/memory.py)."""
         key = self.bus.heartbeat_key(self.stage.kind, self.consumer)
         ttl_ms = int(self.options.heartbeat_ttl_s * 1000)
+        processed = self.processed
         while True:
             with contextlib.suppress(*REDIS_DOWN):  # the serve loop reports and retries the connection
                 await self.bus.client.set(key, json.dumps(self._status()), px=ttl_ms)
+            if self.processed != processed:
+                processed = self.processed
+                await asyncio.to_thread(memory.give_back)
             await asyncio.sleep(self.options.heartbeat_interval_s)
 
     def _status(self) -> dict[str, Any]:
@@ -415,6 +422,7 @@ def entry_age_s(entry_id: bytes, now: float | None = None) -> float:
 
 async def serve(stage: Stage, bus: Bus, options: WorkerOptions) -> None:
     """Run a worker until SIGTERM or SIGINT, then drain and close the bus."""
+    memory.limit_arenas()
     worker = Worker(stage, bus, options)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
