@@ -13,7 +13,9 @@ ECHO_MAX_LAG_S (gateway/options.py) it is scaled by least squares, and each cell
 explained up to MARGIN times the scaled reference. A segment whose energy is at least ECHO_SHARE explained
 at its best lag is echo: not translated, not captioned, not voiced, and it never takes the floor.
 Own speech lies in cells the reference leaves dark, so it passes, also while something plays (double talk)
-and right after.
+and right after. From such speech the echo is then taken out before recognition (`suppress`): each cell
+loses the power the scaled, aligned reference puts there, so the recogniser hears the speaker, not the
+translation under their words.
 """
 
 from __future__ import annotations
@@ -49,11 +51,20 @@ QUIET_FRAME = 0.01  # a frame under this share of the segment's loudest frame is
 FRAME_ECHO_SHARE = 0.5  # a frame at least this much explained is echo (one frame says less than a segment)
 KEEP_BEFORE_S = 0.25  # of a cut echo, what stays before the speaker's sound (the segmenter's pre-roll)
 OWN_RUN = 3  # frames (48 ms) mostly unexplained in a row: the speaker's own sound has begun
-LAG_CANDIDATES = 4  # lags judged in full, of those the envelopes suggest
+KNOWN_LAG_SLACK = 3  # hops (48 ms) either way: jitter buffers move
+TRUST_KNOWN_LAG = 0.6
+SUPPRESS_FROM = 0.05  # speech this much explained holds echo worth taking out before recognition
+# A cell loses the echo estimate's power, no more: twice that cut the speaker's words too (offline double talk
+# through Opus and a simulated loudspeaker, Whisper base: recall 0.58 unsuppressed, 0.58 at 2.0, 0.77 at 1.0).
+OVER_SUBTRACT = 1.0
+SUPPRESSION_FLOOR = 0.05  # no cell is cut below -26 dB: holes in the spectrum would sound like bubbles
 FRAME = 512  # 32 ms at 16 kHz
 HOP = 256  # 16 ms
 LOW_BIN, HIGH_BIN = 3, 129  # 94 Hz .. 4 kHz: where speech energy is
 WINDOW = np.hanning(FRAME).astype(np.float32)
+# The square root of a periodic Hann window, on analysis and on synthesis: at 50 % overlap their product sums
+# to one, so a spectrum left as it is resynthesises to the same samples.
+ROOT_HANN = np.sqrt(0.5 - 0.5 * np.cos(2 * np.pi * np.arange(FRAME) / FRAME)).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -62,6 +73,7 @@ class Verdict:
     explained: float  # the share of the segment's energy the reference explains at the best lag
     lag_s: float
     leading_samples: int = 0  # speech that follows the echo's tail: this much of its start is echo (16 kHz)
+    cleaned: Samples | None = None  # speech with echo in it: the same audio with the echo taken out
 
 
 @dataclass
@@ -115,6 +127,7 @@ class EchoGuard:
     stats: EchoStats = field(default_factory=EchoStats)
     _voices: dict[str, AudioHistory] = field(default_factory=dict)
     _onsets: dict[str, _Onset] = field(default_factory=dict)
+    _lags: dict[str, int] = field(default_factory=dict)  # each participant's echo path, in hops, once found
 
     # -- what was played ------------------------------------------------------------------------------
     def heard(self, participant_id: str, samples: Samples, now: float) -> None:
@@ -124,14 +137,15 @@ class EchoGuard:
     def forget(self, participant_id: str) -> None:
         self._voices.pop(participant_id, None)
         self._onsets.pop(participant_id, None)
+        self._lags.pop(participant_id, None)
 
     def reference(self, room: Room, listener: Participant, start: float, seconds: float) -> Samples:
         """What the gateway played to `listener` from wall time `start`: their feed and voices they hear, 16 kHz."""
         count = round(seconds * OUTPUT_RATE)
         played = np.zeros(count, dtype=np.float32)
         timeline = room.timelines.get(listener.profile.hear)
-        if timeline is not None:
-            played += timeline.render(timeline.sample_at(start), count)
+        if timeline is not None:  # from before the timeline began too (silence there): sample_at stops at 0
+            played += timeline.render(round((start - timeline.origin) * timeline.options.rate), count)
         for other_id, gain in self._voices_heard_by(room, listener):
             played += gain * self._voices[other_id].window(start, count)
         return resample(played, OUTPUT_RATE, SAMPLE_RATE)
@@ -165,11 +179,15 @@ class EchoGuard:
         if not self.played_since(room, speaker, start):
             return None
         reference = self.reference(room, speaker, start, duration + o.max_lag_s - o.min_lag_s)
-        fit = explained_share(audio, reference, o)
+        fit = explained_share(audio, reference, o, self._lags.get(speaker.id))
+        if fit.share >= o.echo_share:  # pure echo: its lag is this participant's echo path
+            self._lags[speaker.id] = fit.lag
         leading = max(0, fit.leading_frames * HOP - round(KEEP_BEFORE_S * SAMPLE_RATE))
         if audio.size - leading < MIN_SPEECH_S * SAMPLE_RATE:
             leading = 0
-        return Verdict(fit.share >= o.echo_share, fit.share, fit.lag * HOP / SAMPLE_RATE, leading)
+        echo = fit.share >= o.echo_share
+        cleaned = suppress(audio, reference, fit, o) if not echo and fit.share >= SUPPRESS_FROM else None
+        return Verdict(echo, fit.share, fit.lag * HOP / SAMPLE_RATE, leading, cleaned)
 
     def check(self, room: Room, speaker: Participant, audio: Samples, end_at: float) -> Verdict | None:
         """A closed segment: judged, and counted, when something was played to the speaker in its time."""
@@ -233,14 +251,19 @@ class Fit:
     share: float  # of the audio's energy, explained at the best lag
     lag: int  # hops
     leading_frames: int  # frames at the start that are echo (or silence after it) before anything else
+    gain2: float = 0.0  # the reference's power times this is the echo's
 
 
-def explained_share(audio: Samples, reference: Samples, options: EchoOptions) -> Fit:
+def explained_share(audio: Samples, reference: Samples, options: EchoOptions, known_lag: int | None = None) -> Fit:
     """The largest share of `audio`'s energy that the scaled, aligned reference explains, its lag, and how
-    much of the audio's start is echo at that lag.
+    much of the audio's start is echo at that lag. A participant's echo path keeps its lag: at `known_lag`
+    (within KNOWN_LAG_SLACK), a fit explaining at least TRUST_KNOWN_LAG of the best one wins, since a quiet
+    echo under louder speech is outexplained by some chance alignment of the reference with that speech.
 
-    `reference` starts `max_lag_s` before `audio` and ends `min_lag_s` before its end. The lags whose
-    envelopes agree best are tried in full (LAG_CANDIDATES of them): a tenth of the work of trying every lag."""
+    `reference` starts `max_lag_s` before `audio` and ends `min_lag_s` before its end. Every lag is tried: the
+    spectra cost more than the lags (7.5 ms for a 5 s segment judged at 4 lags its envelopes suggested, 11.9 ms
+    at all 185), and an echo under louder speech misleads any shortcut (it fitted a wrong lag).
+    """
     x = power_frames(audio)
     total = float(x.sum())
     r = power_frames(reference)
@@ -251,8 +274,8 @@ def explained_share(audio: Samples, reference: Samples, options: EchoOptions) ->
     max_lag = round(options.max_lag_s * SAMPLE_RATE / HOP)
     min_lag = round(options.min_lag_s * SAMPLE_RATE / HOP)
     r = np.pad(r, ((0, max(0, x.shape[0] + max_lag - min_lag - r.shape[0])), (0, 0)))
-    best = Fit(0.0, 0, 0)
-    for lag in _likely_lags(x, r, min_lag, max_lag):
+    best = at_known = Fit(0.0, 0, 0)
+    for lag in range(min_lag, max_lag + 1):
         aligned = r[max_lag - lag : max_lag - lag + x.shape[0]]
         power = float(np.vdot(aligned, aligned))
         if power <= 0.0:
@@ -260,9 +283,52 @@ def explained_share(audio: Samples, reference: Samples, options: EchoOptions) ->
         gain2 = min(float(np.vdot(x, aligned)) / power, MAX_GAIN**2)
         explained = np.minimum(x, MARGIN * gain2 * aligned).sum(axis=1)
         share = float(explained.sum()) / total
-        if share > best.share:
-            best = Fit(share, lag, _leading_echo(x.sum(axis=1), explained))
-    return best
+        near_known = known_lag is not None and abs(lag - known_lag) <= KNOWN_LAG_SLACK
+        if share <= best.share and not (near_known and share > at_known.share):
+            continue
+        fit = Fit(share, lag, _leading_echo(x.sum(axis=1), explained), gain2)
+        best = fit if share > best.share else best
+        at_known = fit if near_known and share > at_known.share else at_known
+    return at_known if at_known.share >= TRUST_KNOWN_LAG * best.share > 0 else best
+
+
+def suppress(audio: Samples, reference: Samples, fit: Fit, options: EchoOptions) -> Samples:
+    """`audio` less the echo `fit` found: power subtraction of the scaled, aligned, reverberant reference, per
+    cell of a short-time spectrum (all bins, not only the speech band the fit looked at), then resynthesis."""
+    x = spectrum(audio)
+    r = power_of(spectrum(reference))
+    r[r < r.max() * 10 ** (-REFERENCE_FLOOR_DB / 10)] = 0.0
+    r = with_tail(r)
+    max_lag = round(options.max_lag_s * SAMPLE_RATE / HOP)
+    r = np.pad(r, ((0, max(0, x.shape[0] + max_lag - fit.lag - r.shape[0])), (0, 0)))
+    echo = fit.gain2 * r[max_lag - fit.lag : max_lag - fit.lag + x.shape[0]]
+    keep = 1.0 - OVER_SUBTRACT * echo / np.maximum(power_of(x), 1e-12)
+    gains = np.sqrt(np.clip(keep, SUPPRESSION_FLOOR**2, 1.0)).astype(np.float32)
+    return resynthesise(x * gains, audio.size)
+
+
+def spectrum(samples: Samples) -> np.ndarray:
+    """Short-time spectrum, frames x all bins, ROOT_HANN-windowed. A first frame starts half a frame before
+    the samples (so every sample lies in two frames); frame t + 1 then covers what power_frames' frame t does."""
+    padded = np.pad(samples, (HOP, FRAME))
+    count = 1 + (padded.size - FRAME) // HOP
+    index = np.arange(FRAME)[None, :] + HOP * np.arange(count)[:, None]
+    frames: np.ndarray = np.fft.rfft(padded[index] * ROOT_HANN, axis=1)
+    return frames
+
+
+def power_of(spectrum: np.ndarray) -> np.ndarray:
+    power: np.ndarray = (spectrum.real**2 + spectrum.imag**2).astype(np.float32)
+    return power
+
+
+def resynthesise(spectrum: np.ndarray, count: int) -> Samples:
+    """`count` samples from `spectrum` by overlap-add: the inverse of `spectrum` for a spectrum left as it was."""
+    frames = np.fft.irfft(spectrum, n=FRAME, axis=1).astype(np.float32) * ROOT_HANN
+    out = np.zeros(HOP * (frames.shape[0] + 1), dtype=np.float32)
+    for t, frame in enumerate(frames):
+        out[t * HOP : t * HOP + FRAME] += frame
+    return out[HOP : HOP + count]
 
 
 def _leading_echo(energy: np.ndarray, explained: np.ndarray) -> int:
@@ -276,12 +342,3 @@ def _leading_echo(energy: np.ndarray, explained: np.ndarray) -> int:
         return 0
     first_own = int(starts[0])
     return first_own if bool((loud & ~own)[:first_own].any()) else 0
-
-
-def _likely_lags(x: np.ndarray, r: np.ndarray, min_lag: int, max_lag: int) -> list[int]:
-    """Lags (hops) ordered by how well the amplitude envelopes of segment and reference correlate."""
-    ex, er = np.sqrt(x.sum(axis=1)), np.sqrt(r.sum(axis=1))
-    ex = ex - ex.mean()
-    lags = np.arange(min_lag, max_lag + 1)
-    scores = [float(np.dot(ex, er[max_lag - lag : max_lag - lag + ex.size])) for lag in lags]
-    return [int(lags[i]) for i in np.argsort(scores)[::-1][:LAG_CANDIDATES]]

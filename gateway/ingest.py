@@ -46,9 +46,11 @@ log = logging.getLogger(__name__)
 
 
 class AudioSource(Protocol):
-    """Where a participant's audio frames come from (gateway/rtp.py; any aiortc audio track fits too)."""
+    """Where a participant's audio frames come from (gateway/rtp.py), and when each was spoken."""
 
     async def recv(self) -> Any: ...
+
+    def end_time(self, frame: AudioFrame) -> float: ...
 
 
 REDIS_RETRY_S = 1.0
@@ -99,14 +101,15 @@ class Ingest:
                 samples = resample(samples, frame.sample_rate, OUTPUT_RATE)
             if participant.muted:  # the page mutes its track too; this covers the frames in flight
                 samples = samples * 0.0
-            self.echo.heard(participant.id, samples, time.time())  # the others who hear this voice may echo it
+            # spoken at: not when this loop got to it, which can be seconds later on a busy gateway
+            now = track.end_time(frame)
+            self.echo.heard(participant.id, samples, now)  # the others who hear this voice may echo it
             if segmenter.speaking and segmenter.turn_detection:  # Smart Turn may judge a pause: 12-80 ms
                 segments = await asyncio.to_thread(segmenter.feed, samples)
             else:  # no model runs between segments: a thread hop per 20 ms frame would cost more than the frame
                 segments = segmenter.feed(samples)
             if participant.id not in room.participants:
                 return  # left
-            now = time.time()
             speaking = segmenter.speaking and not self._echo_so_far(room, participant, segmenter, now)
             if speaking:  # an echo takes no floor and keeps none
                 await self.floor_events(room, room.floor.heard(participant.id))
@@ -177,6 +180,8 @@ class Ingest:
         verdict = self.echo.check(room, participant, segment.samples, captured_at)
         if verdict is not None and verdict.echo:
             return  # what they were played, back through their microphone: not their speech
+        if verdict is not None and verdict.cleaned is not None:  # their words over the echo: only their words
+            segment = dataclasses.replace(segment, samples=verdict.cleaned)
         if verdict is not None and verdict.leading_samples:  # their words right after the echo's tail: only theirs
             segment = without_start(segment, verdict.leading_samples)
         plan = room.floor.submit(participant.id)

@@ -31,14 +31,10 @@ OUTPUT_RATE = 48_000  # what aiortc's Opus encoder takes
 FRAME_SAMPLES = 960  # 20 ms at 48 kHz
 # A listener track that fell this far behind the wall clock (its sender stalled) skips ahead.
 MAX_TRACK_LAG_S = 0.5
-# Silence on a feed: this many silent frames go out as usual, then one every DTX_KEEPALIVE_FRAMES (400 ms,
-# Opus DTX's pace), which keeps the stream alive at a fiftieth of the cost.
-DTX_AFTER_FRAMES = 5
 # Segments of a speaker remembered as seen (to tell a duplicate from late speech) behind the newest placed:
 # a meeting's timeline must not grow with its length. An older redelivery counts as out of order instead.
 SEEN_BEHIND = 64
 SEEN_PRUNE_AT = 256
-DTX_KEEPALIVE_FRAMES = 20
 # Played speech stays on the timeline this long: the echo guard (gateway/echo.py) compares a listener's
 # next segment (at most MAX_SEGMENT_S, 10 s, plus its echo's lag) with what they were played.
 KEEP_PLAYED_S = 14.0
@@ -219,9 +215,10 @@ class TimelineTrack(MediaStreamTrack):
     """A language timeline as an audio track: 20 ms stereo s16 frames paced by the wall clock.
 
     The language's feed publishes it once into Janus, and every listener of the language subscribes to
-    that feed, so they all hear the same speech at the same moment. Between translations the track
-    behaves like Opus DTX: after a few frames of silence it sends one silent frame every 400 ms instead
-    of 50 a second (timestamps jump, as receivers expect of DTX), so an idle room costs next to nothing.
+    that feed, so they all hear the same speech at the same moment. Between translations it sends silence,
+    every 20 ms: it used to send one frame every 400 ms there (as Opus DTX paces its packets, but without
+    DTX's marking), and Chromium's jitter buffer took the gaps for network jitter and grew from 60 ms to
+    300 ms and more over a meeting (tests/test_browser_echo.py), late speech for every listener.
     """
 
     kind = "audio"
@@ -231,24 +228,19 @@ class TimelineTrack(MediaStreamTrack):
         self.timeline = timeline
         self._clock = clock
         self._next: int | None = None
-        self._silent_run = 0
 
     async def recv(self) -> AudioFrame:
-        while True:
-            if self.readyState != "live":
-                raise MediaStreamError
-            now_sample = self.timeline.sample_at(self._clock())
-            if self._next is None or now_sample - self._next > MAX_TRACK_LAG_S * self.timeline.options.rate:
-                self._next = now_sample
-            wait = self.timeline.time_of(self._next) - self._clock()
-            if wait > 0:
-                await asyncio.sleep(wait)
-            pts = self._next
-            samples = self.timeline.render(pts, FRAME_SAMPLES)
-            self._next += FRAME_SAMPLES
-            self._silent_run = 0 if samples.any() else self._silent_run + 1
-            if self._silent_run <= DTX_AFTER_FRAMES or self._silent_run % DTX_KEEPALIVE_FRAMES == 0:
-                return stereo_frame(samples, pts, self.timeline.options.rate)
+        if self.readyState != "live":
+            raise MediaStreamError
+        now_sample = self.timeline.sample_at(self._clock())
+        if self._next is None or now_sample - self._next > MAX_TRACK_LAG_S * self.timeline.options.rate:
+            self._next = now_sample
+        wait = self.timeline.time_of(self._next) - self._clock()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        pts = self._next
+        self._next += FRAME_SAMPLES
+        return stereo_frame(self.timeline.render(pts, FRAME_SAMPLES), pts, self.timeline.options.rate)
 
 
 def stereo_frame(mono: Samples, pts: int, rate: int = OUTPUT_RATE) -> AudioFrame:

@@ -19,7 +19,9 @@ import fractions
 import logging
 import secrets
 import struct
-from typing import cast
+import time
+from dataclasses import dataclass
+from typing import NamedTuple, cast
 
 from aiortc.mediastreams import MediaStreamError
 from av import AudioFrame, CodecContext, Packet
@@ -37,11 +39,58 @@ REORDER_WINDOW = 50
 # reordering a network does, short enough to add no delay worth hearing.
 HOLD_PACKETS = 3
 MAX_CONCEALED_FRAMES = 10  # a gap of lost packets up to this long is filled with silence, keeping time
+# The sender's clock may run this much slower than ours (s per s) before its times drift: clocks differ by
+# well under 100 ppm. A packet later than the clock expects by more than CLOCK_RESET_S means a new clock.
+CLOCK_CREEP = 1e-3
+CLOCK_RESET_S = 10.0
 _HEADER = struct.Struct("!BBHII")
 
 
+@dataclass
+class SenderClock:
+    """When the sender captured each RTP timestamp, on our wall clock, up to the fastest path's delay.
+
+    The gateway's event loop may read a packet late (a busy loop, several rooms); timing the audio by when
+    it was read puts it seconds after it was spoken, and the echo guard then looks for echoes seconds away
+    from where they are. The RTP timestamp counts the sender's samples, so a timestamp's time is
+    timestamp / rate + offset, where the offset is the smallest (arrival - timestamp / rate) seen: the packet
+    that came through fastest. The offset creeps later by CLOCK_CREEP per second (a slower sender clock)
+    and drops at once when a packet comes faster."""
+
+    rate: int = OPUS_RATE
+    _last: int | None = None  # the last timestamp as sent (32 bits)
+    _unwrapped: int = 0  # the same, counted on past the wrap, from the first packet's
+    _offset: float | None = None
+    _offset_at: float = 0.0  # arrival time the offset was last set
+
+    def stamp(self, timestamp: int, arrival: float) -> int:
+        """Observe a packet; its timestamp unwrapped (from 0 at the first packet)."""
+        if self._last is not None:
+            delta = (timestamp - self._last) & 0xFFFFFFFF
+            self._unwrapped += delta - (1 << 32) if delta >= 1 << 31 else delta
+        self._last = timestamp
+        candidate = arrival - self._unwrapped / self.rate
+        if self._offset is not None:
+            allowed = self._offset + CLOCK_CREEP * (arrival - self._offset_at)
+            if candidate <= allowed or candidate - allowed < CLOCK_RESET_S:
+                self._offset = min(candidate, allowed)
+                self._offset_at = arrival
+                return self._unwrapped
+        self._offset, self._offset_at = candidate, arrival
+        return self._unwrapped
+
+    def restart(self) -> None:
+        """The sender started over: its timestamps say nothing of the old ones."""
+        self._last, self._offset = None, None
+
+    def time_of(self, timestamp: int) -> float:
+        """Wall time of an unwrapped timestamp; now, before any packet came."""
+        return time.time() if self._offset is None else self._offset + timestamp / self.rate
+
+
 class RtpAudioTrack:
-    """One participant's forwarded audio, decoded to 20 ms mono s16 frames at 48 kHz, read with `recv`."""
+    """One participant's forwarded audio, decoded to 20 ms mono s16 frames at 48 kHz, read with `recv`.
+    A frame's pts is its RTP timestamp (unwrapped); `end_time` says when its last sample was spoken."""
 
     kind = "audio"
 
@@ -55,8 +104,9 @@ class RtpAudioTrack:
         self._decoder.sample_rate = OPUS_RATE
         self._frames: asyncio.Queue[AudioFrame | None] = asyncio.Queue(QUEUE_FRAMES)
         self._expected: int | None = None  # the next sequence number to decode
-        self._pending: dict[int, bytes] = {}  # arrived ahead of a missing one
-        self._pts = 0
+        self._pending: dict[int, tuple[int, bytes]] = {}  # (pts, payload) arrived ahead of a missing one
+        self._pts = 0  # the pts after the last frame: a concealed gap's silence goes there
+        self.clock = SenderClock()
 
     async def recv(self) -> AudioFrame:
         frame = await self._frames.get()
@@ -67,8 +117,13 @@ class RtpAudioTrack:
     def stop(self) -> None:
         self._put(None)
 
-    def receive(self, seq: int, payload: bytes) -> None:
-        """Take one RTP packet's Opus payload, in whatever order the network delivered it."""
+    def end_time(self, frame: AudioFrame) -> float:
+        """Wall time at which the frame's last sample was captured (SenderClock)."""
+        assert frame.pts is not None
+        return self.clock.time_of(frame.pts + frame.samples)
+
+    def receive(self, seq: int, timestamp: int, payload: bytes, arrival: float) -> None:
+        """Take one RTP packet's Opus payload, in whatever order the network delivered it (arrival: wall time)."""
         if self._expected is None:
             self._expected = seq
         ahead = (seq - self._expected) & 0xFFFF
@@ -77,7 +132,9 @@ class RtpAudioTrack:
         if ahead >= REORDER_WINDOW:  # far ahead: the sender started over
             self._pending.clear()
             self._expected = seq
-        self._pending[seq] = payload
+            self.clock.restart()
+        pts = self.clock.stamp(timestamp, arrival)
+        self._pending[seq] = (pts, payload)
         self._drain()
 
     def _drain(self) -> None:
@@ -85,7 +142,7 @@ class RtpAudioTrack:
         assert self._expected is not None
         while True:
             while self._expected in self._pending:
-                self._decode(self._pending.pop(self._expected))
+                self._decode(*self._pending.pop(self._expected))
                 self._expected = (self._expected + 1) & 0xFFFF
             if len(self._pending) <= HOLD_PACKETS:
                 return
@@ -96,8 +153,9 @@ class RtpAudioTrack:
                 self._put(self._silence())
             self._expected = resume
 
-    def _decode(self, payload: bytes) -> None:
+    def _decode(self, pts: int, payload: bytes) -> None:
         self.packets += 1
+        self._pts = pts
         try:
             frames = self._decoder.decode(Packet(payload))
         except ValueError as exc:  # av raises InvalidDataError (a ValueError) for a broken packet
@@ -170,20 +228,26 @@ class RtpReceiver(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: tuple[str | bytes | int, ...]) -> None:
         parsed = parse_rtp(data)
-        track = self.tracks.get(parsed[1]) if parsed else None
+        track = self.tracks.get(parsed.ssrc) if parsed else None
         if parsed is None or track is None:
             self.dropped += 1
             return
-        seq, _, payload = parsed
-        if payload:
-            track.receive(seq, payload)
+        if parsed.payload:
+            track.receive(parsed.seq, parsed.timestamp, parsed.payload, time.time())
 
 
-def parse_rtp(data: bytes) -> tuple[int, int, bytes] | None:
-    """(sequence number, SSRC, payload) of an RTP packet (RFC 3550), or None for anything else."""
+class RtpPacket(NamedTuple):
+    seq: int
+    timestamp: int
+    ssrc: int
+    payload: bytes
+
+
+def parse_rtp(data: bytes) -> RtpPacket | None:
+    """An RTP packet's sequence number, timestamp, SSRC and payload (RFC 3550), or None for anything else."""
     if len(data) < _HEADER.size:
         return None
-    first, second, seq, _, ssrc = _HEADER.unpack_from(data)
+    first, second, seq, timestamp, ssrc = _HEADER.unpack_from(data)
     if first >> 6 != 2 or 72 <= second & 0x7F <= 76:  # not version 2, or RTCP (payload types 200-204)
         return None
     offset = _HEADER.size + 4 * (first & 0x0F)  # CSRCs
@@ -197,4 +261,4 @@ def parse_rtp(data: bytes) -> tuple[int, int, bytes] | None:
         end -= data[-1] if data else 0
     if offset > end:
         return None
-    return seq, ssrc, data[offset:end]
+    return RtpPacket(seq, timestamp, ssrc, data[offset:end])

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from av import AudioFrame, CodecContext
 
-from gateway.rtp import FRAME_SAMPLES, RtpReceiver, parse_rtp
+from gateway.rtp import CLOCK_RESET_S, FRAME_SAMPLES, RtpReceiver, SenderClock, parse_rtp
 from gateway.videoroom import address_of
 
 RATE = 48_000
@@ -41,9 +41,9 @@ def rtp(seq: int, ssrc: int, payload: bytes, extension: bool = False) -> bytes:
 
 def test_an_rtp_header_with_csrcs_extension_and_padding_is_parsed() -> None:
     packet = rtp(7, 1234, b"opus", extension=True)
-    assert parse_rtp(packet) == (7, 1234, b"opus")
+    assert parse_rtp(packet) == (7, 7 * FRAME_SAMPLES, 1234, b"opus")
     padded = bytes([packet[0] | 0x20]) + packet[1:] + b"\x00\x00\x03"
-    assert parse_rtp(padded) == (7, 1234, b"opus")
+    assert parse_rtp(padded) == (7, 7 * FRAME_SAMPLES, 1234, b"opus")
     assert parse_rtp(b"\x80\xc8" + bytes(20)) is None, "RTCP is not RTP"
     assert parse_rtp(b"hello") is None and parse_rtp(bytes(12)) is None
 
@@ -71,6 +71,26 @@ async def test_forwarded_opus_is_decoded_in_order_with_gaps_kept_in_time() -> No
     levels = [float(np.abs(f.to_ndarray()).mean()) for f in frames]
     assert min(levels[20:23]) == 0 and track.lost == 3, "lost packets become silence; the reordered ones play"
     assert np.median(levels[40:]) > 3_000, "the tone comes through"
+
+
+def test_audio_is_timed_by_when_it_was_sent_not_when_a_busy_loop_read_it() -> None:
+    """Packets sent every 20 ms from t=100 s over a 30 ms path; a busy loop reads a second of them 0.2-1.2 s
+    late. Their times stay within a millisecond of sending plus the fastest path, across the timestamp's wrap."""
+    clock = SenderClock()
+    start_ts = (1 << 32) - 10 * FRAME_SAMPLES  # wraps after ten packets
+    errors = []
+    for i in range(200):
+        sent = 100.0 + i * 0.02
+        late = 0.2 + 0.02 * (60 - i) if 50 <= i < 60 else 0.0  # read in one burst at packet 60
+        pts = clock.stamp((start_ts + i * FRAME_SAMPLES) & 0xFFFFFFFF, sent + 0.03 + late + 0.001 * (i % 3))
+        assert pts == i * FRAME_SAMPLES, "unwrapped, counted from the first packet"
+        errors.append(abs(clock.time_of(pts) - (sent + 0.03)))
+    assert max(errors[5:]) < 0.002, max(errors)
+    clock.restart()  # the sender started over with another timestamp
+    pts = clock.stamp(12345, 200.0)
+    assert abs(clock.time_of(pts) - 200.0) < 1e-9
+    later = clock.stamp(12345 + FRAME_SAMPLES, 200.02 + CLOCK_RESET_S + 1)  # a new clock: re-anchored
+    assert abs(clock.time_of(later) - (200.02 + CLOCK_RESET_S + 1)) < 1e-9
 
 
 async def test_janus_is_asked_to_forward_to_an_address_never_a_name() -> None:
