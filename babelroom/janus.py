@@ -122,6 +122,12 @@ def write_config(folder: Path, config: JanusConfig) -> Path:
     return main
 
 
+def janus_env(env: Mapping[str, str]) -> dict[str, str]:
+    """Janus's environment: at most two glibc heaps. It runs a thread per session and per handle, each with a
+    heap of its own otherwise, and a meeting that comes and goes left them fragmented (pipeline/memory.py)."""
+    return {**env, "MALLOC_ARENA_MAX": env.get("MALLOC_ARENA_MAX", "2")}
+
+
 def janus_argv(folder: Path) -> list[str]:
     return [find_binary(), "--config", str(folder / "janus.jcfg"), "--configs-folder", str(folder), "--disable-colors"]
 

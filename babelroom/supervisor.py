@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
+import os
 import shutil
 import signal
 import socket
@@ -197,13 +198,13 @@ def janus_command(folder: Path, config: janus.JanusConfig) -> list[str]:
 def janus_child(env: dict[str, str], folder: Path) -> tuple[Child, janus.JanusConfig]:
     """A private Janus: the API on loopback, fresh secrets, the configuration written into `folder`."""
     config = janus.config_from_env(env, free_port())
-    return Child("janus", janus_command(folder, config), env), config
+    return Child("janus", janus_command(folder, config), janus.janus_env(env)), config
 
 
 def run_janus(config: janus.JanusConfig) -> int:
     """Janus in the foreground (`babelroom janus`, a container's one process) until it exits; returns its exit
     status. Its configuration holds the API secret and admin key, so the folder goes when Janus does."""
-    return run_in_foreground("janus", lambda folder: janus_command(folder, config))
+    return run_in_foreground("janus", lambda folder: janus_command(folder, config), janus.janus_env(os.environ))
 
 
 def run_coturn(config: coturn.CoturnConfig) -> int:
@@ -212,12 +213,12 @@ def run_coturn(config: coturn.CoturnConfig) -> int:
     return run_in_foreground("coturn", lambda folder: list(coturn.coturn_argv(coturn.write_config(folder, config))))
 
 
-def run_in_foreground(name: str, command: Callable[[Path], list[str]]) -> int:
+def run_in_foreground(name: str, command: Callable[[Path], list[str]], env: Mapping[str, str] | None = None) -> int:
     """The program `command` writes its configuration for, until it exits; returns its exit status. It runs in
     its own process group and gets SIGTERM and SIGINT from here, once each (a terminal's Ctrl-C reaches only
     this process)."""
     with tempfile.TemporaryDirectory(prefix=f"babelroom-{name}-") as folder:
-        process = subprocess.Popen(command(Path(folder)), process_group=0)
+        process = subprocess.Popen(command(Path(folder)), process_group=0, env=env)
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda received, _frame: process.send_signal(received))
         code = process.wait()

@@ -111,7 +111,9 @@ def media_plane(
         wait_for_redis(redis_url)
         config = janus.JanusConfig.fresh(free_port(), ice_enforce_list=netns.TEST_INTERFACE)
         janus.write_config(workdir / "janus", config)
-        janus_proc = subprocess.Popen(janus.janus_argv(workdir / "janus"), stdout=log, stderr=subprocess.STDOUT)
+        janus_proc = subprocess.Popen(
+            janus.janus_argv(workdir / "janus"), stdout=log, stderr=subprocess.STDOUT, env=janus.janus_env(os.environ)
+        )
         procs.append(janus_proc)
         janus.wait_for_janus(config)
         port = free_port()

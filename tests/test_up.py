@@ -19,7 +19,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from babelroom import coturn, netns
+from babelroom import coturn, janus, netns
 from babelroom.certificate import ensure_certificate
 from babelroom.janus import JanusConfig, wait_for_janus
 from babelroom.supervisor import free_port
@@ -188,3 +188,9 @@ def test_turn_command_runs_coturn_with_the_shared_secret_and_leaves_no_folder(tm
         if process.poll() is None:
             process.kill()
     assert list(tmp_path.glob("babelroom-coturn-*")) == [], "the folder with the TURN secret was left behind"
+
+
+def test_janus_runs_with_two_heaps_unless_told_otherwise() -> None:
+    """A thread per session and handle, each with a glibc heap of its own, fragmented over a meeting."""
+    assert janus.janus_env({"PATH": "/bin"}) == {"PATH": "/bin", "MALLOC_ARENA_MAX": "2"}
+    assert janus.janus_env({"MALLOC_ARENA_MAX": "4"})["MALLOC_ARENA_MAX"] == "4", "the operator's setting stands"
