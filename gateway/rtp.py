@@ -118,9 +118,11 @@ class RtpAudioTrack:
         self._put(None)
 
     def end_time(self, frame: AudioFrame) -> float:
-        """Wall time at which the frame's last sample was captured (SenderClock)."""
+        """Wall time by which the frame's last sample was captured and could reach us (SenderClock). A packet's
+        timestamp is its first sample's, and the packet leaves once its last sample is in, so the fastest
+        arrival maps the first sample's timestamp to a time after the last one."""
         assert frame.pts is not None
-        return self.clock.time_of(frame.pts + frame.samples)
+        return self.clock.time_of(frame.pts)
 
     def receive(self, seq: int, timestamp: int, payload: bytes, arrival: float) -> None:
         """Take one RTP packet's Opus payload, in whatever order the network delivered it (arrival: wall time)."""
