@@ -52,7 +52,6 @@ FRAME_ECHO_SHARE = 0.5  # a frame at least this much explained is echo (one fram
 KEEP_BEFORE_S = 0.25  # of a cut echo, what stays before the speaker's sound (the segmenter's pre-roll)
 OWN_RUN = 3  # frames (48 ms) mostly unexplained in a row: the speaker's own sound has begun
 KNOWN_LAG_SLACK = 3  # hops (48 ms) either way: jitter buffers move
-TRUST_KNOWN_LAG = 0.6
 SUPPRESS_FROM = 0.05  # speech this much explained holds echo worth taking out before recognition
 # A cell loses the echo estimate's power, no more: twice that cut the speaker's words too (offline double talk
 # through Opus and a simulated loudspeaker, Whisper base: recall 0.58 unsuppressed, 0.58 at 2.0, 0.77 at 1.0).
@@ -256,9 +255,9 @@ class Fit:
 
 def explained_share(audio: Samples, reference: Samples, options: EchoOptions, known_lag: int | None = None) -> Fit:
     """The largest share of `audio`'s energy that the scaled, aligned reference explains, its lag, and how
-    much of the audio's start is echo at that lag. A participant's echo path keeps its lag: at `known_lag`
-    (within KNOWN_LAG_SLACK), a fit explaining at least TRUST_KNOWN_LAG of the best one wins, since a quiet
-    echo under louder speech is outexplained by some chance alignment of the reference with that speech.
+    much of the audio's start is echo at that lag. A participant's echo path keeps its lag, so the best fit
+    within KNOWN_LAG_SLACK of `known_lag` is taken unless another lag finds pure echo (the path changed): a
+    quiet echo under louder speech is outexplained by some chance alignment of the reference with that speech.
 
     `reference` starts `max_lag_s` before `audio` and ends `min_lag_s` before its end. Every lag is tried: the
     spectra cost more than the lags (7.5 ms for a 5 s segment judged at 4 lags its envelopes suggested, 11.9 ms
@@ -289,7 +288,7 @@ def explained_share(audio: Samples, reference: Samples, options: EchoOptions, kn
         fit = Fit(share, lag, _leading_echo(x.sum(axis=1), explained), gain2)
         best = fit if share > best.share else best
         at_known = fit if near_known and share > at_known.share else at_known
-    return at_known if at_known.share >= TRUST_KNOWN_LAG * best.share > 0 else best
+    return at_known if at_known.share > 0 and best.share < options.echo_share else best
 
 
 def suppress(audio: Samples, reference: Samples, fit: Fit, options: EchoOptions) -> Samples:
