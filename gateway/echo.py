@@ -169,9 +169,12 @@ class EchoGuard:
         return heard
 
     # -- verdicts -------------------------------------------------------------------------------------
-    def judge(self, room: Room, speaker: Participant, audio: Samples, end_at: float) -> Verdict | None:
+    def judge(
+        self, room: Room, speaker: Participant, audio: Samples, end_at: float, clean: bool = False
+    ) -> Verdict | None:
         """Is this audio (16 kHz, received until wall time `end_at`) an echo of what `speaker` was played?
-        None when nothing was played to them in its time: no echo, and nothing to compute."""
+        None when nothing was played to them in its time: no echo, and nothing to compute. `clean`: speech with
+        echo in it comes with the echo taken out (closed segments only: an onset's verdict is all it needs)."""
         o = self.options
         duration = audio.size / SAMPLE_RATE
         start = end_at - duration - o.max_lag_s
@@ -185,13 +188,13 @@ class EchoGuard:
         if audio.size - leading < MIN_SPEECH_S * SAMPLE_RATE:
             leading = 0
         echo = fit.share >= o.echo_share
-        cleaned = suppress(audio, reference, fit, o) if not echo and fit.share >= SUPPRESS_FROM else None
+        cleaned = suppress(audio, reference, fit, o) if clean and not echo and fit.share >= SUPPRESS_FROM else None
         return Verdict(echo, fit.share, fit.lag * HOP / SAMPLE_RATE, leading, cleaned)
 
     def check(self, room: Room, speaker: Participant, audio: Samples, end_at: float) -> Verdict | None:
         """A closed segment: judged, and counted, when something was played to the speaker in its time."""
         self._onsets.pop(speaker.id, None)
-        verdict = self.judge(room, speaker, audio, end_at) if self.options.enabled else None
+        verdict = self.judge(room, speaker, audio, end_at, clean=True) if self.options.enabled else None
         if verdict is None:
             return None
         self.stats.segments_checked += 1
