@@ -40,7 +40,8 @@ image-test:
 	./.ci/image/test
 
 lint: test-venv
-	$(VENV)/bin/ruff check babelroom gateway pipeline workers benchmarks tests
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy babelroom gateway pipeline workers benchmarks
 
 bench: system-deps venv

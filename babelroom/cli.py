@@ -56,7 +56,8 @@ def parser() -> argparse.ArgumentParser:
     )
     add_listen_options(up)
     up.add_argument(
-        "--https", action="store_true",
+        "--https",
+        action="store_true",
         help="serve HTTPS too, with a self-signed certificate for this host made once and kept (BABELROOM_TLS_DIR)",
     )
     up.add_argument("--turn", action="store_true", help="run coturn, a TURN relay for networks that block UDP")
@@ -236,7 +237,7 @@ def run_turn(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 def check_settings(env: Mapping[str, str]) -> None:
     """Read every setting the service's processes will read; raises ValueError naming a bad one."""
     from gateway.options import GatewayOptions
-    from gateway.serve import server_context
+    from gateway.web.serve import server_context
     from workers.registry import build_stage
 
     BusOptions.from_env(env)
@@ -251,9 +252,9 @@ def check_settings(env: Mapping[str, str]) -> None:
 def run_gateway(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     from aiohttp import web
 
-    from gateway.app import create_app
     from gateway.options import GatewayOptions
-    from gateway.serve import serve
+    from gateway.web.app import create_app
+    from gateway.web.serve import serve
     from pipeline.bus import Bus
 
     options = GatewayOptions.from_env(env)
@@ -308,7 +309,7 @@ def run_health(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 def run_token(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     from urllib.parse import quote, urlencode
 
-    from gateway.tokens import issue_token
+    from gateway.web.tokens import issue_token
 
     secret = env.get("BABELROOM_TOKEN_SECRET", "")
     if not secret:

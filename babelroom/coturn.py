@@ -2,7 +2,7 @@
 
 Its configuration is written to a private file, not the command line (the shared secret would show in
 `ps`). Authentication is the TURN REST API (`use-auth-secret`): the gateway computes each join's
-credential from the same secret (gateway/turn.py), so coturn keeps no user list. Peers may be
+credential from the same secret (gateway/web/turn.py), so coturn keeps no user list. Peers may be
 restricted to the media server's addresses, so the relay cannot be used to reach anything else.
 """
 

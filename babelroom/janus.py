@@ -5,7 +5,7 @@ that is the media plane. The gateway only drives it. The configuration written h
 BabelRoom uses (the VideoRoom plugin and the WebSockets transport, no event handlers, no loggers), binds
 the API to one address (loopback for `babelroom up`), requires an API secret on every request, and
 locks room creation and RTP forwarding behind an admin key. Both secrets are known to the gateway
-only: browsers reach Janus through the gateway's filtering proxy (gateway/proxy.py).
+only: browsers reach Janus through the gateway's filtering proxy (gateway/web/proxy.py).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.options import TurnOptions
-from gateway.turn import turn_credential
+from gateway.web.turn import turn_credential
 
 JANUS_BINARY = "janus"
 # Where distributions put Janus's modules: Debian's multiarch folder first, then a source build's.

@@ -14,8 +14,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from workers.engines.mt_apertium import discover_pairs
-from workers.engines.mt_ctranslate2 import MARIAN_SPM, SHARED_SPM, is_ctranslate2_model, mt_cache, read_vocabulary
+from workers.engines.mt.apertium import discover_pairs
+from workers.engines.mt.ctranslate2 import MARIAN_SPM, SHARED_SPM, is_ctranslate2_model, mt_cache, read_vocabulary
 
 DEFAULT_QUANTIZATION = "int8"
 STAGES = ("asr", "mt", "tts", "lipsync", "other")

@@ -28,8 +28,10 @@ import numpy as np
 from pipeline.audio import Samples, float_to_pcm16, read_wav, resample
 from pipeline.messages import SAMPLE_RATE, SpeechSegment
 from pipeline.segmenter import Segmenter
-from workers.engines.asr import FIT, FULL, AsrOptions, FasterWhisperRecognizer
-from workers.engines.tts import PiperSynthesizer, Synthesizer
+from workers.engines.asr.base import FIT, FULL, AsrOptions
+from workers.engines.asr.whisper_ct2 import FasterWhisperRecognizer
+from workers.engines.tts.base import Synthesizer
+from workers.engines.tts.piper import PiperSynthesizer
 
 CORPUS = Path(__file__).resolve().parent.parent / "tests" / "data" / "quality.json"
 BROWSER_SENTENCE = "the house is big and the cat is black"  # the browser tests' fake microphone says it

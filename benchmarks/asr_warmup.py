@@ -22,7 +22,7 @@ from benchmarks.real_speech import clips
 from pipeline.audio import float_to_pcm16
 from pipeline.messages import SpeechSegment
 from workers.asr import AsrStage
-from workers.engines.asr import FasterWhisperRecognizer
+from workers.engines.asr.whisper_ct2 import FasterWhisperRecognizer
 
 REPEATS = 5
 CALLS = ("draft 1", "draft 2", "final 1", "final 2")

@@ -40,7 +40,7 @@ from pipeline.messages import SAMPLE_RATE, Message, SpeechSegment, Transcript, T
 from workers.stage import BatchStage
 
 # The slot for lip-sync: "lipsync" joins these (with its inputs in stage_inputs) once its stage has a batch path
-# (workers/engines/lipsync.py; Wav2Lip in fp16 on a GPU); the worker's batch path needs nothing more.
+# (workers/engines/lipsync/base.py; Wav2Lip in fp16 on a GPU); the worker's batch path needs nothing more.
 STAGES = ("asr", "mt", "tts")
 TARGETS = ("es", "fr")  # each segment is heard in two languages: MT has 2 rows per segment
 BATCHES = (1, 4, 8, 16)
@@ -116,7 +116,7 @@ def run(
 
 def speech_clips(segment_s: float) -> tuple[Samples, ...]:
     """Real speech, `segment_s` long: the bundled Piper voice, padded or cut to the segment length."""
-    from workers.engines.tts import PiperSynthesizer
+    from workers.engines.tts.piper import PiperSynthesizer
 
     voice = PiperSynthesizer()
     n = int(segment_s * SAMPLE_RATE)

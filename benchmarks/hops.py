@@ -35,7 +35,7 @@ from pipeline.interim import InterimTracker
 from pipeline.messages import InterimTranscript, InterimTranslation, Message, SpeechSegment, SynthesizedSpeech
 from pipeline.routes import RESULTS, SPEECH_KINDS
 from pipeline.stamps import stage_spans
-from workers.engines.tts import PiperSynthesizer
+from workers.engines.tts.piper import PiperSynthesizer
 
 ROUNDS = 2  # each sentence this many times: the first round includes every first-call cost
 RESULT_TIMEOUT_S = 60.0

@@ -42,7 +42,8 @@ from babelroom import netns
 from pipeline.audio import Samples, float_to_pcm16, resample, rms_dbfs
 from pipeline.messages import SAMPLE_RATE, InterimTranscript, InterimTranslation, Stamps, SynthesizedSpeech
 from pipeline.stamps import stage_spans
-from workers.engines.tts import EspeakSynthesizer, PiperSynthesizer
+from workers.engines.tts.espeak import EspeakSynthesizer
+from workers.engines.tts.piper import PiperSynthesizer
 
 WIRE_RATE = 48_000  # what WebRTC audio runs at
 FRAME_S = 0.02
@@ -377,7 +378,7 @@ def plot_by_targets(by_count: dict[str, Any], axes: Any) -> None:
 def models_in_use(env: Mapping[str, str]) -> dict[str, str]:
     """The models the workers load from this environment, as RESULTS.md names them."""
     from benchmarks.provenance import cpu_whisper
-    from workers.engines.asr import AsrOptions
+    from workers.engines.asr.base import AsrOptions
 
     return {
         "asr": cpu_whisper(AsrOptions.from_env(env)),

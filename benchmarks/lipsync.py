@@ -28,8 +28,10 @@ from pipeline.audio import float_to_pcm16, pcm16_to_float
 from pipeline.frames import Frame, decode_frames, make_clip
 from pipeline.messages import SAMPLE_RATE, SynthesizedSpeech, VideoClip
 from workers.engines.common import EngineUnavailable
-from workers.engines.lipsync import CPU, WAV2LIP, LipSyncer, LipSyncOptions, SyncedFrames, load_lipsyncer
-from workers.engines.tts import EspeakSynthesizer, render
+from workers.engines.lipsync.base import CPU, WAV2LIP, LipSyncer, LipSyncOptions, SyncedFrames
+from workers.engines.lipsync.registry import load_lipsyncer
+from workers.engines.tts.espeak import EspeakSynthesizer
+from workers.engines.tts.render import render
 from workers.lipsync_metric import measure_sync
 
 SIZES = ((320, 240), (640, 480))
@@ -78,7 +80,7 @@ def engines() -> list[tuple[str, LipSyncOptions]]:
     try:
         import torch
 
-        from workers.engines.wav2lip import Wav2Lip96
+        from workers.engines.lipsync.wav2lip import Wav2Lip96
     except (ImportError, EngineUnavailable) as exc:
         print(f"wav2lip skipped: {exc}")
         return [(CPU, LipSyncOptions())]

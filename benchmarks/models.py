@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from workers.engines.asr import bundled_base_dir
+from workers.engines.asr.models import bundled_base_dir
 from workers.engines.common import import_torch_transformers
-from workers.engines.mt_families import NLLB_CODES
+from workers.engines.mt.families import NLLB_CODES
 
 
 @dataclass(frozen=True)

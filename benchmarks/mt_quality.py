@@ -20,7 +20,8 @@ from typing import Any
 
 from benchmarks.provenance import provenance
 from workers.engines.common import EngineUnavailable
-from workers.engines.mt import APERTIUM, BERGAMOT, CTRANSLATE2, MtOptions, Translator, load_translator
+from workers.engines.mt.base import APERTIUM, BERGAMOT, CTRANSLATE2, MtOptions, Translator
+from workers.engines.mt.registry import load_translator
 
 DATA = Path(__file__).parent / "data" / "meeting_sentences.json"
 DIRECTIONS = (("en", "es"), ("es", "en"), ("en", "pt"), ("pt", "en"))

@@ -20,8 +20,8 @@ import numpy as np
 from aiortc import RTCConfiguration
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from gateway.janus import JanusClient
-from gateway.videoroom import Publisher, RoomKeys, Subscriber
+from gateway.media.janus import JanusClient
+from gateway.media.videoroom import Publisher, RoomKeys, Subscriber
 
 RTC = RTCConfiguration(iceServers=[])
 

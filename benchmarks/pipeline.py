@@ -79,7 +79,7 @@ def ways(device: str) -> list[Way]:
 
 def speech_clips(texts: Sequence[str] = SPEECH_TEXTS) -> tuple[Samples, ...]:
     """Real speech: the sentences said by espeak-ng's Spanish voice, 16 kHz."""
-    from workers.engines.tts import EspeakSynthesizer
+    from workers.engines.tts.espeak import EspeakSynthesizer
 
     voice = EspeakSynthesizer()
     clips = []

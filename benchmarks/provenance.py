@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from workers.engines.asr import AsrOptions
+    from workers.engines.asr.base import AsrOptions
 
 UNKNOWN = "unknown"
 
@@ -25,7 +25,7 @@ def provenance(models: dict[str, str], device: str = "cpu") -> dict[str, Any]:
 
 def cpu_whisper(options: AsrOptions | None = None) -> str:
     """The faster-whisper model CPU workers load with `options` (the defaults), and how they decode finals."""
-    from workers.engines.asr import AsrOptions
+    from workers.engines.asr.base import AsrOptions
 
     options = options or AsrOptions()
     return f"Whisper {Path(options.model).name} (faster-whisper, int8; {options.final_pass})"

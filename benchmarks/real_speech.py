@@ -26,7 +26,8 @@ import soundfile as sf
 from benchmarks.asr_context import word_errors
 from pipeline.audio import Samples, float_to_pcm16, read_wav, resample, write_wav
 from pipeline.messages import SAMPLE_RATE, SpeechSegment
-from workers.engines.asr import FIT, FULL, AsrOptions, FasterWhisperRecognizer
+from workers.engines.asr.base import FIT, FULL, AsrOptions
+from workers.engines.asr.whisper_ct2 import FasterWhisperRecognizer
 
 SOUNDS = Path("/usr/share/asterisk/sounds")
 LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")

@@ -17,9 +17,13 @@ import numpy as np
 from benchmarks.provenance import provenance
 from pipeline.audio import Samples, float_to_pcm16, resample
 from pipeline.messages import SAMPLE_RATE, SpeechSegment
-from workers.engines.asr import AsrOptions, FasterWhisperRecognizer
-from workers.engines.mt_apertium import ApertiumTranslator
-from workers.engines.tts import Audio, EspeakSynthesizer, PiperSynthesizer, Synthesizer, render
+from workers.engines.asr.base import AsrOptions
+from workers.engines.asr.whisper_ct2 import FasterWhisperRecognizer
+from workers.engines.mt.apertium import ApertiumTranslator
+from workers.engines.tts.base import Audio, Synthesizer
+from workers.engines.tts.espeak import EspeakSynthesizer
+from workers.engines.tts.piper import PiperSynthesizer
+from workers.engines.tts.render import render
 
 MODELS = {
     "asr": f"Whisper base and tiny.en (faster-whisper, int8; {AsrOptions().final_pass})",

@@ -73,7 +73,7 @@ class TlsOptions:
 @dataclass(frozen=True)
 class TurnOptions:
     """A TURN server sharing `secret` with the gateway (coturn's use-auth-secret): each join gets its own
-    short-lived credential for `urls` (see gateway/turn.py)."""
+    short-lived credential for `urls` (see gateway/web/turn.py)."""
 
     urls: tuple[str, ...] = ()  # turn:/turns: URLs, e.g. turn:turn.example.org:3478?transport=udp
     secret: str = ""
@@ -93,7 +93,7 @@ class TurnOptions:
         return cls(urls, secret, env_float(env, "BABELROOM_TURN_TTL_S", TURN_TTL_S))
 
 
-# The echo guard (gateway/echo.py): a participant's segment is echo when what they were played, delayed by
+# The echo guard (gateway/bridge/echo.py): a participant's segment is echo when what they were played, delayed by
 # ECHO_MIN_LAG_S to ECHO_MAX_LAG_S and scaled, explains at least ECHO_SHARE of its energy. Echo measured
 # 0.87-0.99 (Opus both ways, reverberation, 100-500 ms); own speech over the echo, at an equal level, 0.5-0.55.
 ECHO_SHARE = 0.8
@@ -146,7 +146,7 @@ class GatewayOptions:
     media_timeout_s: float = MEDIA_TIMEOUT_S
     disconnect_grace_s: float = DISCONNECT_GRACE_S
     janus: JanusOptions = field(default_factory=JanusOptions)
-    rtp_bind: str = RTP_BIND  # the UDP address Janus forwards participants' audio to (see gateway/rtp.py)
+    rtp_bind: str = RTP_BIND  # the UDP address Janus forwards participants' audio to (see gateway/media/rtp.py)
     rtp_port: int = 0  # 0: any free port
     rtp_host: str = ""  # the address Janus should send to, when it differs from rtp_bind (NAT, containers)
     floor: FloorOptions = field(default_factory=FloorOptions)

@@ -2,14 +2,14 @@
 
 Janus forwards every camera and microphone between the browsers without decoding them. The gateway
 owns the rooms in Janus and plays two parts in each, kept apart in their own modules:
-- ingest (gateway/ingest.py): a subscriber to each participant's audio, their segmenter, the floor,
+- ingest (gateway/bridge/ingest.py): a subscriber to each participant's audio, their segmenter, the floor,
   and SpeechSegments on the bus;
-- egress (gateway/egress.py): results from the bus as captions on each participant's events socket,
+- egress (gateway/bridge/egress.py): results from the bus as captions on each participant's events socket,
   and translated speech on one feed per listening language that listeners subscribe to in Janus.
 
 A participant joins over HTTP (validated name, languages and token), then opens two sockets with the
 ticket they were given: the events socket (captions, roster, floor; mute and floor requests back) and
-the media socket, which carries their janus.js session through the filtering proxy (gateway/proxy.py).
+the media socket, which carries their janus.js session through the filtering proxy (gateway/web/proxy.py).
 A participant whose media never connects, or whose sockets stay closed, is removed after a bound.
 """
 
@@ -24,20 +24,31 @@ from typing import Any
 
 from aiortc import RTCConfiguration, RTCIceServer
 
-from gateway import captions, validation
-from gateway.egress import Egress
-from gateway.frames import FramePath
-from gateway.ingest import Ingest
-from gateway.janus import Handle, JanusClient, JanusClosed, JanusError
-from gateway.media import VideoWindow
+from gateway import validation
+from gateway.bridge.egress import Egress
+from gateway.bridge.frames import FramePath
+from gateway.bridge.ingest import Ingest
+from gateway.media.capture import VideoWindow
+from gateway.media.janus import Handle, JanusClient, JanusClosed, JanusError
+from gateway.media.playout import PlayoutOptions
+from gateway.media.rtp import RtpAudioTrack, RtpReceiver
+from gateway.media.videoroom import (
+    PLUGIN,
+    Feed,
+    Monitor,
+    Subscriber,
+    create_room,
+    destroy_room,
+    forward_audio,
+    kick,
+    new_id,
+)
 from gateway.options import GatewayOptions
-from gateway.overload import Decision, Level, OverloadMonitor, OverloadOptions
-from gateway.playout import PlayoutOptions
-from gateway.results import ResultsReader
-from gateway.rooms import Participant, Profile, Room
-from gateway.rtp import RtpAudioTrack, RtpReceiver
-from gateway.tasks import TaskSupervisor
-from gateway.videoroom import PLUGIN, Feed, Monitor, Subscriber, create_room, destroy_room, forward_audio, kick, new_id
+from gateway.rooms import captions
+from gateway.rooms.overload import Decision, Level, OverloadMonitor, OverloadOptions
+from gateway.rooms.results import ResultsReader
+from gateway.rooms.room import Participant, Profile, Room
+from gateway.rooms.tasks import TaskSupervisor
 from pipeline import memory
 from pipeline.bus import Bus, cancel_and_wait
 from pipeline.interim import InterimTracker
@@ -299,7 +310,7 @@ class Gateway:
         self._announce_roster(room)
 
     async def _listen(self, room: Room, participant: Participant, feed: Feed) -> None:
-        """Have Janus forward the participant's audio to us (gateway/rtp.py), and segment it."""
+        """Have Janus forward the participant's audio to us (gateway/media/rtp.py), and segment it."""
         if self.rtp is None or self._control is None:
             return
         track = self.rtp.open_track()

@@ -125,9 +125,9 @@ def wait_ready(
 def serve_gateway(argv: list[str] | None = None) -> None:
     from aiohttp import web
 
-    from gateway.app import create_app
     from gateway.options import GatewayOptions
-    from gateway.serve import serve
+    from gateway.web.app import create_app
+    from gateway.web.serve import serve
     from pipeline.bus import Bus
     from pipeline.config import BusOptions
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from benchmarks.latency import ScriptedSpeaker, corpus
 from benchmarks.participant import ScriptedParticipant
-from gateway.tokens import issue_token
+from gateway.web.tokens import issue_token
 
 ROOM = "image-test"
 SENTENCE = "Please send me the report after lunch."

@@ -17,10 +17,11 @@ from pipeline.audio import Samples, float_to_pcm16, resample
 from pipeline.messages import SAMPLE_RATE, SpeechSegment, Transcript
 from tests.speech import espeak, silence
 from workers.asr import AsrStage
-from workers.engines.asr import AsrOptions, FasterWhisperRecognizer, join_model_parts
-from workers.engines.asr.models import bundled_base_dir, check_model_file
+from workers.engines.asr.base import AsrOptions
+from workers.engines.asr.models import bundled_base_dir, check_model_file, join_model_parts
+from workers.engines.asr.whisper_ct2 import FasterWhisperRecognizer
 from workers.engines.common import EngineUnavailable
-from workers.engines.tts import PiperSynthesizer
+from workers.engines.tts.piper import PiperSynthesizer
 from workers.stage import PermanentError
 
 SR = SAMPLE_RATE
@@ -244,7 +245,8 @@ def test_transformers_whisper_loads_and_decodes_a_tiny_random_model(tmp_path: Pa
     saved with save_pretrained, with the bundled whisper-base tokenizer, loaded by path."""
     import transformers  # installed by `make test` (the gpu extra, with the CPU build of torch)
 
-    from workers.engines.asr import TransformersWhisperRecognizer, bundled_base_dir
+    from workers.engines.asr.models import bundled_base_dir
+    from workers.engines.asr.whisper_torch import TransformersWhisperRecognizer
 
     tokenizer = transformers.WhisperTokenizerFast(tokenizer_file=str(bundled_base_dir() / "tokenizer.json"))
     special = ["<|startoftranscript|>", "<|en|>", "<|es|>", "<|transcribe|>", "<|notimestamps|>"]

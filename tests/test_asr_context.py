@@ -10,7 +10,8 @@ import pytest
 from benchmarks.asr_context import BROWSER_SENTENCE, WEBRTC_RATE, gateway_segments, opus_round_trip
 from pipeline.audio import resample
 from tests.speech import espeak
-from workers.engines.asr import AsrOptions, FasterWhisperRecognizer
+from workers.engines.asr.base import AsrOptions
+from workers.engines.asr.whisper_ct2 import FasterWhisperRecognizer
 
 
 def test_opus_round_trip_keeps_the_speech_in_place() -> None:

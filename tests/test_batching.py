@@ -155,7 +155,8 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> models.ModelSet:
 @pytest_slow
 def test_whisper_batch_decodes_each_row_as_it_would_alone(tiny_models: models.ModelSet) -> None:
     from workers.asr import AsrStage
-    from workers.engines.asr import AsrOptions, TransformersWhisperRecognizer
+    from workers.engines.asr.base import AsrOptions
+    from workers.engines.asr.whisper_torch import TransformersWhisperRecognizer
 
     engine = TransformersWhisperRecognizer(AsrOptions(engine="transformers", model=str(tiny_models.asr), device="cpu"))
     assert engine.max_new_tokens == models.ASR_DECODE_TOKENS  # the checkpoint's own cap
@@ -180,8 +181,8 @@ def test_whisper_batch_decodes_each_row_as_it_would_alone(tiny_models: models.Mo
 
 @pytest_slow
 def test_nllb_batch_of_two_source_languages_matches_one_at_a_time(tiny_models: models.ModelSet) -> None:
-    from workers.engines.mt import MtOptions, Request
-    from workers.engines.mt_transformers import TransformersTranslator
+    from workers.engines.mt.base import MtOptions, Request
+    from workers.engines.mt.transformers import TransformersTranslator
 
     nllb = TransformersTranslator(MtOptions(engine="transformers", model=str(tiny_models.mt), device="cpu"))
     requests = [Request("hello world", "en", ("es", "fr")), Request("bonjour le monde", "fr", ("en",))]
@@ -195,7 +196,8 @@ def test_nllb_batch_of_two_source_languages_matches_one_at_a_time(tiny_models: m
 
 @pytest_slow
 def test_vits_batch_groups_by_length_and_matches_one_at_a_time(tiny_models: models.ModelSet) -> None:
-    from workers.engines.tts import LENGTH_GROUP_RATIO, TtsOptions, VitsSynthesizer, length_groups
+    from workers.engines.tts.base import TtsOptions
+    from workers.engines.tts.vits import LENGTH_GROUP_RATIO, VitsSynthesizer, length_groups
     from workers.tts import TtsStage
 
     voice = VitsSynthesizer(str(tiny_models.voices["es"]), "es", device="cpu")

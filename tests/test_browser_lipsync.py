@@ -42,7 +42,7 @@ from workers.lipsync_metric import (
 
 pytestmark = pytest.mark.slow
 
-FPS = 15  # the feed's rate (gateway/video.py FEED_FPS), and the grid the figures are computed on
+FPS = 15  # the feed's rate (gateway/media/video.py FEED_FPS), and the grid the figures are computed on
 CAMERA_S = 8.0  # Chromium loops the file
 # In the listener's page: each frame of the speaker's tile as it is presented (requestVideoFrameCallback,
 # on the page's clock), and the translated speech's level every 20 ms, from when the capture starts.

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.overload import Decision, Level, OverloadMonitor, OverloadOptions
+from gateway.rooms.overload import Decision, Level, OverloadMonitor, OverloadOptions
 from pipeline.audio import float_to_pcm16
 from pipeline.bus import Bus
 from pipeline.messages import Dropped, Message, SpeechSegment, SynthesizedSpeech, Transcript, Translation

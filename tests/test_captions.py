@@ -9,9 +9,9 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from gateway import captions
-from gateway.playout import Clip, PlayoutOptions
-from gateway.rooms import Participant, Profile, Room
+from gateway.media.playout import Clip, PlayoutOptions
+from gateway.rooms import captions
+from gateway.rooms.room import Participant, Profile, Room
 from pipeline.audio import float_to_pcm16
 from pipeline.messages import Transcript, Translation
 

@@ -11,7 +11,7 @@ import pytest
 
 from babelroom.cli import main
 from benchmarks.talking_head import talking_head_frames
-from gateway.tokens import verify_token
+from gateway.web.tokens import verify_token
 from pipeline.audio import write_wav
 from pipeline.messages import SAMPLE_RATE
 from pipeline.video import read_video, write_mp4, write_y4m

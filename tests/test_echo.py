@@ -1,4 +1,4 @@
-"""The echo guard (gateway/echo.py) on recorded speech through a simulated loudspeaker: what the gateway
+"""The echo guard (gateway/bridge/echo.py) on recorded speech through a simulated loudspeaker: what the gateway
 played goes through Opus to the page, out of its loudspeaker (a delay, a gain, a decaying room reverberation)
 into its microphone with some noise, and through Opus back to the gateway. Three delay/gain settings.
 
@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 
 from benchmarks.asr_context import opus_round_trip
-from gateway.echo import EchoGuard, power_frames
-from gateway.playout import OUTPUT_RATE, Clip, PlayoutOptions, PlayoutTimeline
-from gateway.rooms import Participant, Profile, Room
+from gateway.bridge.echo import EchoGuard, power_frames
+from gateway.media.playout import OUTPUT_RATE, Clip, PlayoutOptions, PlayoutTimeline
+from gateway.rooms.room import Participant, Profile, Room
 from pipeline.audio import Samples, read_wav, resample
 from pipeline.messages import SAMPLE_RATE
 from tests.speech import espeak

@@ -17,7 +17,7 @@ from pipeline.messages import SAMPLE_RATE
 from pipeline.segmenter import Segment, Segmenter, SegmenterOptions
 from tests.speech import silence, with_noise
 from tests.test_segmenter import CHUNK_S, audible_span
-from workers.engines.tts import PiperSynthesizer
+from workers.engines.tts.piper import PiperSynthesizer
 
 # Piper's voice varies from one synthesis to the next; these are far from the model's threshold (~0.99 and
 # ~0.01 measured), unlike e.g. "I would like to order a pizza with" (0.4-0.7).

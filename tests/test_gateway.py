@@ -29,11 +29,11 @@ from av import AudioFrame, VideoFrame
 
 from babelroom.janus import JanusConfig
 from benchmarks.participant import ScriptedParticipant
-from gateway.app import create_app
-from gateway.health import GATEWAY_KEY
 from gateway.options import GatewayOptions, JanusOptions, TurnOptions
-from gateway.tokens import issue_token, verify_token
 from gateway.validation import ROOM_NAME_RULE
+from gateway.web.app import create_app
+from gateway.web.health import GATEWAY_KEY
+from gateway.web.tokens import issue_token, verify_token
 from pipeline.audio import float_to_pcm16, resample
 from pipeline.bus import Bus
 from pipeline.config import BusOptions

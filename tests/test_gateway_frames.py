@@ -10,15 +10,15 @@ import json
 import numpy as np
 from av import VideoFrame
 
-from gateway.app import lipsync_available
-from gateway.frames import FramePath
-from gateway.ingest import Ingest
-from gateway.media import VideoWindow
+from gateway.bridge.frames import FramePath
+from gateway.bridge.ingest import Ingest
+from gateway.media.capture import VideoWindow
+from gateway.media.playout import PlayoutOptions
+from gateway.media.video import FEED_FPS, frame_at
 from gateway.options import GatewayOptions
-from gateway.overload import Level, OverloadMonitor, OverloadOptions
-from gateway.playout import PlayoutOptions
-from gateway.rooms import Participant, Profile, Room
-from gateway.video import FEED_FPS, frame_at
+from gateway.rooms.overload import Level, OverloadMonitor, OverloadOptions
+from gateway.rooms.room import Participant, Profile, Room
+from gateway.web.app import lipsync_available
 from pipeline.bus import Bus
 from pipeline.frames import decode_frames, frames_key, make_clip
 from pipeline.messages import SpeechSegment, VideoClip, decode_as

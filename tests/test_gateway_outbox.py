@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 
 from babelroom.supervisor import free_port, redis_argv
-from gateway.frames import FramePath
-from gateway.ingest import Ingest
+from gateway.bridge.frames import FramePath
+from gateway.bridge.ingest import Ingest
+from gateway.media.playout import PlayoutOptions
 from gateway.options import GatewayOptions
-from gateway.overload import OverloadMonitor, OverloadOptions
-from gateway.playout import PlayoutOptions
-from gateway.rooms import Participant, Profile, Room
+from gateway.rooms.overload import OverloadMonitor, OverloadOptions
+from gateway.rooms.room import Participant, Profile, Room
 from pipeline.bus import Bus
 from pipeline.config import BusOptions
 from pipeline.metrics import Metrics

@@ -12,11 +12,11 @@ import pytest
 from aiohttp import ClientSession
 from aiohttp.test_utils import TestServer
 
-from gateway.app import create_app
-from gateway.health import GATEWAY_KEY
 from gateway.options import GatewayOptions
-from gateway.results import ResultsReader
-from gateway.tasks import TaskSupervisor
+from gateway.rooms.results import ResultsReader
+from gateway.rooms.tasks import TaskSupervisor
+from gateway.web.app import create_app
+from gateway.web.health import GATEWAY_KEY
 from pipeline.bus import FIELD, Bus, cancel_and_wait
 from pipeline.config import BusOptions
 from pipeline.messages import Message, SpeechSegment, StageFailure, Transcript

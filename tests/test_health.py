@@ -17,8 +17,8 @@ from babelroom.cli import main
 from babelroom.health import gateway_problem, janus_problem, worker_problem
 from babelroom.janus import JanusConfig
 from babelroom.supervisor import free_port
-from gateway.app import create_app
 from gateway.options import GatewayOptions, JanusOptions
+from gateway.web.app import create_app
 from pipeline.bus import Bus
 from pipeline.config import BusOptions, WorkerOptions
 from tests.runtime_stage import LengthStage

@@ -21,8 +21,8 @@ from aiohttp import ClientSession, ClientTimeout, ClientWebSocketResponse, WSMsg
 from yarl import URL
 
 from benchmarks.participant import ScriptedParticipant
-from gateway.janus import PROTOCOL
-from gateway.proxy import MAX_FRAME_BYTES, PLUGIN
+from gateway.media.janus import PROTOCOL
+from gateway.web.proxy import MAX_FRAME_BYTES, PLUGIN
 from tests.browser import get_json
 from tests.http_fuzz import (
     MAX_REQUEST_LINE,

@@ -27,7 +27,7 @@ from playwright.sync_api import Browser, Page, sync_playwright
 from babelroom import coturn, janus, netns
 from babelroom.certificate import ensure_certificate, host_addresses, host_names, spki_sha256_base64
 from babelroom.supervisor import free_port
-from gateway.turn import turn_credential
+from gateway.web.turn import turn_credential
 from tests.browser import CHROMIUM, CHROMIUM_FLAGS, fake_mic_wav, gateway_command, processes, service_env, wait_ready
 from tests.browser import worker_commands as all_workers
 from tests.test_browser_e2e import Listener, MeetingOptions, run_meeting

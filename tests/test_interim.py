@@ -272,7 +272,7 @@ def test_text_placed_after_the_audio_is_dropped() -> None:
 
 
 def test_audio_context_setting() -> None:
-    from workers.engines.asr import AsrOptions
+    from workers.engines.asr.base import AsrOptions
 
     assert AsrOptions.from_env({}).audio_context == "fit"  # finals: fitted windows unless asked
     assert AsrOptions.from_env({"BABELROOM_ASR_CONTEXT": "full"}).audio_context == "full"

@@ -20,9 +20,9 @@ from aiohttp.test_utils import BaseTestServer, TestServer
 
 from babelroom.janus import JanusConfig
 from benchmarks.participant import ScriptedParticipant
-from gateway.app import create_app
-from gateway.janus import PROTOCOL
-from gateway.tokens import issue_token
+from gateway.media.janus import PROTOCOL
+from gateway.web.app import create_app
+from gateway.web.tokens import issue_token
 from pipeline.bus import Bus
 from pipeline.config import BusOptions
 from tests.speech import silence

@@ -28,11 +28,12 @@ from pipeline.messages import SAMPLE_RATE, Phoneme, SynthesizedSpeech, VideoClip
 from pipeline.routes import LIPSYNC, RESULTS
 from pipeline.video import read_video
 from workers.base import Worker
-from workers.engines.face import CHIN, EYE_LEFT, EYE_RIGHT, NOSE_BASE, track_faces
-from workers.engines.lipsync import LipSyncOptions, SyncedFrames, timeline
-from workers.engines.mouthwarp import MouthWarpLipSyncer
-from workers.engines.tts import EspeakSynthesizer, render
-from workers.engines.visemes import mouth_track, viseme_of
+from workers.engines.lipsync.base import LipSyncOptions, SyncedFrames, timeline
+from workers.engines.lipsync.face import CHIN, EYE_LEFT, EYE_RIGHT, NOSE_BASE, track_faces
+from workers.engines.lipsync.mouthwarp import MouthWarpLipSyncer
+from workers.engines.lipsync.visemes import mouth_track, viseme_of
+from workers.engines.tts.espeak import EspeakSynthesizer
+from workers.engines.tts.render import render
 from workers.lipsync import LipSyncStage
 from workers.lipsync_metric import (
     CLOSED_OPENING,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from av import AudioFrame
 
-from gateway.media import mono_samples
+from gateway.media.capture import mono_samples
 
 
 def test_interleaved_stereo_s16_is_averaged_to_mono() -> None:

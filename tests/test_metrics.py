@@ -10,8 +10,8 @@ from aiohttp import ClientSession
 from aiohttp.test_utils import TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.app import create_app
 from gateway.options import GatewayOptions
+from gateway.web.app import create_app
 from pipeline.bus import Bus
 from pipeline.messages import Dropped, SynthesizedSpeech, Transcript, Translation
 

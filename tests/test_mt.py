@@ -9,9 +9,9 @@ from collections.abc import Iterator
 import pytest
 
 from pipeline.messages import Transcript, Translation
-from workers.engines.mt import MtOptions, translate_all
-from workers.engines.mt_apertium import ApertiumTranslator, find_route, from_stream, to_stream
-from workers.engines.mt_families import marian_pair, model_family
+from workers.engines.mt.apertium import ApertiumTranslator, find_route, from_stream, to_stream
+from workers.engines.mt.base import MtOptions, translate_all
+from workers.engines.mt.families import marian_pair, model_family
 from workers.mt import MtStage
 from workers.stage import PermanentError
 
@@ -80,7 +80,7 @@ def test_a_pairs_complaint_is_logged_once_and_the_translation_goes_on(caplog: py
     sentence = "I think that we would have to try the system with more first users."
     translator = ApertiumTranslator()
     try:
-        with caplog.at_level(logging.DEBUG, logger="workers.engines.mt_apertium"):
+        with caplog.at_level(logging.DEBUG, logger="workers.engines.mt.apertium"):
             texts = [translator.translate(sentence, "en", ["ca"])["ca"].text for _ in range(3)]
             deadline = time.monotonic() + 10  # the complaints arrive on their own thread
             while len(complaints := [r for r in caplog.records if "index > limit" in r.getMessage()]) < 3:

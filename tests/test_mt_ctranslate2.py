@@ -34,8 +34,8 @@ from pipeline.bus import Bus
 from pipeline.config import BusOptions
 from pipeline.messages import Transcript, Translation
 from workers.engines.common import EngineUnavailable
-from workers.engines.mt import MtOptions, Request, translate_all
-from workers.engines.mt_ctranslate2 import Ctranslate2Translator, mt_cache
+from workers.engines.mt.base import MtOptions, Request, translate_all
+from workers.engines.mt.ctranslate2 import Ctranslate2Translator, mt_cache
 from workers.mt import MtStage
 
 pytestmark = pytest.mark.slow

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from benchmarks import mt_quality, report
-from workers.engines.mt_apertium import ApertiumTranslator
+from workers.engines.mt.apertium import ApertiumTranslator
 
 
 def test_every_sentence_has_a_reference_in_each_language() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.overload import Level, OverloadOptions, OverloadPolicy, StageLoad, predicted_delays
+from gateway.rooms.overload import Level, OverloadOptions, OverloadPolicy, StageLoad, predicted_delays
 
 BOUND = 15.0
 

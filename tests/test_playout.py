@@ -7,7 +7,7 @@ import itertools
 
 import numpy as np
 
-from gateway.playout import (
+from gateway.media.playout import (
     OUTPUT_RATE,
     SEEN_PRUNE_AT,
     Clip,

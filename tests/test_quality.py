@@ -20,10 +20,12 @@ from pipeline.messages import SAMPLE_RATE, InterimTranscript, SpeechSegment
 from pipeline.segmenter import Segmenter
 from tests.speech import espeak
 from workers.asr import AsrStage
-from workers.engines.asr import FULL, AsrOptions, FasterWhisperRecognizer
-from workers.engines.mt import translate_all
-from workers.engines.mt_apertium import ApertiumTranslator
-from workers.engines.tts import Audio, PiperSynthesizer, Synthesizer
+from workers.engines.asr.base import FULL, AsrOptions
+from workers.engines.asr.whisper_ct2 import FasterWhisperRecognizer
+from workers.engines.mt.apertium import ApertiumTranslator
+from workers.engines.mt.base import translate_all
+from workers.engines.tts.base import Audio, Synthesizer
+from workers.engines.tts.piper import PiperSynthesizer
 
 DATA: dict[str, Any] = json.loads((Path(__file__).parent / "data" / "quality.json").read_text())
 # Thresholds: measured on this machine (WER en 0.00, es 0.22 at 130 wpm; chrF 67.4), with headroom.

@@ -14,9 +14,9 @@ from pipeline.audio import resample
 from pipeline.messages import SAMPLE_RATE
 from tests.test_quality import streamed
 from workers.asr import AsrStage
-from workers.engines.asr import AsrOptions, FasterWhisperRecognizer
+from workers.engines.asr.base import AsrOptions
 from workers.engines.asr.guard import repeated_phrase
-from workers.engines.asr.whisper_ct2 import WhisperText
+from workers.engines.asr.whisper_ct2 import FasterWhisperRecognizer, WhisperText
 from workers.translate_file import translate_file
 
 # Measured here with Whisper base, fitted finals (default): en 0.036, es 0.214, fr 0.054; the full window

@@ -14,9 +14,12 @@ import pytest
 from pipeline.audio import float_to_pcm16, pcm16_to_float, read_wav, resample, write_wav
 from pipeline.messages import SAMPLE_RATE, SpeechSegment, SynthesizedSpeech, Transcript, Translation
 from workers.asr import AsrStage
-from workers.engines.asr import AsrOptions, FasterWhisperRecognizer
-from workers.engines.mt_apertium import ApertiumTranslator
-from workers.engines.tts import PiperSynthesizer, TtsOptions, VoiceRouter
+from workers.engines.asr.base import AsrOptions
+from workers.engines.asr.whisper_ct2 import FasterWhisperRecognizer
+from workers.engines.mt.apertium import ApertiumTranslator
+from workers.engines.tts.base import TtsOptions
+from workers.engines.tts.piper import PiperSynthesizer
+from workers.engines.tts.registry import VoiceRouter
 from workers.mt import MtStage
 from workers.translate_file import translate_file
 from workers.tts import TtsStage

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from av import AudioFrame, CodecContext
 
-from gateway.rtp import CLOCK_RESET_S, FRAME_SAMPLES, RtpReceiver, SenderClock, parse_rtp
-from gateway.videoroom import address_of
+from gateway.media.rtp import CLOCK_RESET_S, FRAME_SAMPLES, RtpReceiver, SenderClock, parse_rtp
+from gateway.media.videoroom import address_of
 
 RATE = 48_000
 

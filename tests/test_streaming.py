@@ -27,9 +27,10 @@ from pipeline.segmenter import Segmenter
 from tests.speech import espeak, silence, with_noise
 from tests.test_quality import wer
 from workers.asr import AsrStage
-from workers.engines.asr import AsrOptions, FasterWhisperRecognizer
-from workers.engines.mt_apertium import ApertiumTranslator
-from workers.engines.tts import PiperSynthesizer
+from workers.engines.asr.base import AsrOptions
+from workers.engines.asr.whisper_ct2 import FasterWhisperRecognizer
+from workers.engines.mt.apertium import ApertiumTranslator
+from workers.engines.tts.piper import PiperSynthesizer
 from workers.mt import MtStage
 
 DATA = json.loads((Path(__file__).parent / "data" / "quality.json").read_text())

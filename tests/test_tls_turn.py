@@ -14,7 +14,7 @@ from cryptography import x509
 from babelroom import coturn, janus
 from babelroom.certificate import ensure_certificate
 from gateway.options import GatewayOptions
-from gateway.turn import turn_credential
+from gateway.web.turn import turn_credential
 
 LAN = ipaddress.ip_address("192.168.1.20")
 

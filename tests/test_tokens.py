@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from gateway.tokens import TokenError, _b64, _sign, issue_token, verify_token
+from gateway.web.tokens import TokenError, _b64, _sign, issue_token, verify_token
 
 SECRET = "s3cret"
 

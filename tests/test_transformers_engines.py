@@ -35,10 +35,12 @@ import pytest
 from pipeline.audio import pcm16_to_float
 from pipeline.messages import SAMPLE_RATE, SynthesizedSpeech, Transcript, Translation
 from workers.engines.common import EngineUnavailable
-from workers.engines.mt import MtOptions, translate_all
-from workers.engines.mt_families import NLLB_CODES
-from workers.engines.mt_transformers import TransformersTranslator
-from workers.engines.tts import TtsOptions, VitsSynthesizer, VoiceRouter
+from workers.engines.mt.base import MtOptions, translate_all
+from workers.engines.mt.families import NLLB_CODES
+from workers.engines.mt.transformers import TransformersTranslator
+from workers.engines.tts.base import TtsOptions
+from workers.engines.tts.registry import VoiceRouter
+from workers.engines.tts.vits import VitsSynthesizer
 from workers.mt import MtStage
 from workers.stage import PermanentError
 from workers.tts import TtsStage

@@ -10,22 +10,11 @@ import pytest
 
 from pipeline.audio import Samples, median_f0_hz, pcm16_to_float, resample
 from pipeline.messages import SAMPLE_RATE, Phoneme, Service, SynthesizedSpeech, Translation
-from workers.engines.tts import (
-    Audio,
-    EspeakSynthesizer,
-    PiperSynthesizer,
-    TtsOptions,
-    VoiceRouter,
-    fit_tempo,
-    parse_voices,
-    phonemes_from_starts,
-    piper_phonemes,
-    render,
-    retime,
-    shift_pitch,
-    time_stretch,
-    trim_silence,
-)
+from workers.engines.tts.base import Audio, TtsOptions
+from workers.engines.tts.espeak import EspeakSynthesizer, phonemes_from_starts
+from workers.engines.tts.piper import PiperSynthesizer, piper_phonemes
+from workers.engines.tts.registry import VoiceRouter, parse_voices
+from workers.engines.tts.render import fit_tempo, render, retime, shift_pitch, time_stretch, trim_silence
 from workers.stage import PermanentError
 from workers.tts import TtsStage
 

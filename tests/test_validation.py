@@ -8,8 +8,8 @@ import sys
 import pytest
 from aiohttp.http_exceptions import LineTooLong
 
-from gateway.app import RefusedRequestLog
 from gateway.validation import InvalidInput, display_name, json_object, plain_body, room_name
+from gateway.web.app import RefusedRequestLog
 
 
 @pytest.mark.parametrize("name", ["demo", "Team-7", "a", "a_b", "x" * 64])

@@ -13,17 +13,17 @@ from collections.abc import Callable
 
 import pytest
 
-from gateway.frames import FramePath
-from gateway.ingest import Ingest
+from gateway.bridge.frames import FramePath
+from gateway.bridge.ingest import Ingest
+from gateway.media.playout import PlayoutOptions
 from gateway.options import GatewayOptions
-from gateway.overload import OverloadMonitor, OverloadOptions
-from gateway.playout import PlayoutOptions
-from gateway.rooms import Participant, Profile, Room
+from gateway.rooms.overload import OverloadMonitor, OverloadOptions
+from gateway.rooms.room import Participant, Profile, Room
 from pipeline.bus import Bus
 from pipeline.messages import InterimTranscript, InterimTranslation, WarmUp
 from pipeline.metrics import Metrics
 from pipeline.routes import MT_INTERIM
-from workers.engines.mt_apertium import ApertiumTranslator
+from workers.engines.mt.apertium import ApertiumTranslator
 from workers.mt import MtStage
 from workers.stage import PermanentError
 

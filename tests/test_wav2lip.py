@@ -14,9 +14,17 @@ from benchmarks.talking_head import talking_head_frames
 from pipeline.audio import float_to_pcm16
 from pipeline.messages import SAMPLE_RATE, SynthesizedSpeech
 from workers.engines.common import EngineUnavailable
-from workers.engines.face import CHIN, EYE_LEFT, EYE_RIGHT, track_faces
-from workers.engines.lipsync import LipSyncOptions, load_lipsyncer
-from workers.engines.wav2lip import Wav2Lip96, Wav2LipSyncer, load_wav2lip, mel_filters, mel_spectrogram, mel_windows
+from workers.engines.lipsync.base import LipSyncOptions
+from workers.engines.lipsync.face import CHIN, EYE_LEFT, EYE_RIGHT, track_faces
+from workers.engines.lipsync.registry import load_lipsyncer
+from workers.engines.lipsync.wav2lip import (
+    Wav2Lip96,
+    Wav2LipSyncer,
+    load_wav2lip,
+    mel_filters,
+    mel_spectrogram,
+    mel_windows,
+)
 
 FPS = 25.0
 

@@ -13,7 +13,8 @@ from typing import TypeVar
 from pipeline.audio import median_f0_hz, pcm16_to_float
 from pipeline.interim import local_agreement
 from pipeline.messages import InterimRequest, InterimTranscript, Message, SpeechSegment, Transcript
-from workers.engines.asr import AsrOptions, Recognizer, WarmRecognizer, load_recognizer, transcribe_all
+from workers.engines.asr.base import AsrOptions, Recognizer, WarmRecognizer, transcribe_all
+from workers.engines.asr.registry import load_recognizer
 from workers.stage import Outcome, PermanentError, batched, single
 
 

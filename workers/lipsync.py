@@ -21,7 +21,8 @@ from pipeline.config import BusOptions
 from pipeline.frames import FrameError, decode_frames, load_frames, make_clip
 from pipeline.messages import Message, MessageError, SynthesizedSpeech
 from pipeline.routes import TTS
-from workers.engines.lipsync import LipSyncer, LipSyncOptions, load_lipsyncer
+from workers.engines.lipsync.base import LipSyncer, LipSyncOptions
+from workers.engines.lipsync.registry import load_lipsyncer
 from workers.stage import PermanentError
 
 log = logging.getLogger(__name__)

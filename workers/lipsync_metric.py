@@ -20,8 +20,8 @@ from scipy.signal import butter, sosfiltfilt
 from pipeline.audio import Samples
 from pipeline.frames import Frame
 from pipeline.messages import Phoneme
-from workers.engines.face import mouth_opening, track_faces
-from workers.engines.visemes import viseme_of
+from workers.engines.lipsync.face import mouth_opening, track_faces
+from workers.engines.lipsync.visemes import viseme_of
 
 FloatArray = npt.NDArray[np.float64]
 

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from pipeline.messages import InterimTranscript, InterimTranslation, Message, Transcript, Translation, WarmUp
-from workers.engines.mt import (
+from workers.engines.mt.base import (
     MtOptions,
     PairStartingTranslator,
     Request,
@@ -24,10 +24,10 @@ from workers.engines.mt import (
     Translator,
     WarmTranslator,
     check_language,
-    load_translator,
     translate_all,
     translate_many,
 )
+from workers.engines.mt.registry import load_translator
 from workers.stage import Outcome, PermanentError, batched, single
 
 log = logging.getLogger(__name__)

@@ -20,10 +20,11 @@ from pipeline.audio import Samples, float_to_pcm16, pcm16_to_float, read_wav, wr
 from pipeline.messages import SAMPLE_RATE, Message, SpeechSegment, SynthesizedSpeech, Transcript, Translation
 from pipeline.video import Video, VideoError, is_video, read_video, write_mp4
 from workers.asr import AsrStage
-from workers.engines.asr import AsrOptions
-from workers.engines.lipsync import LipSyncOptions, load_lipsyncer
-from workers.engines.mt import MtOptions, check_language
-from workers.engines.tts import TtsOptions
+from workers.engines.asr.base import AsrOptions
+from workers.engines.lipsync.base import LipSyncOptions
+from workers.engines.lipsync.registry import load_lipsyncer
+from workers.engines.mt.base import MtOptions, check_language
+from workers.engines.tts.base import TtsOptions
 from workers.lipsync_metric import measure_sync
 from workers.mt import MtStage
 from workers.tts import TtsStage

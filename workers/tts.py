@@ -13,8 +13,10 @@ import numpy as np
 
 from pipeline.audio import float_to_pcm16
 from pipeline.messages import SAMPLE_RATE, Message, SynthesizedSpeech, Translation
-from workers.engines.mt import check_language
-from workers.engines.tts import Audio, TtsOptions, VoiceRouter, render
+from workers.engines.mt.base import check_language
+from workers.engines.tts.base import Audio, TtsOptions
+from workers.engines.tts.registry import VoiceRouter
+from workers.engines.tts.render import render
 from workers.stage import Outcome, PermanentError, batched, single
 
 log = logging.getLogger(__name__)

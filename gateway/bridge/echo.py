@@ -27,13 +27,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from gateway.media.playout import OUTPUT_RATE
 from gateway.options import EchoOptions
-from gateway.playout import OUTPUT_RATE
 from pipeline.audio import Samples, resample
 from pipeline.messages import SAMPLE_RATE
 
 if TYPE_CHECKING:
-    from gateway.rooms import Participant, Room
+    from gateway.rooms.room import Participant, Room
 
 log = logging.getLogger(__name__)
 

@@ -1,12 +1,12 @@
 """Egress, the second half of the bridge: the workers' results back into the room.
 
-    `results` stream (gateway/results.py) -> captions to each listener's events socket, in their language
+    `results` stream (gateway/rooms/results.py) -> captions to each listener's events socket, in their language
                                           -> translated speech onto the language's playout timeline
     timeline -> one aiortc publisher per (room, listening language) in Janus: the language's feed
 
 Every listener of a language subscribes to the same feed straight from Janus, so a room costs one
 Opus encode per distinct listening language (k), whatever the number of listeners. A feed's video
-shows, while a consenting speaker's translation plays, their face in step with it (gateway/video.py);
+shows, while a consenting speaker's translation plays, their face in step with it (gateway/media/video.py);
 otherwise it sends nothing, and listeners see each speaker's own camera from Janus.
 """
 
@@ -17,11 +17,11 @@ import logging
 
 from aiortc import RTCConfiguration
 
-from gateway.janus import JanusClient, JanusClosed, JanusError
-from gateway.playout import TimelineTrack
-from gateway.rooms import Room
-from gateway.video import FeedVideoTrack, VideoStats
-from gateway.videoroom import Publisher, new_id
+from gateway.media.janus import JanusClient, JanusClosed, JanusError
+from gateway.media.playout import TimelineTrack
+from gateway.media.video import FeedVideoTrack, VideoStats
+from gateway.media.videoroom import Publisher, new_id
+from gateway.rooms.room import Room
 
 log = logging.getLogger(__name__)
 

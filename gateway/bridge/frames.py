@@ -8,7 +8,7 @@ for the store: the lipsync stage runs after ASR, MT and TTS, long after the stor
 store that failed only means the original frames play. Nothing else sends a frame out of the gateway.
 
 Back: a VideoClip from `results` is decoded in a worker thread, put on the feed's frame rate along its
-timestamps, and handed to the room's SegmentVideo for its language (gateway/video.py plays it).
+timestamps, and handed to the room's SegmentVideo for its language (gateway/media/video.py plays it).
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ import numpy as np
 from av import VideoFrame
 from redis.exceptions import RedisError
 
-from gateway.rooms import Participant, Room
-from gateway.video import FEED_FPS
+from gateway.media.video import FEED_FPS
+from gateway.rooms.room import Participant, Room
 from pipeline.bus import Bus
 from pipeline.frames import Frame, FrameError, decode_frames, make_clip, store_frames
 from pipeline.messages import VideoClip

@@ -1,7 +1,8 @@
 """Ingest, the first half of the bridge: a participant's voice out of Janus and onto the bus.
 
-    Janus -> RTP forwarded to the gateway (gateway/rtp.py) -> Opus decoded, mono 48 kHz -> their Segmenter (16 kHz,
-    closed at a natural pause) -> the room's floor (translate, captions only, or wait for the floor)
+    Janus -> RTP forwarded to the gateway (gateway/media/rtp.py) -> Opus decoded, mono 48 kHz
+    -> their Segmenter (16 kHz, closed at a natural pause)
+    -> the room's floor (translate, captions only, or wait for the floor)
     -> a SpeechSegment on the `asr` stream, targets = the listeners' distinct languages
 
 While the floor holder speaks, every `interim.interval_s` the open segment's audio so far goes out as an
@@ -29,13 +30,13 @@ from aiortc.mediastreams import MediaStreamError
 from av import AudioFrame
 from redis.exceptions import RedisError
 
-from gateway.echo import EchoGuard
-from gateway.frames import FramePath, wants_lipsync
-from gateway.media import mono_samples
+from gateway.bridge.echo import EchoGuard
+from gateway.bridge.frames import FramePath, wants_lipsync
+from gateway.media.capture import mono_samples
+from gateway.media.playout import OUTPUT_RATE
 from gateway.options import GatewayOptions
-from gateway.overload import OverloadMonitor
-from gateway.playout import OUTPUT_RATE
-from gateway.rooms import Participant, Room
+from gateway.rooms.overload import OverloadMonitor
+from gateway.rooms.room import Participant, Room
 from pipeline import turns
 from pipeline.audio import resample
 from pipeline.bus import Bus
@@ -46,7 +47,7 @@ log = logging.getLogger(__name__)
 
 
 class AudioSource(Protocol):
-    """Where a participant's audio frames come from (gateway/rtp.py), and when each was spoken."""
+    """Where a participant's audio frames come from (gateway/media/rtp.py), and when each was spoken."""
 
     async def recv(self) -> Any: ...
 

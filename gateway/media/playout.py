@@ -35,7 +35,7 @@ MAX_TRACK_LAG_S = 0.5
 # a meeting's timeline must not grow with its length. An older redelivery counts as out of order instead.
 SEEN_BEHIND = 64
 SEEN_PRUNE_AT = 256
-# Played speech stays on the timeline this long: the echo guard (gateway/echo.py) compares a listener's
+# Played speech stays on the timeline this long: the echo guard (gateway/bridge/echo.py) compares a listener's
 # next segment (at most MAX_SEGMENT_S, 10 s, plus its echo's lag) with what they were played.
 KEEP_PLAYED_S = 14.0
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import VideoFrame
 
-from gateway.playout import Placement, PlayoutTimeline
+from gateway.media.playout import Placement, PlayoutTimeline
 
 FEED_FPS = 15  # what the cameras send (the page asks for 320x240 at 15 fps)
 VIDEO_CLOCK = 90_000  # RTP's video clock

@@ -1,5 +1,5 @@
 """Janus VideoRoom, as the gateway uses it: rooms it owns, a monitor that learns who publishes what,
-RTP forwards that take a participant's voice out of Janus (gateway/rtp.py), aiortc subscribers (a
+RTP forwards that take a participant's voice out of Janus (gateway/media/rtp.py), aiortc subscribers (a
 participant's view of a feed, as tests and benchmarks play one), and aiortc publishers that put a
 language feed into it.
 
@@ -24,7 +24,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
 from aiortc.sdp import candidate_from_sdp
 
-from gateway.janus import Handle, JanusClient, JanusError, Json
+from gateway.media.janus import Handle, JanusClient, JanusError, Json
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ import logging
 import time
 from typing import Any
 
-from gateway.playout import Clip
-from gateway.rooms import Room
+from gateway.media.playout import Clip
+from gateway.rooms.room import Room
 from pipeline.interim import interim_caption
 from pipeline.messages import (
     Dropped,

@@ -11,10 +11,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.media import VideoWindow
-from gateway.playout import PlayoutOptions, PlayoutTimeline
-from gateway.video import SegmentVideo
-from gateway.videoroom import Feed, RoomKeys, new_id
+from gateway.media.capture import VideoWindow
+from gateway.media.playout import PlayoutOptions, PlayoutTimeline
+from gateway.media.video import SegmentVideo
+from gateway.media.videoroom import Feed, RoomKeys, new_id
 from pipeline import turns
 from pipeline.interim import InterimTracker
 

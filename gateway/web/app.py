@@ -34,13 +34,13 @@ from aiohttp.http_exceptions import BadHttpMessage
 from redis.exceptions import RedisError
 
 from gateway import validation
-from gateway.health import BUS_KEY, GATEWAY_KEY, healthz
 from gateway.options import GatewayOptions
-from gateway.proxy import MAX_FRAME_BYTES, Grant, relay
-from gateway.rooms import Participant, Profile
+from gateway.rooms.room import Participant, Profile
 from gateway.service import Gateway, JoinError
-from gateway.tokens import TokenClaims, TokenError, verify_token
-from gateway.turn import turn_credential
+from gateway.web.health import BUS_KEY, GATEWAY_KEY, healthz
+from gateway.web.proxy import MAX_FRAME_BYTES, Grant, relay
+from gateway.web.tokens import TokenClaims, TokenError, verify_token
+from gateway.web.turn import turn_credential
 from pipeline.bus import Bus
 from pipeline.metrics import CONTENT_TYPE
 from pipeline.routes import LIPSYNC

@@ -10,7 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.overload import Level
+from gateway.rooms.overload import Level
 from gateway.service import Gateway
 from pipeline.bus import Bus
 from pipeline.routes import WORKER_KINDS

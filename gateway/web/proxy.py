@@ -28,7 +28,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from gateway.janus import PROTOCOL, Json
+from gateway.media.janus import PROTOCOL, Json
 from gateway.validation import InvalidInput, json_object
 
 log = logging.getLogger(__name__)

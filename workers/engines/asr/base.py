@@ -190,18 +190,6 @@ class AsrOptions:
         )
 
 
-def load_recognizer(options: AsrOptions) -> Recognizer:
-    if options.engine == FASTER_WHISPER:
-        from workers.engines.asr.whisper_ct2 import FasterWhisperRecognizer
-
-        return FasterWhisperRecognizer(options)
-    if options.engine == TRANSFORMERS:
-        from workers.engines.asr.whisper_torch import TransformersWhisperRecognizer
-
-        return TransformersWhisperRecognizer(options)
-    raise ValueError(f"unknown ASR engine {options.engine!r}: use {FASTER_WHISPER!r} or {TRANSFORMERS!r}")
-
-
 def empty_transcript(segment: SpeechSegment, language: str = "") -> Transcript:
     return Transcript(
         room=segment.room,

@@ -6,9 +6,9 @@ each taken from the source frame at the same relative position (the translation 
 segment's duration, so head motion keeps its pace), with the mouth re-made to say the translation.
 A frame without a face passes through untouched.
 
-- `cpu` (default): `workers.engines.mouthwarp.MouthWarpLipSyncer`, FaceMesh landmarks and a warp of the
+- `cpu` (default): `mouthwarp.MouthWarpLipSyncer`, FaceMesh landmarks and a warp of the
   mouth and jaw driven by visemes; no learned weights.
-- `wav2lip`: `workers.engines.wav2lip.Wav2LipSyncer`, the Wav2Lip-96 network on torch, from the user's
+- `wav2lip`: `wav2lip.Wav2LipSyncer`, the Wav2Lip-96 network on torch, from the user's
   own checkpoint (its released weights are licensed for non-commercial use only).
 """
 
@@ -100,13 +100,3 @@ def timeline(source_times_s: Sequence[float], speech_s: float, max_fps: float = 
     wanted = out * span / speech_s
     index = np.clip(np.searchsorted(times, wanted + 0.5 / source_fps) - 1, 0, times.size - 1)
     return Timeline(float(fps), tuple(float(t) for t in out), tuple(int(i) for i in index))
-
-
-def load_lipsyncer(options: LipSyncOptions) -> LipSyncer:
-    if options.engine == WAV2LIP:
-        from workers.engines.wav2lip import Wav2LipSyncer
-
-        return Wav2LipSyncer(options)
-    from workers.engines.mouthwarp import MouthWarpLipSyncer
-
-    return MouthWarpLipSyncer(options)

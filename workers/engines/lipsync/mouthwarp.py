@@ -1,7 +1,7 @@
 """The CPU lip-sync engine: no learned weights, real time on a laptop.
 
 For each output frame: FaceMesh landmarks of its source frame (smoothed over time, so the mouth does
-not jitter and follows the head); the target mouth from the phonemes (workers.engines.visemes); the lip
+not jitter and follows the head); the target mouth from the phonemes (workers.engines.lipsync.visemes); the lip
 contours moved to it point by point in the mouth's own axes (the lower lip and jaw take most of an
 opening, the upper lip the rest, the corners move in or out for rounded or spread vowels); one
 thin-plate spline per lip, through its contours and still anchors around the mouth, joined along the
@@ -24,7 +24,8 @@ import numpy.typing as npt
 from pipeline.audio import pcm16_to_float
 from pipeline.frames import Frame
 from pipeline.messages import SynthesizedSpeech
-from workers.engines.face import (
+from workers.engines.lipsync.base import LipSyncOptions, SyncedFrames, timeline
+from workers.engines.lipsync.face import (
     JAW,
     LOWER_INNER,
     LOWER_OUTER,
@@ -40,8 +41,7 @@ from workers.engines.face import (
     smooth_landmarks,
     track_faces,
 )
-from workers.engines.lipsync import LipSyncOptions, SyncedFrames, timeline
-from workers.engines.visemes import MouthTrack, mouth_track
+from workers.engines.lipsync.visemes import MouthTrack, mouth_track
 
 Points = npt.NDArray[np.float64]
 

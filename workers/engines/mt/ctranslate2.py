@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from workers.engines.common import EngineUnavailable
-from workers.engines.mt import ISO_639_1, MtOptions, Request, TranslationResult
-from workers.engines.mt_families import language_token, marian_pair
+from workers.engines.mt.base import ISO_639_1, MtOptions, Request, TranslationResult
+from workers.engines.mt.families import language_token, marian_pair
 
 MT_CACHE_SUBDIR = "mt"  # converted MT models live in <model cache>/mt/<name>
 MARIAN_SPM = ("source.spm", "target.spm")

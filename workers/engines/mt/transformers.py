@@ -8,8 +8,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from workers.engines.common import EngineUnavailable, import_torch_transformers, torch_device
-from workers.engines.mt import MtOptions, Request, TranslationResult
-from workers.engines.mt_families import NLLB_CODES, language_token, marian_pair, model_family
+from workers.engines.mt.base import MtOptions, Request, TranslationResult
+from workers.engines.mt.families import NLLB_CODES, language_token, marian_pair, model_family
 
 
 class TransformersTranslator:
