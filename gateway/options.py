@@ -48,6 +48,11 @@ DISCONNECT_GRACE_S = 10.0
 HTTPS_PORT = 8443
 # TURN credentials of a join without a token (open rooms) last this long; with a token, as long as it.
 TURN_TTL_S = 4 * 3600
+# A meeting's transcript (gateway/rooms/transcript.py), once someone turned it on: kept while the room is open,
+# then this long after it ends, then deleted.
+TRANSCRIPT_RETENTION_S = 3_600.0
+# The most a room's transcript holds in Redis: about 10 hours of talk with one translation, 4 with four.
+TRANSCRIPT_MAX_BYTES = 2 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -105,6 +110,23 @@ ECHO_MAX_LAG_S = 3.0
 
 
 @dataclass(frozen=True)
+class TranscriptOptions:
+    retention_s: float = TRANSCRIPT_RETENTION_S
+    max_bytes: int = TRANSCRIPT_MAX_BYTES
+
+    def __post_init__(self) -> None:
+        if self.retention_s < 0 or self.max_bytes <= 0:
+            raise ValueError("a transcript's retention cannot be negative, and its byte cap must be positive")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> TranscriptOptions:
+        return cls(
+            retention_s=env_float(env, "BABELROOM_TRANSCRIPT_RETENTION_S", TRANSCRIPT_RETENTION_S),
+            max_bytes=env_int(env, "BABELROOM_TRANSCRIPT_MAX_BYTES", TRANSCRIPT_MAX_BYTES),
+        )
+
+
+@dataclass(frozen=True)
 class JanusOptions:
     """Where the SFU is, and the secrets only the gateway holds (see babelroom/janus.py)."""
 
@@ -153,6 +175,7 @@ class GatewayOptions:
     segmenter: SegmenterOptions = field(default_factory=SegmenterOptions)
     interim: InterimOptions = field(default_factory=InterimOptions)
     echo: EchoOptions = field(default_factory=EchoOptions)
+    transcript: TranscriptOptions = field(default_factory=TranscriptOptions)
 
     @property
     def tokens_required(self) -> bool:
@@ -188,6 +211,7 @@ class GatewayOptions:
                 final_reuses_committed=env_flag(env, "BABELROOM_FINAL_REUSES_COMMITTED", FINAL_REUSES_COMMITTED),
             ),
             echo=EchoOptions(enabled=env_flag(env, "BABELROOM_ECHO_GUARD", True)),
+            transcript=TranscriptOptions.from_env(env),
         )
 
 

@@ -49,6 +49,7 @@ from gateway.rooms.overload import Decision, Level, OverloadMonitor, OverloadOpt
 from gateway.rooms.results import ResultsReader
 from gateway.rooms.room import Participant, Profile, Room
 from gateway.rooms.tasks import TaskSupervisor
+from gateway.rooms.transcript import Transcripts
 from pipeline import memory
 from pipeline.bus import Bus, cancel_and_wait
 from pipeline.interim import InterimTracker
@@ -92,6 +93,7 @@ class Gateway:
         self.ingest = Ingest(bus, options, self.overload, self.frames)
         self.egress = Egress(self.rooms)
         self.results = ResultsReader(bus, self.on_result)
+        self.transcripts = Transcripts(bus, options.transcript, self.rooms, options.tokens_required)
         self.tasks = TaskSupervisor()  # the gateway's own, long-lived: restarted when they fail
         self.joined = 0
         self.janus: JanusClient | None = None
@@ -117,6 +119,8 @@ class Gateway:
         # Every stream, `results` and `dead` included, and the byte cap even while a stage's workers are down.
         self.tasks.supervise("retention", lambda: self.bus.trim_forever(STREAMS))
         self.tasks.supervise("memory", self._give_back_forever)
+        self.tasks.supervise("transcripts", self.transcripts.record_forever)
+        self.tasks.supervise("transcript-leases", self.transcripts.keep_open_forever)
 
     async def stop(self) -> None:
         for participant_id in list(self.sessions):
@@ -225,6 +229,7 @@ class Gateway:
         self.joined += 1
         log.info("%s joined room %s (speaks %s, hears %s)", profile.name, room_name, profile.speak, profile.hear)
         await self.ingest.warm_up(room, participant)
+        await self.transcripts.opened(room_name)
         await self._update_feeds(room)
         self._announce_roster(room)
         return participant
@@ -253,6 +258,7 @@ class Gateway:
 
     async def _close_room(self, room: Room) -> None:
         self.rooms.pop(room.name, None)
+        await self.transcripts.ended(room.name)
         await self._close_in_janus(room)
         if self._control is not None and self.janus_ready.is_set():
             await destroy_room(self._control, room.keys)
@@ -279,6 +285,7 @@ class Gateway:
             participant.send(room.floor_state())
             if self.overload.last.level > Level.FULL:  # a page (re)joining while degraded says so too
                 participant.send(self.overload.last.notice())
+            await self.transcripts.greet(participant)
 
     def detach_events(self, participant: Participant, socket: Any) -> None:
         if self._events_sockets.get(participant.id) is socket:
@@ -368,6 +375,7 @@ class Gateway:
             self.frames.receive(self.rooms, message)
         else:
             captions.dispatch(self.rooms, message)
+            self.transcripts.offer(message)
 
     def video_counts(self) -> dict[str, int]:
         """The lip-sync path's counters: what the feeds showed, frames out, clips back."""
@@ -401,6 +409,9 @@ class Gateway:
                 return
             elif kind == "leave":
                 await self.leave(participant.id)
+                return
+            elif kind == "transcript":  # turn the meeting's transcript on or off (gateway/rooms/transcript.py)
+                await self.transcripts.turn(participant, bool(message.get("on")))
                 return
             else:
                 raise ValueError(f"unknown message type {kind!r}")

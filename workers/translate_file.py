@@ -18,6 +18,7 @@ import numpy as np
 
 from pipeline.audio import Samples, float_to_pcm16, pcm16_to_float, read_wav, write_wav
 from pipeline.messages import SAMPLE_RATE, Message, SpeechSegment, SynthesizedSpeech, Transcript, Translation
+from pipeline.subtitles import Cue, vtt
 from pipeline.video import Video, VideoError, is_video, read_video, write_mp4
 from workers.asr import AsrStage
 from workers.engines.asr.base import AsrOptions
@@ -58,7 +59,7 @@ def translate_file(path: Path, source: str, target: str, out_dir: Path, env: Map
     out_dir.mkdir(parents=True, exist_ok=True)
     audio = pcm16_to_float(speech.pcm) if speech else np.zeros(0, dtype=np.float32)
     write_wav(out_dir / "speech.wav", audio, SAMPLE_RATE)
-    (out_dir / "captions.vtt").write_text(webvtt(translation.text if translation else "", speech))
+    (out_dir / "captions.vtt").write_text(vtt(caption_cues(translation.text if translation else "", speech)))
     result = {
         "input": str(path),
         "input_s": samples.size / SAMPLE_RATE,
@@ -102,22 +103,21 @@ def dub(
     }
 
 
-def webvtt(text: str, speech: SynthesizedSpeech | None) -> str:
-    """The translation as WebVTT cues of at most CAPTION_CHARS, spread over the speech by their length
-    (from the first phoneme to the last when the engine gave timings)."""
-    lines = ["WEBVTT", ""]
+def caption_cues(text: str, speech: SynthesizedSpeech | None) -> list[Cue]:
+    """The translation as cues of at most CAPTION_CHARS, spread over the speech by their length (from the first
+    phoneme to the last when the engine gave timings); written as the meeting transcript is (pipeline/subtitles.py)."""
     if not text.strip() or speech is None:
-        return "\n".join(lines) + "\n"
+        return []
     end = len(speech.pcm) / 2 / speech.sample_rate
     start, end = (speech.phonemes[0].start_s, speech.phonemes[-1].end_s) if speech.phonemes else (0.0, end)
     chunks = caption_chunks(text)
     total = sum(len(c) for c in chunks)
-    at = start
+    cues, at = [], start
     for chunk in chunks:
         until = at + (end - start) * len(chunk) / total
-        lines += [f"{_vtt_time(at)} --> {_vtt_time(until)}", chunk, ""]
+        cues.append(Cue(at, until, chunk))
         at = until
-    return "\n".join(lines)
+    return cues
 
 
 def caption_chunks(text: str) -> list[str]:
@@ -128,11 +128,6 @@ def caption_chunks(text: str) -> list[str]:
         else:
             chunks.append(word)
     return chunks
-
-
-def _vtt_time(seconds: float) -> str:
-    ms = round(seconds * 1000)
-    return f"{ms // 3_600_000:02d}:{ms // 60_000 % 60:02d}:{ms // 1000 % 60:02d}.{ms % 1000:03d}"
 
 
 def timed(timings: dict[str, float], name: str, run: Callable[[], T]) -> T:

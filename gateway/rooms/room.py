@@ -93,6 +93,7 @@ class Participant:
 class Room:
     def __init__(self, name: str, playout: PlayoutOptions, floor: turns.FloorOptions | None = None) -> None:
         self.name = name
+        self.opened_at = time.time()  # the meeting's start (wall clock): its transcript's times count from here
         self.keys = RoomKeys()
         self.playout = playout
         self.floor = turns.Room(name, floor or turns.FloorOptions())

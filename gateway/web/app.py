@@ -9,6 +9,8 @@
     GET  /api/sessions/{id}/janus        WebSocket (?ticket=), protocol janus-protocol: janus.js through the proxy
     POST /api/sessions/{id}/leave        (?ticket=)
     GET  /api/rooms/{room}               roster, floor and playout counters (open rooms, or ?token=)
+    GET  /api/rooms/{room}/transcript    ?lang=xx|all&format=vtt|srt|txt, with ?session=&ticket= (a participant
+                                         of the room) or ?token= (one for the room): the meeting's transcript
     GET  /healthz                        Janus, workers alive per kind, backlog per stage, gateway tasks, service level
     GET  /metrics                        Prometheus: latency per stage and end to end, backlog, dead letters,
                                          degradations, drops, sessions and rooms
@@ -36,6 +38,7 @@ from redis.exceptions import RedisError
 from gateway import validation
 from gateway.options import GatewayOptions
 from gateway.rooms.room import Participant, Profile
+from gateway.rooms.transcript import ALL, FORMATS
 from gateway.service import Gateway, JoinError
 from gateway.web.health import BUS_KEY, GATEWAY_KEY, healthz
 from gateway.web.proxy import MAX_FRAME_BYTES, Grant, relay
@@ -113,6 +116,7 @@ def create_app(bus: Bus, options: GatewayOptions | None = None) -> web.Applicati
     app.router.add_get("/api/config", config)
     app.router.add_post("/api/rooms/{room}/join", join)
     app.router.add_get("/api/rooms/{room}", room_state)
+    app.router.add_get("/api/rooms/{room}/transcript", transcript)
     app.router.add_get("/api/sessions/{session}/events", events_socket)
     app.router.add_get("/api/sessions/{session}/janus", janus_socket)
     app.router.add_post("/api/sessions/{session}/leave", leave)
@@ -148,6 +152,7 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
 ERRORS: dict[int, type[web.HTTPException]] = {
     400: web.HTTPBadRequest,
     401: web.HTTPUnauthorized,
+    403: web.HTTPForbidden,
     404: web.HTTPNotFound,
     409: web.HTTPConflict,
     415: web.HTTPUnsupportedMediaType,
@@ -355,6 +360,46 @@ async def room_state(request: web.Request) -> web.Response:
         raise api_error(404, "no one is in this room")
     timelines = {language: vars(t.stats) for language, t in room.timelines.items()}
     return web.json_response({"participants": room.roster(), **room.floor_state(), "playout": timelines})
+
+
+async def transcript(request: web.Request) -> web.Response:
+    """The meeting's transcript as a file (gateway/rooms/transcript.py), for the room's own people only."""
+    gateway = request.app[GATEWAY_KEY]
+    room = validation.room_name(request.match_info["room"])
+    may_read_room(request, gateway, room)
+    lang, fmt = request.query.get("lang", ALL), request.query.get("format", "vtt")
+    if lang != ALL and lang not in gateway.options.languages:
+        raise api_error(400, f"unknown language {lang!r}: use all or one of {', '.join(gateway.options.languages)}")
+    if fmt not in FORMATS:
+        raise api_error(400, f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}")
+    try:
+        export = await gateway.transcripts.export(room, lang, fmt)
+    except RedisError as exc:
+        raise api_error(503, "the transcript store is not available right now; try again in a moment") from exc
+    if export is None:
+        raise api_error(404, "this room has no transcript: it was never turned on, or its retention has ended")
+    headers: dict[str, str] = {hdrs.CONTENT_DISPOSITION: f'attachment; filename="{export.filename}"'}
+    if export.full:
+        headers["X-Transcript-Full"] = "the transcript reached its size limit: later words are not in it"
+    return web.Response(text=export.body, content_type=export.content_type, charset="utf-8", headers=headers)
+
+
+def may_read_room(request: web.Request, gateway: Gateway, room: str) -> None:
+    """A participant of `room` (?session=&ticket=) or the bearer of a token for it, in open rooms too: nobody
+    else, and never someone of another room. 401 without valid credentials, 403 for another room's session."""
+    session_id = request.query.get("session")
+    if session_id is not None:
+        try:
+            participant = gateway.authenticate(session_id, request.query.get("ticket", ""))
+        except JoinError as exc:
+            raise api_error(exc.status, str(exc)) from exc
+        if participant.room != room:
+            raise api_error(403, "this session belongs to another room")
+        return
+    try:
+        verify_token(gateway.options.token_secret, request.query.get("token", ""), room)
+    except TokenError as exc:
+        raise api_error(401, f"{exc} (or give your session and ticket)") from exc
 
 
 # -- request parsing (the rules live in gateway/validation.py) -------------------------------------------

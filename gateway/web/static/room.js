@@ -293,6 +293,7 @@ async function leave() {
   state.tiles.get("me")?.root.remove();
   state.tiles.delete("me");
   $("captions").replaceChildren();
+  $("transcript-notice").hidden = true;
   setConnection("left");
   banner("");
   $("meeting").hidden = true;
@@ -339,7 +340,7 @@ function send(message) {
 
 function onMessage(message) {
   const handlers = { roster: onRoster, floor: onFloor, caption: onCaption, playout: onPlayout, late: onLate, service: onService,
-    error: (m) => console.warn("gateway:", m.error), welcome: () => {} };
+    transcript: onTranscript, error: (m) => console.warn("gateway:", m.error), welcome: () => {} };
   (handlers[message.type] || (() => {}))(message);
 }
 
@@ -590,6 +591,41 @@ function onCaption(c) {
   list.scrollTop = list.scrollHeight;
 }
 
+// -- the meeting's transcript: recorded only once someone turns it on, which every page shows --------------
+function setUpTranscript() {
+  const select = $("transcript-lang");
+  select.add(new Option("In my language", ""));
+  select.add(new Option("All languages", "all"));
+  for (const { code, name } of state.config.languages) select.add(new Option(name, code));
+  $("transcript-toggle").addEventListener("click", () => send({ type: "transcript", on: !state.transcript?.on }));
+  $("transcript-link").addEventListener("click", () => { $("transcript-link").href = transcriptUrl(); });
+}
+
+// The room's people only: this page's session and ticket say it is one of them.
+function transcriptUrl() {
+  const query = new URLSearchParams({
+    lang: $("transcript-lang").value || state.profile.hear, format: $("transcript-format").value,
+    session: state.me?.id || "", ticket: state.me?.ticket || "",
+  });
+  return `/api/rooms/${encodeURIComponent(state.profile.room)}/transcript?${query}`;
+}
+
+function onTranscript(message) {
+  state.transcript = message;
+  const notice = $("transcript-notice");
+  notice.hidden = !message.on;
+  notice.textContent = message.message;
+  notice.dataset.by = message.by;
+  notice.classList.toggle("full", message.full);
+  const toggle = $("transcript-toggle");
+  toggle.disabled = !message.can_toggle;
+  toggle.classList.toggle("disabled", !message.can_toggle);
+  if (!message.can_toggle) toggle.title = "Only the host can turn the transcript on or off";
+  toggle.textContent = message.on ? "Stop transcript" : "Start transcript";
+  toggle.setAttribute("aria-pressed", String(message.on));
+  $("transcript-download").hidden = !message.exists;
+}
+
 // -- the video grid -----------------------------------------------------------------------------------
 function ensureTile(id, label) {
   let tile = state.tiles.get(id);
@@ -672,6 +708,7 @@ async function main() {
   $("camera").addEventListener("click", toggleCamera);
   $("floor-button").addEventListener("click", floorButton);
   $("leave").addEventListener("click", leave);
+  setUpTranscript();
   $("show-original").addEventListener("change", (e) => $("captions").classList.toggle("hide-original", !e.target.checked));
   if (showInsecurePage()) return;  // say so at once, before anyone fills in the form
   const link = prefill();
