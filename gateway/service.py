@@ -52,6 +52,7 @@ from gateway.rooms.tasks import TaskSupervisor
 from pipeline import memory
 from pipeline.bus import Bus, cancel_and_wait
 from pipeline.interim import InterimTracker
+from pipeline.looplag import LoopLag
 from pipeline.messages import Message, VideoClip
 from pipeline.metrics import Metrics
 from pipeline.routes import STREAMS
@@ -93,6 +94,8 @@ class Gateway:
         self.egress = Egress(self.rooms)
         self.results = ResultsReader(bus, self.on_result)
         self.tasks = TaskSupervisor()  # the gateway's own, long-lived: restarted when they fail
+        self.loop_lag = LoopLag(self.metrics.observe_loop_lag)
+        self.metrics.watch_recent_loop_lag(self.loop_lag.recent_worst_s)
         self.joined = 0
         self.janus: JanusClient | None = None
         self.janus_ready = asyncio.Event()
@@ -117,6 +120,7 @@ class Gateway:
         # Every stream, `results` and `dead` included, and the byte cap even while a stage's workers are down.
         self.tasks.supervise("retention", lambda: self.bus.trim_forever(STREAMS))
         self.tasks.supervise("memory", self._give_back_forever)
+        self.tasks.supervise("loop-lag", self.loop_lag.run)
 
     async def stop(self) -> None:
         for participant_id in list(self.sessions):
