@@ -292,7 +292,7 @@ def run_health(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
     async def problem() -> str | None:
         if args.part == "gateway":
-            return await gateway_problem(args.url or GATEWAY_HEALTHZ)
+            return await gateway_problem(args.url or GATEWAY_HEALTHZ, token=env.get("BABELROOM_MONITORING_TOKEN", ""))
         if args.part == "janus":
             return await janus_problem(args.url or JANUS_API)
         bus = Bus.connect(BusOptions.from_env(env))

@@ -14,7 +14,9 @@
                                          degradations, drops, sessions and rooms
     GET  /static/vendor/janus.js, adapter.js   Debian's janus.js and webrtc-adapter: no CDN
 
-Every /api error is JSON: {"error": "..."} with a 4xx status (503 while the media server is away).
+Every /api error is JSON: {"error": "..."} with a 4xx status (503 while the media server is away). Joins and
+failed token checks are limited per client address (429 with Retry-After), and /healthz and /metrics may be
+kept to loopback or a bearer token: gateway/web/guard.py.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from gateway import validation
 from gateway.options import GatewayOptions
 from gateway.rooms.room import Participant, Profile
 from gateway.service import Gateway, JoinError
+from gateway.web.guard import guard
 from gateway.web.health import BUS_KEY, GATEWAY_KEY, healthz
 from gateway.web.proxy import MAX_FRAME_BYTES, Grant, relay
 from gateway.web.tokens import TokenClaims, TokenError, verify_token
@@ -92,7 +95,7 @@ def create_app(bus: Bus, options: GatewayOptions | None = None) -> web.Applicati
     # auto_decompress off: a compressed body is refused (415) rather than inflated, garbage or bomb alike.
     app = web.Application(
         client_max_size=options.client_max_size,
-        middlewares=[json_errors],
+        middlewares=[guard(options.limits, options.monitoring), json_errors],
         handler_args={"auto_decompress": False},
     )
     gateway = Gateway(bus, options)
