@@ -143,7 +143,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 BENCHMARKS = (
-    "stages", "scaling", "hops", "latency", "soak", "asr-context", "real-speech", "media", "lipsync",
+    "stages", "scaling", "hops", "latency", "attack", "soak", "asr-context", "real-speech", "media", "lipsync",
     "mt-quality", "pipeline", "gpu", "report",
 )  # fmt: skip
 
@@ -390,6 +390,10 @@ def run_bench(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         from benchmarks.latency import run as run_latency
 
         run_latency(args.out)
+    elif args.name == "attack":
+        from benchmarks.attack import run as run_attack
+
+        run_attack(args.out)
     elif args.name == "soak":
         from benchmarks.soak import run as run_soak
 
