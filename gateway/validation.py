@@ -5,9 +5,9 @@ so every endpoint uses the same rules; each raises InvalidInput with a message f
   "demo\\n" through as a room of its own).
 - Display names: NFC-normalized, printable, no lone surrogates, no bidirectional controls (a name
   must not reorder the text around it on other people's screens).
-- JSON bodies: UTF-8 only, no Content-Encoding (both checked before reading), nesting at most
-  MAX_JSON_DEPTH deep, strict JSON (no NaN, Infinity or numbers that overflow to it), and an object at the
-  top.
+- JSON bodies: UTF-8 only, no Content-Encoding (both checked before reading), at most MAX_JSON_CONTAINERS
+  lists and objects nested at most MAX_JSON_DEPTH deep, strict JSON (no NaN, Infinity or numbers that
+  overflow to it), and an object at the top.
 
 Every check costs time linear in the input, whatever the input: clients choose it, and one slow check
 stalls every room the gateway serves. So no regular expression that can backtrack runs over client text:
@@ -34,6 +34,9 @@ ROOM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 ROOM_NAME_RULE = "1-64 letters, digits, '-' or '_', starting with a letter or digit"
 # Deeper than any body of ours needs (the join body is 2 levels), far below the parser's recursion limit.
 MAX_JSON_DEPTH = 32
+# Lists and objects a body may hold ('[' and '{' counted in the raw text, inside strings too): a Janus request
+# with 64 streams holds about 130, a join body 2. 80,000 empty lists in a 256 KB frame took 40-150 ms to build.
+MAX_JSON_CONTAINERS = 1_000
 # Format characters a name may hold: joiners that some scripts and emoji sequences need. Every other
 # format character (bidi embeddings, overrides and isolates among them) is refused.
 ALLOWED_FORMAT_CHARS = frozenset("\u200c\u200d")
@@ -106,15 +109,18 @@ def json_object(raw: bytes | str) -> dict[str, Any]:
         text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
     except UnicodeDecodeError as exc:
         raise InvalidInput(f"request body is not UTF-8: {exc.reason} at byte {exc.start}") from None
+    if text.count("[") + text.count("{") > MAX_JSON_CONTAINERS:  # counted in C, before anything is built
+        raise InvalidInput(f"request body holds more than {MAX_JSON_CONTAINERS} lists and objects")
     too_deep = InvalidInput(f"request body is nested deeper than {MAX_JSON_DEPTH} levels")
     try:  # the C parser: linear in the text; it raises RecursionError past the interpreter's recursion limit
         with _collector_paused():
             body = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+            deeper = json_depth(body, MAX_JSON_DEPTH) > MAX_JSON_DEPTH
     except RecursionError:
         raise too_deep from None
     except ValueError as exc:  # JSONDecodeError, too many digits, and our refusal of NaN and Infinity
         raise InvalidInput(f"request body is not valid JSON: {exc}") from None
-    if json_depth(body, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
+    if deeper:
         raise too_deep
     if not isinstance(body, dict):
         raise InvalidInput("request body must be a JSON object")
@@ -133,9 +139,9 @@ def json_depth(value: Any, limit: int) -> int:
 
 @contextlib.contextmanager
 def _collector_paused() -> Iterator[None]:
-    """Without the cyclic garbage collector: a text of 80,000 empty lists makes it run again and again while
-    they are built, each run costlier as the heap grows (40-150 ms for 256 KB here, 5 ms without). A parse
-    makes no reference cycles for it to find."""
+    """Without the cyclic garbage collector: many containers built at once make it run again and again, each
+    run costlier as the heap grows (80,000 empty lists: 40-150 ms here, 5 ms without). A parse makes no
+    reference cycles for it to find."""
     paused = gc.isenabled()
     gc.disable()
     try:
