@@ -44,7 +44,7 @@ SESSION_TIMEOUT_S = 60
 JANUS_TURN_TTL_S = TURN_TTL_S
 # How long Janus waits for one: without an answer it gathers no relayed candidates for that PeerConnection.
 TURN_API_TIMEOUT_S = 2
-TURN_API_PATH = "/turn"
+TURN_API_HOST, TURN_API_PATH = "127.0.0.1", "/turn"
 DEBUG_LEVEL = 3  # errors and warnings; 4 adds every request, 7 is libnice-level detail
 INSTALL_HINT = "run `make up` (it installs it) or `apt-get install janus`"
 
@@ -73,7 +73,7 @@ class TurnApi:
         self.key = secrets.token_urlsafe(24)
         self.uris = [url for url in turn.urls if url.startswith("turn:")][:1]
         self.issued = 0
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _turn_api_handler(self))
+        self._server = ThreadingHTTPServer((TURN_API_HOST, 0), _turn_api_handler(self))
         self._thread = threading.Thread(target=self._server.serve_forever, name="turn-api", daemon=True)
 
     @classmethod
@@ -93,8 +93,7 @@ class TurnApi:
 
     @property
     def janus(self) -> JanusTurn:
-        host, port = self._server.server_address[:2]
-        return JanusTurn(f"http://{host}:{port}{TURN_API_PATH}", self.key)
+        return JanusTurn(f"http://{TURN_API_HOST}:{self._server.server_port}{TURN_API_PATH}", self.key)
 
     def answer(self, path: str) -> tuple[int, dict[str, Any]]:
         """(status, body) for a request Janus makes: GET /turn?service=turn&key=KEY&username=HANDLE."""

@@ -12,7 +12,7 @@ Referer headers carry `?ticket=` and `?token=`). It replaces with [redacted]:
   (`protect`: the fresh Janus secrets of `babelroom up`, the TURN secret).
 
 Every pattern is matched in time linear in the line (no pattern can backtrack over a run it already read):
-a log line may quote what a client sent.
+a log line may quote what a client sent. For the same reason a message is cut after MAX_MESSAGE_CHARS.
 """
 
 from __future__ import annotations
@@ -33,6 +33,9 @@ SECRET_SETTINGS = (
 # Shorter values are not searched for: they would blank out ordinary words (a test's secret "s").
 MIN_SECRET_CHARS = 8
 REDACTED = "[redacted]"
+# A log message is cut after this many characters: one may quote what a client sent (a refused request's
+# field), and a line per frame of 256 KB would fill a disk.
+MAX_MESSAGE_CHARS = 2_000
 _NAMES = r"(?:ticket|token|key|api|apisecret|api_secret|admin_key|secret|password|pwd|credential|pin)"
 _PATTERNS = (
     # ?ticket=..., &token=..., key=... in a URL or a line of text
@@ -66,9 +69,14 @@ class Redact(logging.Filter):
         return text
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "redacted", False):  # by this filter on another handler already
+            return True
+        record.redacted = True
         message = record.getMessage()
+        if len(message) > MAX_MESSAGE_CHARS:  # a client's input quoted in full would make each line its size
+            message = f"{message[:MAX_MESSAGE_CHARS]}... ({len(message) - MAX_MESSAGE_CHARS} characters cut)"
         cleaned = self.clean(message)
-        if cleaned != message:
+        if cleaned != record.getMessage():
             record.msg, record.args = cleaned, None
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)

@@ -73,11 +73,13 @@ def test_every_handler_passes_records_through_the_filter_messages_and_tracebacks
             log.exception("failed")
         logs.protect("short")  # too short to search for: it would blank out words
         log.info("a short word")
+        log.warning("refused a request: %s", "x" * 100_000)
     finally:
         root.removeHandler(handler)
     text = stream.getvalue()
     assert "the-token-secret-value" not in text and "fresh-janus-api-secret" not in text and TICKET not in text
     assert "ValueError: bad ticket=[redacted]" in text and "a short word" in text
+    assert f"({100_000 + 19 - logs.MAX_MESSAGE_CHARS} characters cut)" in text and len(text) < 10_000
 
 
 def test_redaction_takes_linear_time_on_lines_made_to_slow_it() -> None:
