@@ -16,6 +16,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pipeline import logs
 from pipeline.config import DEFAULT_PORT, BusOptions, WorkerOptions
 from pipeline.routes import WORKER_KINDS
 from workers.stage import PermanentError
@@ -23,15 +24,13 @@ from workers.stage import PermanentError
 if TYPE_CHECKING:
     from benchmarks.models import ModelSet
 
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command. What the user can fix (a bad setting or argument, an unreadable file, a busy
     port) is one line on stderr and exit status 2, not a traceback."""
     args = parser().parse_args(argv)
     try:
-        logging.basicConfig(level=log_level(os.environ), format=LOG_FORMAT)
+        logs.configure(log_level(os.environ), logs.secrets_in(os.environ))
         result: int = args.run(args, os.environ)
     except (ValueError, OSError, PermanentError) as exc:
         print(f"babelroom {args.command}: {exc}", file=sys.stderr)
@@ -144,7 +143,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 BENCHMARKS = (
-    "stages", "scaling", "hops", "latency", "soak", "asr-context", "real-speech", "media", "lipsync",
+    "stages", "scaling", "hops", "latency", "attack", "soak", "asr-context", "real-speech", "media", "lipsync",
     "mt-quality", "pipeline", "gpu", "report",
 )  # fmt: skip
 
@@ -210,14 +209,16 @@ def run_janus(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     """Janus with the secrets the gateway was given, until it exits."""
     from babelroom import janus
     from babelroom.supervisor import run_janus
+    from gateway.options import TurnOptions
 
     secret, admin_key = env.get("BABELROOM_JANUS_API_SECRET", ""), env.get("BABELROOM_JANUS_ADMIN_KEY", "")
     if not secret or not admin_key:
         print("babelroom janus: set BABELROOM_JANUS_API_SECRET and BABELROOM_JANUS_ADMIN_KEY (the gateway's too)",
               file=sys.stderr)  # fmt: skip
         return 2
-    fresh = janus.config_from_env(env, args.ws_port)
-    return run_janus(dataclasses.replace(fresh, api_secret=secret, admin_key=admin_key, ws_ip=args.ws_ip))
+    with janus.TurnApi.serving(TurnOptions.from_env(env)) as turn:
+        fresh = janus.config_from_env(env, args.ws_port, turn)
+        return run_janus(dataclasses.replace(fresh, api_secret=secret, admin_key=admin_key, ws_ip=args.ws_ip))
 
 
 def run_turn(args: argparse.Namespace, env: Mapping[str, str]) -> int:
@@ -292,7 +293,7 @@ def run_health(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
     async def problem() -> str | None:
         if args.part == "gateway":
-            return await gateway_problem(args.url or GATEWAY_HEALTHZ)
+            return await gateway_problem(args.url or GATEWAY_HEALTHZ, token=env.get("BABELROOM_MONITORING_TOKEN", ""))
         if args.part == "janus":
             return await janus_problem(args.url or JANUS_API)
         bus = Bus.connect(BusOptions.from_env(env))
@@ -389,6 +390,10 @@ def run_bench(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         from benchmarks.latency import run as run_latency
 
         run_latency(args.out)
+    elif args.name == "attack":
+        from benchmarks.attack import run as run_attack
+
+        run_attack(args.out)
     elif args.name == "soak":
         from benchmarks.soak import run as run_soak
 

@@ -1,7 +1,8 @@
 """`babelroom health`: the healthchecks of compose.yaml's containers. Each check returns None when the part is
 ready, or the reason it is not; the command exits 0 or 1 with that line, as a container healthcheck expects.
 
-- gateway: /healthz answers 200 and says Janus is connected (workers come and go: /healthz reports them);
+- gateway: /healthz answers 200 and says Janus is connected (workers come and go: /healthz reports them); it
+  sends BABELROOM_MONITORING_TOKEN as a bearer token when one is set;
 - janus: its WebSocket API answers a ping (Janus answers pings without its API secret);
 - worker: a worker on this host (in a container: this container) has a live heartbeat. A worker starts its
   heartbeat only once its model is loaded, so a worker still loading is not ready.
@@ -21,11 +22,13 @@ TIMEOUT_S = 5.0
 JANUS_PROTOCOL = "janus-protocol"
 
 
-async def gateway_problem(url: str, timeout_s: float = TIMEOUT_S) -> str | None:
+async def gateway_problem(url: str, timeout_s: float = TIMEOUT_S, token: str = "") -> str | None:
+    """`token`: the monitoring bearer token, where the gateway asks for one (BABELROOM_MONITORING_TOKEN)."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
         async with (
             aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as http,
-            http.get(url) as reply,
+            http.get(url, headers=headers) as reply,
         ):
             status, text = reply.status, await reply.text()
         janus = json.loads(text).get("janus") if status == 200 else None

@@ -5,22 +5,29 @@ that is the media plane. The gateway only drives it. The configuration written h
 BabelRoom uses (the VideoRoom plugin and the WebSockets transport, no event handlers, no loggers), binds
 the API to one address (loopback for `babelroom up`), requires an API secret on every request, and
 locks room creation and RTP forwarding behind an admin key. Both secrets are known to the gateway
-only: browsers reach Janus through the gateway's filtering proxy (gateway/web/proxy.py).
+only: browsers reach Janus through the gateway's filtering proxy (gateway/web/proxy.py). Given a TURN server,
+Janus asks TurnApi, on loopback beside it, for a short-lived credential for each PeerConnection.
 """
 
 from __future__ import annotations
 
+import contextlib
 import glob
+import hmac
+import json
 import secrets
 import shutil
 import socket
+import threading
 import time
-from collections.abc import Mapping
+import urllib.parse
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from gateway.options import TurnOptions
+from gateway.options import TURN_TTL_S, TurnOptions
 from gateway.web.turn import turn_credential
 
 JANUS_BINARY = "janus"
@@ -32,9 +39,12 @@ TRANSPORTS = ("libjanus_websockets.so",)
 RTP_PORT_RANGE = "20000-40000"
 # A session whose keepalives stop (a browser tab closed without a goodbye) is dropped after this long.
 SESSION_TIMEOUT_S = 60
-# Janus's own TURN credential lasts this long: a Janus running longer (restarted without `babelroom up` or
-# `babelroom janus` writing its configuration again) loses its relayed candidates, not its host ones.
-JANUS_TURN_TTL_S = 30 * 24 * 3600
+# Janus asks for a TURN credential of its own each time it sets up a PeerConnection (the TURN REST API, served
+# by TurnApi); each lasts as long as a browser's in an open room, so none outlives the meeting it was made for.
+JANUS_TURN_TTL_S = TURN_TTL_S
+# How long Janus waits for one: without an answer it gathers no relayed candidates for that PeerConnection.
+TURN_API_TIMEOUT_S = 2
+TURN_API_HOST, TURN_API_PATH = "127.0.0.1", "/turn"
 DEBUG_LEVEL = 3  # errors and warnings; 4 adds every request, 7 is libnice-level detail
 INSTALL_HINT = "run `make up` (it installs it) or `apt-get install janus`"
 
@@ -45,23 +55,75 @@ class JanusNotInstalled(RuntimeError):
 
 @dataclass(frozen=True)
 class JanusTurn:
-    """Janus's own TURN credential: computed like a browser's (TURN REST API), for JANUS_TURN_TTL_S from
-    the moment its configuration is written. Janus takes one static user and password in janus.jcfg."""
+    """Where Janus asks for its TURN credentials (a TurnApi on loopback), and the key it shows there."""
 
-    host: str
-    port: int
-    username: str
-    password: str
+    url: str
+    key: str
+
+
+class TurnApi:
+    """A TURN REST API endpoint for Janus alone (draft-uberti-behave-turn-rest, what Janus's `turn_rest_api`
+    speaks), on loopback in a thread of the process that runs Janus: each request that shows the key gets a fresh
+    credential for the first turn: URL the browsers are given, made like theirs (gateway/web/turn.py) and lasting
+    JANUS_TURN_TTL_S. So no credential is written into Janus's configuration, and none lasts for weeks."""
+
+    def __init__(self, turn: TurnOptions, clock: Callable[[], float] = time.time) -> None:
+        self.turn = turn
+        self.clock = clock
+        self.key = secrets.token_urlsafe(24)
+        self.uris = [url for url in turn.urls if url.startswith("turn:")][:1]
+        self.issued = 0
+        self._server = ThreadingHTTPServer((TURN_API_HOST, 0), _turn_api_handler(self))
+        self._thread = threading.Thread(target=self._server.serve_forever, name="turn-api", daemon=True)
 
     @classmethod
-    def from_options(cls, turn: TurnOptions, now: float) -> JanusTurn | None:
-        """From the first turn: URL (turn:HOST:PORT?transport=udp), or None when there is none."""
-        plain = [url for url in turn.urls if url.startswith("turn:")]
-        if not plain:
-            return None
-        host, _, port = plain[0].removeprefix("turn:").split("?")[0].rpartition(":")
-        credential = turn_credential(turn.secret, "janus", now + JANUS_TURN_TTL_S)
-        return cls(host, int(port), credential.username, credential.password)
+    @contextlib.contextmanager
+    def serving(cls, turn: TurnOptions) -> Iterator[TurnApi | None]:
+        """A running TurnApi while the block runs, or None when there is no turn: URL to give Janus."""
+        if not any(url.startswith("turn:") for url in turn.urls):
+            yield None
+            return
+        api = cls(turn)
+        api._thread.start()
+        try:
+            yield api
+        finally:
+            api._server.shutdown()
+            api._server.server_close()
+
+    @property
+    def janus(self) -> JanusTurn:
+        return JanusTurn(f"http://{TURN_API_HOST}:{self._server.server_port}{TURN_API_PATH}", self.key)
+
+    def answer(self, path: str) -> tuple[int, dict[str, Any]]:
+        """(status, body) for a request Janus makes: GET /turn?service=turn&key=KEY&username=HANDLE."""
+        url = urllib.parse.urlsplit(path)
+        query = urllib.parse.parse_qs(url.query)
+        key = query.get("key", [""])[0]
+        if url.path != TURN_API_PATH or not hmac.compare_digest(key.encode(), self.key.encode()):
+            return 403, {"error": "unknown path or key"}
+        user = "janus-" + "".join(c for c in query.get("username", [""])[0][:20] if c.isalnum())
+        credential = turn_credential(self.turn.secret, user, self.clock() + JANUS_TURN_TTL_S)
+        self.issued += 1
+        body = {"username": credential.username, "password": credential.password, "ttl": int(JANUS_TURN_TTL_S)}
+        return 200, {**body, "uris": self.uris}
+
+
+def _turn_api_handler(api: TurnApi) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            status, body = api.answer(self.path)
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            """Silent: each request line carries the key."""
+
+    return Handler
 
 
 @dataclass(frozen=True)
@@ -77,7 +139,7 @@ class JanusConfig:
     stun_server: str = ""  # host:port, for a Janus behind a NAT that is not 1:1
     rtp_port_range: str = RTP_PORT_RANGE
     debug_level: int = DEBUG_LEVEL
-    turn: JanusTurn | None = None  # the TURN server the browsers are given, for Janus's own relayed candidates
+    turn: JanusTurn | None = None  # where Janus gets credentials for the browsers' TURN server (relayed candidates)
 
     @property
     def url(self) -> str:
@@ -140,8 +202,8 @@ def _main_config(folder: Path, c: JanusConfig) -> str:
         host, _, port = c.stun_server.rpartition(":")
         nat += [f"stun_server = {_q(host)}", f"stun_port = {int(port)}"]
     if c.turn:
-        nat += [f"turn_server = {_q(c.turn.host)}", f"turn_port = {c.turn.port}", 'turn_type = "udp"']
-        nat += [f"turn_user = {_q(c.turn.username)}", f"turn_pwd = {_q(c.turn.password)}"]
+        nat += [f"turn_rest_api = {_q(c.turn.url)}", f"turn_rest_api_key = {_q(c.turn.key)}"]
+        nat += ['turn_rest_api_method = "GET"', f"turn_rest_api_timeout = {TURN_API_TIMEOUT_S}"]
     nat.append("ignore_mdns = true")  # browsers' .local candidates cannot be resolved by a server
     return _jcfg(
         general={
@@ -195,15 +257,16 @@ def _q(value: str) -> str:
     return f'"{value}"'
 
 
-def config_from_env(env: Mapping[str, str], ws_port: int) -> JanusConfig:
-    """The embedded Janus's settings: fresh secrets, and the ICE settings a deployment may need."""
+def config_from_env(env: Mapping[str, str], ws_port: int, turn: TurnApi | None = None) -> JanusConfig:
+    """The embedded Janus's settings: fresh secrets, the ICE settings a deployment may need, and where it gets
+    TURN credentials (TurnApi.serving(TurnOptions.from_env(env)), running while Janus does)."""
     return JanusConfig.fresh(
         ws_port,
         ice_enforce_list=env.get("BABELROOM_JANUS_ICE_INTERFACES", ""),
         nat_1_1_mapping=env.get("BABELROOM_JANUS_NAT_1_1", ""),
         stun_server=env.get("BABELROOM_JANUS_STUN", ""),
         rtp_port_range=env.get("BABELROOM_JANUS_RTP_PORTS", RTP_PORT_RANGE),
-        turn=JanusTurn.from_options(TurnOptions.from_env(env), time.time()),
+        turn=turn.janus if turn else None,
     )
 
 

@@ -30,7 +30,8 @@ import redis
 
 from babelroom import coturn, janus
 from babelroom.certificate import host_addresses
-from gateway.options import GatewayOptions
+from gateway.options import GatewayOptions, TurnOptions
+from pipeline import logs
 from pipeline.routes import WORKER_KINDS
 
 log = logging.getLogger("babelroom.up")
@@ -195,9 +196,11 @@ def janus_command(folder: Path, config: janus.JanusConfig) -> list[str]:
         raise SystemExit(str(exc)) from None
 
 
-def janus_child(env: dict[str, str], folder: Path) -> tuple[Child, janus.JanusConfig]:
-    """A private Janus: the API on loopback, fresh secrets, the configuration written into `folder`."""
-    config = janus.config_from_env(env, free_port())
+def janus_child(env: dict[str, str], folder: Path, turn: janus.TurnApi | None) -> tuple[Child, janus.JanusConfig]:
+    """A private Janus: the API on loopback, fresh secrets, the configuration written into `folder`, TURN
+    credentials from `turn`."""
+    config = janus.config_from_env(env, free_port(), turn)
+    logs.protect(config.api_secret, config.admin_key)
     return Child("janus", janus_command(folder, config), janus.janus_env(env)), config
 
 
@@ -249,7 +252,8 @@ def up(env: Mapping[str, str], options: UpOptions) -> None:
             turn_folder = cleanup.enter_context(tempfile.TemporaryDirectory(prefix="babelroom-coturn-"))
             child_env.update(start_coturn(supervisor, child_env, Path(turn_folder), options.public_host))
         if not child_env.get("BABELROOM_JANUS_URL"):
-            child_env.update(start_private_janus(supervisor, child_env, Path(janus_folder)))
+            turn = cleanup.enter_context(janus.TurnApi.serving(TurnOptions.from_env(child_env)))
+            child_env.update(start_private_janus(supervisor, child_env, Path(janus_folder), turn))
         child_env.setdefault("BABELROOM_OPEN_ROOMS", "1")  # local use: anyone on this machine may join
         supervisor.children.append(
             Child("gateway", babelroom_argv("gateway", "--host", host, "--port", str(port)), child_env)
@@ -285,7 +289,7 @@ def start_coturn(supervisor: Supervisor, env: Mapping[str, str], folder: Path, p
     addresses only (where Janus is); returns the settings that give the gateway and Janus the same server."""
     relay_to = tuple(str(a) for a in host_addresses() if not a.is_loopback)
     config = coturn.CoturnConfig(
-        secret=env.get("BABELROOM_TURN_SECRET") or coturn.CoturnConfig().secret,
+        secret=env.get("BABELROOM_TURN_SECRET") or logs.protected(coturn.CoturnConfig().secret),
         allowed_peers=relay_to,
         cert=env.get("BABELROOM_TLS_CERT", ""),
         key=env.get("BABELROOM_TLS_KEY", ""),
@@ -297,9 +301,11 @@ def start_coturn(supervisor: Supervisor, env: Mapping[str, str], folder: Path, p
     return {"BABELROOM_TURN_URLS": ",".join(config.urls(public_host)), "BABELROOM_TURN_SECRET": config.secret}
 
 
-def start_private_janus(supervisor: Supervisor, env: dict[str, str], folder: Path) -> dict[str, str]:
+def start_private_janus(
+    supervisor: Supervisor, env: dict[str, str], folder: Path, turn: janus.TurnApi | None
+) -> dict[str, str]:
     """A private Janus (API on loopback, fresh secrets); returns what the gateway needs to drive it."""
-    child, config = janus_child(env, folder)
+    child, config = janus_child(env, folder, turn)
     supervisor.children.append(child)
     child.start()
     janus.wait_for_janus(config)

@@ -31,7 +31,7 @@ import fractions
 import json
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -444,9 +444,15 @@ def listening_languages(language: str, target: str, count: int) -> tuple[str, ..
 
 
 async def converse(
-    base_url: str, room: str, utterances: Sequence[Utterance], gap_s: float, hear: Sequence[str]
+    base_url: str,
+    room: str,
+    utterances: Sequence[Utterance],
+    gap_s: float,
+    hear: Sequence[str],
+    token_for: Callable[[str, str], str] | None = None,
 ) -> list[Heard]:
-    """One speaker says `utterances` in their language while one listener per language of `hear` listens."""
+    """One speaker says `utterances` in their language while one listener per language of `hear` listens;
+    `token_for(room, name)` gives each their join token where the service requires one."""
     from benchmarks.participant import ScriptedParticipant
 
     language = utterances[0].language
@@ -454,9 +460,11 @@ async def converse(
     listeners = [ScriptedParticipant(base_url, room, f"Listener-{h}", h, h) for h in hear]
     speaker = ScriptedParticipant(base_url, room, "Speaker", language, language)
     try:
+        token = token_for or (lambda room, name: "")
         for listener in listeners:
-            await listener.join(ScriptedSpeaker((), lead_s=voice.duration_s + RUN_LEAD_S).track())
-        await speaker.join(voice.track())
+            silent = ScriptedSpeaker((), lead_s=voice.duration_s + RUN_LEAD_S).track()
+            await listener.join(silent, token=token(room, listener.name))
+        await speaker.join(voice.track(), token=token(room, speaker.name))
         for listener in listeners:
             await listener.listen_to_translation(FEED_TIMEOUT_S)
         await asyncio.wait_for(voice.done.wait(), voice.duration_s + FEED_TIMEOUT_S)

@@ -16,7 +16,7 @@ from typing import Any
 
 from benchmarks import gpu, mt_quality, pipeline, scaling
 
-KNOWN_ORDER = ("stages", "mt", "scaling", "pipeline", "media", "latency", "soak", "lipsync", "gpu")
+KNOWN_ORDER = ("stages", "mt", "scaling", "pipeline", "media", "latency", "attack", "soak", "lipsync", "gpu")
 NOT_RECORDED = "not recorded"
 GPU_COMMAND = "babelroom bench gpu --device cuda --out results && babelroom bench pipeline --device cuda --out results"
 
@@ -288,6 +288,41 @@ def by_targets_lines(result: dict[str, Any]) -> list[str]:
     ]
 
 
+def attack_section(stem: str, result: dict[str, Any], folder: Path, link: str) -> list[str]:
+    quiet, attacked = result["quiet"], result["attacked"]
+    attack = attacked["attack"]
+    names = {
+        "first_interim_after_onset_s": "first interim caption after speech onset",
+        "final_caption_after_end_s": "final translated caption after end of speech",
+        "speech_start_after_end_s": "translated speech starts after end of speech",
+    }
+    rows = [[label, quiet[key]["p50"], quiet[key]["p95"], attacked[key]["p50"], attacked[key]["p95"]]
+            for key, label in names.items()]  # fmt: skip
+    rows += [
+        ["gateway event loop, worst lag", quiet["loop_lag_worst_s"], "", attacked["loop_lag_worst_s"], ""],
+        ["/healthz answer", quiet["healthz_answer_s"]["p50"], quiet["healthz_answer_s"]["max"],
+         attacked["healthz_answer_s"]["p50"], attacked["healthz_answer_s"]["max"]],
+    ]  # fmt: skip
+    kinds = [[kind, k["items"], ", ".join(f"{status}: {n}" for status, n in k["statuses"].items()),
+              k["answer_s"]["p50"], k["answer_s"]["max"]] for kind, k in attack["by_kind"].items()]  # fmt: skip
+    return [
+        "## Under attack, the room goes on",
+        "",
+        provenance_line(result) + f" {result['utterances']} utterances ({result['participants']}); seconds.",
+        f"Measure again (as root): `babelroom bench attack --out {link}`.",
+        "",
+        *table(["measure", "quiet p50", "quiet p95 (max)", "attacked p50", "attacked p95 (max)"], rows),
+        "",
+        f"The attack: {attack['items']} bad requests and frames in {attack['seconds']} s ({attack['per_second']}/s), "
+        f"answered 5xx: {attack['server_errors']}, unanswered: {attack['unanswered']}; unexpected errors in the "
+        f"services' log: {result['unexpected_errors_in_log']}. Missed final captions: quiet "
+        f"{quiet['missed_final_captions']}, attacked {attacked['missed_final_captions']}.",
+        "",
+        *table(["attack item", "sent", "answers", "answer p50, s", "answer max, s"], kinds),
+        *image(stem, link),
+    ]
+
+
 def soak_section(stem: str, result: dict[str, Any], folder: Path, link: str) -> list[str]:
     rows = [
         [name, row["after_warmup_mb"], row["end_mb"], row["growth_pct"], row["max_mb"]]
@@ -347,5 +382,6 @@ SECTIONS: dict[str, Section] = {
     "media": media_section,
     "lipsync": lipsync_section,
     "latency": latency_section,
+    "attack": attack_section,
     "soak": soak_section,
 }

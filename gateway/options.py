@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -53,6 +54,17 @@ TURN_TTL_S = 4 * 3600
 TRANSCRIPT_RETENTION_S = 3_600.0
 # The most a room's transcript holds in Redis: about 10 hours of talk with one translation, 4 with four.
 TRANSCRIPT_MAX_BYTES = 2 * 1024 * 1024
+# Joins from one client address: a burst (a team behind one NAT joining as a meeting starts, pages rejoining
+# after a network change), then a steady rate. Beyond: 429 with Retry-After.
+JOIN_BURST = 20
+JOINS_PER_MINUTE = 30.0
+# Failed token, ticket or bearer checks from one address: room for typos and stale links, far too few to guess
+# anything. Past them, every request that checks one is answered 429 until the bucket refills.
+AUTH_FAILURE_BURST = 10
+AUTH_FAILURES_PER_MINUTE = 6.0
+# Who may read /healthz and /metrics: anyone (the default: compose's healthchecks and `babelroom health` read
+# them), only clients on loopback, or only with BABELROOM_MONITORING_TOKEN as a bearer token.
+MONITORING_ACCESS = ("open", "loopback", "token")
 
 
 @dataclass(frozen=True)
@@ -152,6 +164,54 @@ class EchoOptions:
 
 
 @dataclass(frozen=True)
+class LimitOptions:
+    """Limits per client address on what those not yet in a room may try (gateway/web/guard.py). The address is
+    the connection's peer, or, when the peer is one of `trusted_proxies` (a reverse proxy such as Caddy), the
+    last address in X-Forwarded-For that is not a trusted proxy."""
+
+    join_burst: int = JOIN_BURST
+    joins_per_minute: float = JOINS_PER_MINUTE
+    auth_failure_burst: int = AUTH_FAILURE_BURST
+    auth_failures_per_minute: float = AUTH_FAILURES_PER_MINUTE
+    trusted_proxies: tuple[str, ...] = ()  # addresses or networks (CIDR) whose X-Forwarded-For is believed
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> LimitOptions:
+        proxies = _csv(env.get("BABELROOM_TRUSTED_PROXIES", ""))
+        for proxy in proxies:
+            try:
+                ipaddress.ip_network(proxy, strict=False)
+            except ValueError:
+                raise ValueError(f"BABELROOM_TRUSTED_PROXIES: {proxy!r} is not an address or a network") from None
+        return cls(
+            join_burst=env_int(env, "BABELROOM_JOIN_BURST", JOIN_BURST),
+            joins_per_minute=env_float(env, "BABELROOM_JOINS_PER_MINUTE", JOINS_PER_MINUTE),
+            auth_failure_burst=env_int(env, "BABELROOM_AUTH_FAILURE_BURST", AUTH_FAILURE_BURST),
+            auth_failures_per_minute=env_float(env, "BABELROOM_AUTH_FAILURES_PER_MINUTE", AUTH_FAILURES_PER_MINUTE),
+            trusted_proxies=proxies,
+        )
+
+
+@dataclass(frozen=True)
+class MonitoringOptions:
+    """Who may read /healthz and /metrics: "open" (anyone), "loopback" (clients on this host's loopback only,
+    never judged by X-Forwarded-For) or "token" (an `Authorization: Bearer <token>` header)."""
+
+    access: str = MONITORING_ACCESS[0]
+    token: str = ""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> MonitoringOptions:
+        access = env.get("BABELROOM_MONITORING_ACCESS", MONITORING_ACCESS[0]).strip().lower()
+        token = env.get("BABELROOM_MONITORING_TOKEN", "")
+        if access not in MONITORING_ACCESS:
+            raise ValueError(f"BABELROOM_MONITORING_ACCESS={access!r}: choose one of {', '.join(MONITORING_ACCESS)}")
+        if access == "token" and not token:
+            raise ValueError("BABELROOM_MONITORING_ACCESS=token needs BABELROOM_MONITORING_TOKEN")
+        return cls(access, token)
+
+
+@dataclass(frozen=True)
 class GatewayOptions:
     token_secret: str = ""
     open_rooms: bool = False  # anyone may join any room without a token (local use: `babelroom up`)
@@ -176,6 +236,8 @@ class GatewayOptions:
     interim: InterimOptions = field(default_factory=InterimOptions)
     echo: EchoOptions = field(default_factory=EchoOptions)
     transcript: TranscriptOptions = field(default_factory=TranscriptOptions)
+    limits: LimitOptions = field(default_factory=LimitOptions)
+    monitoring: MonitoringOptions = field(default_factory=MonitoringOptions)
 
     @property
     def tokens_required(self) -> bool:
@@ -212,6 +274,8 @@ class GatewayOptions:
             ),
             echo=EchoOptions(enabled=env_flag(env, "BABELROOM_ECHO_GUARD", True)),
             transcript=TranscriptOptions.from_env(env),
+            limits=LimitOptions.from_env(env),
+            monitoring=MonitoringOptions.from_env(env),
         )
 
 

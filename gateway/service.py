@@ -53,6 +53,7 @@ from gateway.rooms.transcript import Transcripts
 from pipeline import memory
 from pipeline.bus import Bus, cancel_and_wait
 from pipeline.interim import InterimTracker
+from pipeline.looplag import LoopLag
 from pipeline.messages import Message, VideoClip
 from pipeline.metrics import Metrics
 from pipeline.routes import STREAMS
@@ -95,6 +96,8 @@ class Gateway:
         self.results = ResultsReader(bus, self.on_result)
         self.transcripts = Transcripts(bus, options.transcript, self.rooms, options.tokens_required)
         self.tasks = TaskSupervisor()  # the gateway's own, long-lived: restarted when they fail
+        self.loop_lag = LoopLag(self.metrics.observe_loop_lag)
+        self.metrics.watch_recent_loop_lag(self.loop_lag.recent_worst_s)
         self.joined = 0
         self.janus: JanusClient | None = None
         self.janus_ready = asyncio.Event()
@@ -121,6 +124,7 @@ class Gateway:
         self.tasks.supervise("memory", self._give_back_forever)
         self.tasks.supervise("transcripts", self.transcripts.record_forever)
         self.tasks.supervise("transcript-leases", self.transcripts.keep_open_forever)
+        self.tasks.supervise("loop-lag", self.loop_lag.run)
 
     async def stop(self) -> None:
         for participant_id in list(self.sessions):

@@ -9,7 +9,7 @@ its queue plus processing) and the end-to-end delay (from the end of the speech 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -24,6 +24,8 @@ RESULT_NAMES: Mapping[type[Message], str] = {
     VideoClip: "video",
 }
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+# Seconds: a timer is due every 20 ms; what a room notices starts near 50 ms.
+LOOP_LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
 class Metrics:
@@ -65,6 +67,13 @@ class Metrics:
         )  # fmt: skip
         self.sessions = Gauge("babelroom_sessions", "Participants connected to this gateway", registry=r)
         self.rooms = Gauge("babelroom_rooms", "Rooms with at least one participant", registry=r)
+        self.loop_lag = Histogram(
+            "babelroom_event_loop_lag_seconds", "How much later than asked the event loop ran a timer",
+            buckets=LOOP_LAG_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.loop_lag_recent = Gauge(
+            "babelroom_event_loop_lag_recent_max_seconds", "The worst event loop lag of the last 10 s", registry=r
+        )
         self.http_errors = Counter(
             "babelroom_http_unexpected_errors", "Requests answered 500 because something unexpected failed", registry=r
         )
@@ -111,6 +120,12 @@ class Metrics:
     def set_echo(self, counts: Mapping[str, int]) -> None:
         for what, count in counts.items():
             self.echo.labels(what).set(count)
+
+    def observe_loop_lag(self, seconds: float) -> None:
+        self.loop_lag.observe(seconds)
+
+    def watch_recent_loop_lag(self, recent_worst_s: Callable[[], float]) -> None:
+        self.loop_lag_recent.set_function(recent_worst_s)
 
     def count_http_error(self) -> None:
         self.http_errors.inc()

@@ -146,9 +146,7 @@ def serve_gateway(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    import logging
+    from pipeline import logs
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("aioice", "aiohttp.access"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    logs.configure("INFO", logs.secrets_in(os.environ), quiet=("aioice", "aiohttp.access"))
     serve_gateway()

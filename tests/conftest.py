@@ -88,13 +88,25 @@ async def bus(redis_url: str, stream_prefix: str) -> AsyncIterator[Bus]:
 
 
 @pytest.fixture
-def service(redis_url: str, janus_config: janus.JanusConfig, stream_prefix: str, tmp_path: Path) -> Iterator[str]:
+def service_settings() -> dict[str, str]:
+    """Settings the `service` fixture adds to its processes' environment: a test module overrides this fixture."""
+    return {}
+
+
+@pytest.fixture
+def service(
+    redis_url: str,
+    janus_config: janus.JanusConfig,
+    stream_prefix: str,
+    tmp_path: Path,
+    service_settings: dict[str, str],
+) -> Iterator[str]:
     """The gateway and one real asr, mt and tts worker, as processes on this test's streams; yields the URL."""
     from tests.browser import gateway_command, processes, service_env, wait_ready, worker_commands
 
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"
-    env = service_env(redis_url, stream_prefix, janus.gateway_env(janus_config))
+    env = service_env(redis_url, stream_prefix, {**janus.gateway_env(janus_config), **service_settings})
     with processes([gateway_command(port), *worker_commands()], env, tmp_path) as procs:
         wait_ready(base_url, procs)
         yield base_url

@@ -2,7 +2,8 @@
 a valid body and query), and it derives malformed requests from it: bad path parameters, bodies that
 are not JSON (or JSON too deep, not an object, not UTF-8, compressed garbage), wrong headers, wrong
 field types, hostile strings, wrong methods, oversize bodies, and for WebSocket endpoints broken upgrade
-handshakes. `problems` says what the service must never do: answer 5xx, or answer an /api request with
+handshakes; `worst_requests` adds the worst input of each kind at the size limits. `problems` says what the
+service must never do: answer 5xx, or answer an /api request with
 anything but a JSON error. `socket_frames` and `forbidden_janus_requests` are the hostile messages for
 an open socket: frames the gateway must answer or drop without closing, and Janus requests the proxy
 must refuse.
@@ -23,6 +24,8 @@ from urllib.parse import quote, urlencode
 
 from aiohttp import ClientSession
 from yarl import URL
+
+from benchmarks.hostile import worst_content_types, worst_json, worst_queries
 
 
 @dataclass(frozen=True)
@@ -118,6 +121,26 @@ def fuzz_requests(endpoints: Sequence[Endpoint], count: int, seed: int = 7) -> l
         request = make(endpoint, rng)
         if request is not None:
             requests.append(request)
+    return requests
+
+
+def worst_requests(endpoints: Sequence[Endpoint], body_limit: int) -> list[FuzzRequest]:
+    """Every endpoint with every worst input of its kind (benchmarks/hostile.py), at the size limits: bodies and
+    Content-Type headers where it takes a body, each query parameter. (A WebSocket's extension offers are parsed
+    only once its ticket is good, when it opens: tests/test_linear_input.py sends those.)"""
+    requests: list[FuzzRequest] = []
+    for endpoint in endpoints:
+        if endpoint.body is not None:
+            requests += [
+                _json_request(endpoint, f"worst body: {label}", body) for label, body in worst_json(body_limit)
+            ]
+            valid = json.dumps(endpoint.body).encode()
+            requests += [_json_request(endpoint, f"worst content-type: {label}", valid, **{"Content-Type": value})
+                         for label, value in worst_content_types()]  # fmt: skip
+        for key in endpoint.query:
+            requests += [FuzzRequest(f"worst query {key}: {label}", endpoint.method,
+                                     f"{_path(endpoint, query={})}?{key}={value}")
+                         for label, value in worst_queries()]  # fmt: skip
     return requests
 
 

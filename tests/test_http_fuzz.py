@@ -20,27 +20,39 @@ import pytest
 from aiohttp import ClientSession, ClientTimeout, ClientWebSocketResponse, WSMsgType
 from yarl import URL
 
+from benchmarks.hostile import worst_json
 from benchmarks.participant import ScriptedParticipant
 from gateway.media.janus import PROTOCOL
+from gateway.options import CLIENT_MAX_SIZE
 from gateway.web.proxy import MAX_FRAME_BYTES, PLUGIN
 from tests.browser import get_json
 from tests.http_fuzz import (
     MAX_REQUEST_LINE,
     Endpoint,
+    Frame,
     forbidden_janus_requests,
     fuzz_requests,
     problems,
     send,
     socket_frames,
+    worst_requests,
 )
 from tests.speech import espeak, silence
 from tests.test_gateway import SpeechTrack
 
 REQUESTS = 1000
+# The fuzz is about each request's answer, from one address: the limits per address (tests/test_guard.py) would
+# answer most of them 429 before they reach what they are aimed at.
+UNLIMITED = {"BABELROOM_JOIN_BURST": "100000", "BABELROOM_AUTH_FAILURE_BURST": "100000"}
 FRAMES_PER_SOCKET = 150
 REPLY_S = 10.0
 # Close codes a socket may end with here: normal, policy, message too big. Never 1006 (dropped) or 1011.
 CLEAN_CLOSES = {1000, 1008, 1009}
+
+
+@pytest.fixture
+def service_settings() -> dict[str, str]:
+    return UNLIMITED
 
 
 async def join(http: ClientSession, room: str, name: str) -> dict[str, Any]:
@@ -68,6 +80,11 @@ def endpoints(seat: dict[str, Any]) -> list[Endpoint]:
         Endpoint("GET", "/static/vendor/{name}", {"name": "janus.js"}),
         Endpoint("GET", "/static/{name}", {"name": "room.js"}),
     ]
+
+
+def worst_frames(limit: int) -> list[Frame]:
+    """The worst JSON texts a socket whose frames may be `limit` bytes can be sent (benchmarks/hostile.py)."""
+    return [Frame(f"worst: {label}", body.decode()) for label, body in worst_json(limit - 1)]
 
 
 async def send_frame(socket: ClientWebSocketResponse, data: str | bytes) -> None:
@@ -98,7 +115,7 @@ async def closed_by_too_big_a_frame(socket: ClientWebSocketResponse, limit: int)
 async def fuzz_events_socket(http: ClientSession, seat: dict[str, Any]) -> dict[str, int]:
     socket = await http.ws_connect(f"{seat['events']}?ticket={seat['ticket']}")
     valid = [{"type": "mute", "muted": True}, {"type": "floor", "action": "request"}, {"type": "camera", "on": False}]
-    frames = socket_frames(valid, FRAMES_PER_SOCKET, seed=11)
+    frames = socket_frames(valid, FRAMES_PER_SOCKET, seed=11) + worst_frames(CLIENT_MAX_SIZE)
     for frame in frames:
         await send_frame(socket, frame.data)
     await socket.send_json({"type": "mute", "muted": False})
@@ -129,7 +146,7 @@ async def fuzz_janus_socket(http: ClientSession, seat: dict[str, Any]) -> dict[s
         {"janus": "keepalive", "session_id": session, "transaction": "k"},
         {"janus": "message", "session_id": session, "handle_id": handle, "body": {"request": "leave"}},
     ]
-    frames = socket_frames(valid, FRAMES_PER_SOCKET, seed=13)
+    frames = socket_frames(valid, FRAMES_PER_SOCKET, seed=13) + worst_frames(MAX_FRAME_BYTES)
     for frame in frames:
         await send_frame(socket, frame.data)
     await ask({"janus": "keepalive", "session_id": session}, answer="ack")  # from Janus: the relay still carries it
@@ -188,7 +205,8 @@ async def test_malformed_requests_and_frames_get_clear_refusals_and_the_service_
     statuses: collections.Counter[int] = collections.Counter()
     found: list[str] = []
     async with ClientSession(base_url=service, timeout=ClientTimeout(total=30)) as http:
-        requests = fuzz_requests(endpoints(await join(http, "fuzz", "Target")), REQUESTS)
+        targets = endpoints(await join(http, "fuzz", "Target"))
+        requests = fuzz_requests(targets, REQUESTS) + worst_requests(targets, CLIENT_MAX_SIZE)
         for request in requests:
             outcome = await send(http, service, request)
             statuses[outcome.status] += 1

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import json
 import subprocess
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -13,7 +17,7 @@ from cryptography import x509
 
 from babelroom import coturn, janus
 from babelroom.certificate import ensure_certificate
-from gateway.options import GatewayOptions
+from gateway.options import GatewayOptions, TurnOptions
 from gateway.web.turn import turn_credential
 
 LAN = ipaddress.ip_address("192.168.1.20")
@@ -85,12 +89,27 @@ def test_coturn_relays_only_to_the_media_server_and_speaks_tls_with_a_certificat
     assert secure.urls("meet.example.org")[-1] == "turns:meet.example.org:5349?transport=tcp"
 
 
-def test_janus_is_told_about_the_same_turn_server(tmp_path: Path) -> None:
-    env = {"BABELROOM_TURN_URLS": "turn:meet.example.org:3478?transport=udp", "BABELROOM_TURN_SECRET": "s"}
-    config = janus.config_from_env(env, 8188)
-    assert config.turn is not None and config.turn.host == "meet.example.org" and config.turn.port == 3478
-    expiry, user = config.turn.username.split(":")
-    assert user == "janus" and config.turn.password == turn_credential("s", "janus", int(expiry)).password
-    nat = janus.write_config(tmp_path, config).read_text().split("nat: {")[1]
-    assert 'turn_server = "meet.example.org"' in nat and f'turn_user = "{config.turn.username}"' in nat
+def test_janus_asks_a_turn_api_beside_it_for_short_lived_credentials(tmp_path: Path) -> None:
+    """Janus's configuration names an endpoint on loopback and its key, never a credential; the endpoint answers
+    only that key, with a credential for the browsers' TURN server that lasts hours, not the 30 days of old."""
+    turn = TurnOptions(("turns:meet.example.org:5349?transport=tcp", "turn:meet.example.org:3478?transport=udp"), "s")
+    with janus.TurnApi.serving(turn) as api:
+        assert api is not None
+        config = janus.config_from_env({}, 8188, api)
+        nat = janus.write_config(tmp_path, config).read_text().split("nat: {")[1]
+        assert f'turn_rest_api = "{api.janus.url}"' in nat and f'turn_rest_api_key = "{api.key}"' in nat
+        assert "turn_user" not in nat and "turn_pwd" not in nat and api.janus.url.startswith("http://127.0.0.1:")
+        asked = f"{api.janus.url}?service=turn&api={api.key}&key={api.key}&username=1234"
+        with urllib.request.urlopen(asked, timeout=5) as reply:
+            answer = json.loads(reply.read())
+        expiry, user = answer["username"].split(":")
+        assert user == "janus-1234" and answer["uris"] == ["turn:meet.example.org:3478?transport=udp"]
+        assert answer["password"] == turn_credential("s", user, int(expiry)).password
+        assert 0 < int(expiry) - time.time() <= janus.JANUS_TURN_TTL_S <= 4 * 3600 and api.issued == 1
+        for wrong in (asked.replace(api.key, "guess"), asked.replace("/turn?", "/other?")):
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(wrong, timeout=5)
+            assert refused.value.code == 403
     assert janus.config_from_env({}, 8188).turn is None
+    with janus.TurnApi.serving(TurnOptions(("turns:meet.example.org:5349",), "s")) as none:
+        assert none is None, "Janus speaks plain turn: only"

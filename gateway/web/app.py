@@ -16,7 +16,9 @@
                                          degradations, drops, sessions and rooms
     GET  /static/vendor/janus.js, adapter.js   Debian's janus.js and webrtc-adapter: no CDN
 
-Every /api error is JSON: {"error": "..."} with a 4xx status (503 while the media server is away).
+Every /api error is JSON: {"error": "..."} with a 4xx status (503 while the media server is away). Joins and
+failed token checks are limited per client address (429 with Retry-After), and /healthz and /metrics may be
+kept to loopback or a bearer token: gateway/web/guard.py.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from gateway.options import GatewayOptions
 from gateway.rooms.room import Participant, Profile
 from gateway.rooms.transcript import ALL, FORMATS
 from gateway.service import Gateway, JoinError
+from gateway.web.guard import guard
 from gateway.web.health import BUS_KEY, GATEWAY_KEY, healthz
 from gateway.web.proxy import MAX_FRAME_BYTES, Grant, relay
 from gateway.web.tokens import TokenClaims, TokenError, verify_token
@@ -61,6 +64,9 @@ LANGUAGE_NAMES = {
     "fr": "Français", "de": "Deutsch", "it": "Italiano", "eu": "Euskara", "nl": "Nederlands",
 }  # fmt: skip
 SOCKET_HEARTBEAT_S = 20.0
+# No permessage-deflate: aiohttp's parse of its offer calls int() on a client's digits unbounded (a 500), and
+# the frames are small JSON that would cost CPU to inflate for little gain.
+SOCKET_COMPRESSION = False
 LOGGED_REQUEST_CHARS = 120  # of a refused request's own words: an over-long line quotes kilobytes of itself
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -92,7 +98,7 @@ def create_app(bus: Bus, options: GatewayOptions | None = None) -> web.Applicati
     # auto_decompress off: a compressed body is refused (415) rather than inflated, garbage or bomb alike.
     app = web.Application(
         client_max_size=options.client_max_size,
-        middlewares=[json_errors],
+        middlewares=[guard(options.limits, options.monitoring), json_errors],
         handler_args={"auto_decompress": False},
     )
     gateway = Gateway(bus, options)
@@ -262,7 +268,8 @@ async def join(request: web.Request) -> web.Response:
     gateway = request.app[GATEWAY_KEY]
     room = validation.room_name(request.match_info["room"])
     body = await json_body(request)
-    claims = authorize(gateway.options, room, str(body.get("token") or ""))
+    token = body.get("token")
+    claims = authorize(gateway.options, room, token if isinstance(token, str) else "")
     profile = parse_profile(gateway.options, body, claims)
     try:
         participant = await gateway.join(room, profile)
@@ -301,7 +308,9 @@ async def leave(request: web.Request) -> web.Response:
 async def events_socket(request: web.Request) -> web.StreamResponse:
     gateway = request.app[GATEWAY_KEY]
     participant = session(request)
-    socket = web.WebSocketResponse(heartbeat=SOCKET_HEARTBEAT_S, max_msg_size=gateway.options.client_max_size)
+    socket = web.WebSocketResponse(
+        heartbeat=SOCKET_HEARTBEAT_S, max_msg_size=gateway.options.client_max_size, compress=SOCKET_COMPRESSION
+    )
     await socket.prepare(request)
     participant.socket_opened()
     await gateway.attach_events(participant, socket)
@@ -335,7 +344,10 @@ async def janus_socket(request: web.Request) -> web.StreamResponse:
     if room is None or not gateway.janus_ready.is_set():
         raise api_error(503, "the media server is not available right now; rejoin in a moment")
     socket = web.WebSocketResponse(
-        protocols=("janus-protocol",), heartbeat=SOCKET_HEARTBEAT_S, max_msg_size=MAX_FRAME_BYTES
+        protocols=("janus-protocol",),
+        heartbeat=SOCKET_HEARTBEAT_S,
+        max_msg_size=MAX_FRAME_BYTES,
+        compress=SOCKET_COMPRESSION,
     )
     await socket.prepare(request)
     grant = Grant(room.keys.room_id, room.keys.pin, participant.feed_id, participant.profile.name, room.feed_ids)
@@ -404,9 +416,9 @@ def may_read_room(request: web.Request, gateway: Gateway, room: str) -> None:
 
 # -- request parsing (the rules live in gateway/validation.py) -------------------------------------------
 async def json_body(request: web.Request) -> dict[str, Any]:
-    if request.content_type != "application/json":
-        raise api_error(415, "send the join request as application/json")
-    validation.plain_body(request.headers.get(hdrs.CONTENT_ENCODING, ""), request.charset)
+    # Not request.content_type: aiohttp parses it with the email package, quadratic on some headers.
+    charset = validation.json_content_type(request.headers.get(hdrs.CONTENT_TYPE, ""))
+    validation.plain_body(request.headers.get(hdrs.CONTENT_ENCODING, ""), charset)
     return validation.json_object(await request.read())
 
 

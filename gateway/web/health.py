@@ -1,6 +1,7 @@
 """GET /healthz: the gateway is up, whether Janus is connected, how many workers of each kind are alive,
-each stage's backlog (segments waiting to be read, and being processed), the gateway's own tasks and
-the overload policy's service level: what an operator watches to add workers. `status` is "ok" only
+each stage's backlog (segments waiting to be read, and being processed), the gateway's own tasks, the
+overload policy's service level and the event loop's lag (worst of the last 10 s, and since start): what
+an operator watches to add workers. `status` is "ok" only
 when nothing is wrong; otherwise "degraded" with the reasons (still 200: the gateway itself answers),
 or 503 when Redis is unreachable."""
 
@@ -49,5 +50,9 @@ async def healthz(request: web.Request) -> web.Response:
         "echo": vars(gateway.ingest.echo.stats),
         "rooms": len(gateway.rooms),
         "participants": len(gateway.sessions),
+        "loop_lag_s": {
+            "recent_max": round(gateway.loop_lag.recent_worst_s(), 4),
+            "max": round(gateway.loop_lag.worst_s, 4),
+        },
     }
     return web.json_response(body)
