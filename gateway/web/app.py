@@ -6,6 +6,7 @@
     POST /api/rooms/{room}/join          {name, speak, hear, token?, options} -> {id, ticket, room_id, feed_id,
                                          ice_servers (TURN with this join's own short-lived credential), ...}
     GET  /api/sessions/{id}/events       WebSocket (?ticket=): captions, roster, floor, playout; mute/floor/leave back
+                                         (and a host's remove/end: gateway/rooms/commands.py)
     GET  /api/sessions/{id}/janus        WebSocket (?ticket=), protocol janus-protocol: janus.js through the proxy
     POST /api/sessions/{id}/leave        (?ticket=)
     GET  /api/rooms/{room}               roster, floor and playout counters (open rooms, or ?token=)
