@@ -96,6 +96,7 @@ def command_frames(draw: st.DrawFn) -> tuple[dict[str, Any], str]:
     """An events-socket frame naming a command, one of its fields (or `type`) of the wrong type."""
     kind = draw(st.sampled_from(sorted(COMMANDS)))
     fields = COMMANDS[kind]
-    places: list[tuple[list[str | int], Any]] = [(["type"], str), *(([key], rule) for key, rule in fields.items())]
+    places: list[tuple[list[str | int], Any]] = [(["type"], str)]
+    places += [([key], rule) for key, rule in fields.items()]
     place, rule = draw(st.sampled_from(places))
     return draw(broken({"type": kind}, place, rule))

@@ -57,22 +57,22 @@ def parse(text: str) -> Command:
     rules = COMMANDS[kind]
     extra = sorted(set(message) - set(rules) - {"type"})
     if extra:
-        raise BadCommand(f"{kind!r} takes no field {extra[0]!r}", extra[0])
+        raise BadCommand(f"{kind!r} takes no field {shown(extra[0])}", extra[0])
     return Command(kind, {name: _checked(message.get(name), name, rule) for name, rule in rules.items()})
 
 
 def _checked(value: Any, name: str, rule: FieldRule) -> Any:
     if rule is bool and not isinstance(value, bool):
-        raise BadCommand(f"{name!r} must be true or false, not {_shown(value)}", name)
+        raise BadCommand(f"{name!r} must be true or false, not {shown(value)}", name)
     if rule is str and not (isinstance(value, str) and 0 < len(value) <= MAX_ID_CHARS):
-        raise BadCommand(f"{name!r} must be a string of 1 to {MAX_ID_CHARS} characters, not {_shown(value)}", name)
+        raise BadCommand(f"{name!r} must be a string of 1 to {MAX_ID_CHARS} characters, not {shown(value)}", name)
     if isinstance(rule, tuple) and not (isinstance(value, str) and value in rule):
-        raise BadCommand(f"{name!r} must be one of {', '.join(rule)}, not {_shown(value)}", name)
+        raise BadCommand(f"{name!r} must be one of {', '.join(rule)}, not {shown(value)}", name)
     return value
 
 
-def _shown(value: Any) -> str:
-    """A refused value as the error quotes it: a string's first characters, else its JSON type."""
+def shown(value: Any) -> str:
+    """A refused value as an error (and the log) quotes it: a string's first characters, else its JSON type."""
     if isinstance(value, str):
         return repr(value) if len(value) <= 40 else repr(value[:37]) + "..."
     if isinstance(value, bool) or value is None:

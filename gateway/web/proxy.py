@@ -43,6 +43,7 @@ from aiohttp import web
 
 from gateway.media.janus import PROTOCOL, Json
 from gateway.options import ProxyLimits
+from gateway.rooms.commands import shown
 from gateway.rooms.room import Access, close_reason
 from gateway.validation import InvalidInput, json_object
 
@@ -154,7 +155,7 @@ def _checked_object(value: Any, fields: Mapping[str, Any], name: str) -> Json:
         raise Refused(f"field {name!r} must be an object")
     extra = sorted(set(value) - set(fields))
     if extra:
-        raise Refused(f"field {name!r} may hold only {sorted(fields)}, not {extra[0]!r}")
+        raise Refused(f"field {name!r} may hold only {sorted(fields)}, not {shown(extra[0])}")
     return {key: checked(item, fields[key], f"{name}.{key}") for key, item in value.items()}
 
 
@@ -199,7 +200,7 @@ class Vetting:
         fields = {key: checked(request[key], rule, key) for key, rule in REQUEST_FIELDS.items() if key in request}
         kind = fields.get("janus")
         if kind not in SESSION_REQUESTS:
-            raise Refused(f"request {kind!r} is not allowed")
+            raise Refused(f"request {shown(kind)} is not allowed")
         if not self.grant.access.open:
             raise Refused(f"you are no longer in the meeting ({self.grant.access.reason})")
         transaction = fields.get("transaction", "")
@@ -227,7 +228,8 @@ class Vetting:
             out["body"] = self._vet_body(fields.get("body"))
             if "jsep" in fields:
                 out["jsep"] = _vet_jsep(fields["jsep"])
-        self.pending[transaction] = Pending(kind, out.get("handle_id", out.get("session_id", 0)))
+        target: int = out.get("handle_id") or out.get("session_id") or 0  # what a detach or destroy ends
+        self.pending[transaction] = Pending(kind, target)
         return out
 
     def observe(self, reply: Json) -> None:
@@ -279,11 +281,11 @@ class Vetting:
         request = body.get("request")
         allowed = PLUGIN_FIELDS.get(request) if isinstance(request, str) else None
         if allowed is None:
-            raise Refused(f"VideoRoom request {request!r} is not allowed" if isinstance(request, str) else
+            raise Refused(f"VideoRoom request {shown(request)} is not allowed" if isinstance(request, str) else
                           "field 'body.request' must name a VideoRoom request")  # fmt: skip
         extra = sorted(set(body) - set(allowed))
         if extra:
-            raise Refused(f"field(s) {extra} are not allowed in {request!r}")
+            raise Refused(f"field(s) {', '.join(map(shown, extra[:3]))} are not allowed in {request!r}")
         out = {key: checked(value, allowed[key], f"body.{key}") for key, value in body.items()}
         if request == "join":
             return self._vet_join(out)
