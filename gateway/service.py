@@ -67,7 +67,7 @@ from gateway.rooms.room import (
     close_reason,
 )
 from gateway.rooms.tasks import TaskSupervisor
-from gateway.rooms.transcript import Transcripts
+from gateway.rooms.transcript import TranscriptRefused, Transcripts
 from pipeline import memory
 from pipeline.bus import Bus, cancel_and_wait
 from pipeline.interim import InterimTracker
@@ -521,7 +521,10 @@ class Gateway:
         elif kind == "end":
             await self.end_meeting(participant)
         elif kind == "transcript":  # turn the meeting's transcript on or off (gateway/rooms/transcript.py)
-            await self.transcripts.turn(participant, fields["on"])
+            try:
+                await self.transcripts.turn(participant, fields["on"])
+            except TranscriptRefused as exc:
+                raise BadCommand(str(exc), status=403) from exc
         room = self.rooms.get(participant.room)
         if kind in ("mute", "camera") and room is not None:
             self._announce_roster(room)
