@@ -33,12 +33,16 @@ class ScriptedParticipant:
     name: str
     speak: str
     hear: str
+    token: str = ""  # the join token it joined with
     session: dict[str, Any] = field(default_factory=dict)  # the join reply: id, ticket, room_id, feed_id, ...
     messages: list[dict[str, Any]] = field(default_factory=list)
     message_times: list[float] = field(default_factory=list)
     translated_peak: float = 0.0  # loudest 20 ms of the translated feed, RMS in [0, 1]
     translated_sound_at: list[float] = field(default_factory=list)  # wall times of 20 ms frames above 0.02 RMS
     translated_frames: list[tuple[float, Any]] = field(default_factory=list)  # (wall time, RGB) of the feed's video
+    heard_at: list[float] = field(default_factory=list)  # wall times of audio frames received through `listen_to`
+    events_closed: tuple[float, int, str] | None = None  # (wall time, close code, reason) once the gateway closes it
+    media_closed_at: float | None = None  # wall time the media socket (Janus through the proxy) closed
     _http: aiohttp.ClientSession | None = None
     _events: aiohttp.ClientWebSocketResponse | None = None
     _janus: JanusClient | None = None
@@ -53,6 +57,7 @@ class ScriptedParticipant:
         camera: MediaStreamTrack | None = None,
     ) -> None:
         self._http = aiohttp.ClientSession(base_url=self.base_url)
+        self.token = token
         body = {"name": self.name, "speak": self.speak, "hear": self.hear, "token": token, "options": options or {}}
         async with self._http.post(f"/api/rooms/{self.room}/join", json=body) as response:
             self.session = await response.json()
@@ -62,6 +67,7 @@ class ScriptedParticipant:
         self._tasks.append(asyncio.create_task(self._read_events()))
         self._janus = JanusClient(self._ws_url("janus"), api_secret="")
         await self._janus.connect()
+        self._tasks.append(asyncio.create_task(self._watch_media_socket(self._janus)))
         publisher = Publisher(RTC)
         self._peers.append(publisher)
         keys = RoomKeys(self.session["room_id"], pin="", secret="")
@@ -79,6 +85,16 @@ class ScriptedParticipant:
             track = await asyncio.wait_for(subscriber.tracks.get(), timeout_s)
             watch = self._meter if track.kind == "audio" else self._watch
             self._tasks.append(asyncio.create_task(watch(track)))
+
+    async def listen_to(self, feed: int, mids: list[str], timeout_s: float = 15.0) -> None:
+        """Subscribe through the proxy to streams of another participant's feed, as a page does; the arrival
+        time of each of their audio frames goes to `heard_at`."""
+        assert self._janus is not None
+        subscriber = Subscriber(RTC)
+        self._peers.append(subscriber)
+        await subscriber.start(self._janus, RoomKeys(self.session["room_id"], pin="", secret=""), feed, mids)
+        track = await asyncio.wait_for(subscriber.tracks.get(), timeout_s)
+        self._tasks.append(asyncio.create_task(self._count(track)))
 
     def send(self, message: dict[str, Any]) -> None:
         assert self._events is not None
@@ -101,6 +117,12 @@ class ScriptedParticipant:
                 raise AssertionError(f"{self.name}: timed out waiting for {what}")
             await asyncio.sleep(0.05)
         return value
+
+    async def unpublish(self) -> None:
+        """Stop publishing (the feed leaves Janus), keeping every subscription and socket open."""
+        publisher = next(peer for peer in self._peers if isinstance(peer, Publisher))
+        assert publisher.handle is not None
+        await publisher.handle.message({"request": "unpublish"})
 
     async def stop_media(self) -> None:
         """Hang up every peer connection (their Janus handles detach), keeping the sockets open."""
@@ -128,10 +150,21 @@ class ScriptedParticipant:
 
     async def _read_events(self) -> None:
         assert self._events is not None
-        async for frame in self._events:
-            if frame.type is aiohttp.WSMsgType.TEXT:
-                self.messages.append(json.loads(frame.data))
-                self.message_times.append(time.time())
+        while (frame := await self._events.receive()).type is aiohttp.WSMsgType.TEXT:
+            self.messages.append(json.loads(frame.data))
+            self.message_times.append(time.time())
+        reason = str(frame.extra or "") if frame.type is aiohttp.WSMsgType.CLOSE else ""
+        self.events_closed = (time.time(), self._events.close_code or 0, reason)
+
+    async def _watch_media_socket(self, janus: JanusClient) -> None:
+        await janus.closed.wait()
+        self.media_closed_at = time.time()
+
+    async def _count(self, track: MediaStreamTrack) -> None:
+        with contextlib.suppress(MediaStreamError):
+            while True:
+                await track.recv()
+                self.heard_at.append(time.time())
 
     async def _watch(self, track: MediaStreamTrack) -> None:
         while True:

@@ -65,6 +65,13 @@ AUTH_FAILURES_PER_MINUTE = 6.0
 # Who may read /healthz and /metrics: anyone (the default: compose's healthchecks and `babelroom health` read
 # them), only clients on loopback, or only with BABELROOM_MONITORING_TOKEN as a bearer token.
 MONITORING_ACCESS = ("open", "loopback", "token")
+# What one participant may hold in Janus through the proxy, counted across all of their media sockets. A page
+# opens one socket and one Janus session, attaches a publisher handle and one subscriber handle per feed it
+# watches (at most MAX_PARTICIPANTS_PER_ROOM others and a feed per language), and has a few requests in flight.
+MAX_MEDIA_SOCKETS = 2
+MAX_JANUS_SESSIONS = 2
+MAX_JANUS_HANDLES = 64
+MAX_PENDING_TRANSACTIONS = 64  # requests sent to Janus and not yet answered
 
 
 @dataclass(frozen=True)
@@ -108,6 +115,31 @@ class TurnOptions:
         if not all(url.startswith(("turn:", "turns:")) for url in urls):
             raise ValueError(f"BABELROOM_TURN_URLS={','.join(urls)!r}: each URL starts with turn: or turns:")
         return cls(urls, secret, env_float(env, "BABELROOM_TURN_TTL_S", TURN_TTL_S))
+
+
+@dataclass(frozen=True)
+class ProxyLimits:
+    """Caps per participant on what the Janus proxy lets through (gateway/web/proxy.py), across all of their
+    media sockets: more sockets are refused with a 429, more sessions, handles or pending requests with a 403."""
+
+    sockets: int = MAX_MEDIA_SOCKETS
+    sessions: int = MAX_JANUS_SESSIONS
+    handles: int = MAX_JANUS_HANDLES
+    pending: int = MAX_PENDING_TRANSACTIONS
+
+    def __post_init__(self) -> None:
+        for name, value in vars(self).items():
+            if value < 1:
+                raise ValueError(f"the proxy's limit on {name} per participant must be at least 1, not {value}")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> ProxyLimits:
+        return cls(
+            sockets=env_int(env, "BABELROOM_MAX_MEDIA_SOCKETS", MAX_MEDIA_SOCKETS),
+            sessions=env_int(env, "BABELROOM_MAX_JANUS_SESSIONS", MAX_JANUS_SESSIONS),
+            handles=env_int(env, "BABELROOM_MAX_JANUS_HANDLES", MAX_JANUS_HANDLES),
+            pending=env_int(env, "BABELROOM_MAX_PENDING_TRANSACTIONS", MAX_PENDING_TRANSACTIONS),
+        )
 
 
 # The echo guard (gateway/bridge/echo.py): a participant's segment is echo when what they were played, delayed by
@@ -228,6 +260,7 @@ class GatewayOptions:
     media_timeout_s: float = MEDIA_TIMEOUT_S
     disconnect_grace_s: float = DISCONNECT_GRACE_S
     janus: JanusOptions = field(default_factory=JanusOptions)
+    proxy: ProxyLimits = field(default_factory=ProxyLimits)
     rtp_bind: str = RTP_BIND  # the UDP address Janus forwards participants' audio to (see gateway/media/rtp.py)
     rtp_port: int = 0  # 0: any free port
     rtp_host: str = ""  # the address Janus should send to, when it differs from rtp_bind (NAT, containers)
@@ -256,6 +289,7 @@ class GatewayOptions:
             playout_delay_s=env_float(env, "BABELROOM_PLAYOUT_DELAY_S", PLAYOUT_DELAY_S),
             late_bound_s=env_float(env, "BABELROOM_LATE_BOUND_S", LATE_BOUND_S),
             janus=JanusOptions.from_env(env),
+            proxy=ProxyLimits.from_env(env),
             rtp_bind=env.get("BABELROOM_RTP_BIND", RTP_BIND),
             rtp_port=env_int(env, "BABELROOM_RTP_PORT", 0),
             rtp_host=env.get("BABELROOM_RTP_HOST", ""),

@@ -10,21 +10,26 @@ owns the rooms in Janus and plays two parts in each, kept apart in their own mod
 A participant joins over HTTP (validated name, languages and token), then opens two sockets with the
 ticket they were given: the events socket (captions, roster, floor; mute and floor requests back) and
 the media socket, which carries their janus.js session through the filtering proxy (gateway/web/proxy.py).
-A participant whose media never connects, or whose sockets stay closed, is removed after a bound.
+A participant whose media never connects, or whose sockets stay closed, is removed after a bound; so is one
+whose join token expires, or whom a host removes. Whatever ends a participation ends its access: the events
+socket closes with a code the page acts on, the media sockets close and their Janus sessions are destroyed
+(the proxy waits on `Participant.access`), and the feed is kicked from the Janus room.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
+import json
 import logging
 import secrets
 import time
 from typing import Any
 
 from aiortc import RTCConfiguration, RTCIceServer
+from redis.exceptions import RedisError
 
-from gateway import validation
 from gateway.bridge.egress import Egress
 from gateway.bridge.frames import FramePath
 from gateway.bridge.ingest import Ingest
@@ -44,12 +49,25 @@ from gateway.media.videoroom import (
     new_id,
 )
 from gateway.options import GatewayOptions
-from gateway.rooms import captions
+from gateway.rooms import captions, commands
+from gateway.rooms.commands import BadCommand, Command
 from gateway.rooms.overload import Decision, Level, OverloadMonitor, OverloadOptions
+from gateway.rooms.removals import Removals
 from gateway.rooms.results import ResultsReader
-from gateway.rooms.room import Participant, Profile, Room
+from gateway.rooms.room import (
+    CLOSE_ENDED,
+    CLOSE_EXPIRED,
+    CLOSE_REJOIN,
+    CLOSE_REMOVED,
+    EXIT_REASONS,
+    Admission,
+    Participant,
+    Profile,
+    Room,
+    close_reason,
+)
 from gateway.rooms.tasks import TaskSupervisor
-from gateway.rooms.transcript import Transcripts
+from gateway.rooms.transcript import TranscriptRefused, Transcripts
 from pipeline import memory
 from pipeline.bus import Bus, cancel_and_wait
 from pipeline.interim import InterimTracker
@@ -65,6 +83,8 @@ EXPIRY_EVERY_S = 1.0
 GIVE_BACK_EVERY_S = 10.0  # freed memory goes back to the system this often (pipeline/memory.py)
 JANUS_RETRY_S = (0.5, 1.0, 2.0, 5.0)
 MONITOR_DISPLAY = "babelroom-monitor"
+EXIT_NOTICE_S = 0.25  # the most a page that does not read may delay the end of its own access, saying why
+GOODBYE_S = 1.0  # on stopping, how long close frames are given to go out
 
 
 class JoinError(Exception):
@@ -73,11 +93,6 @@ class JoinError(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
-
-
-def close_reason(reason: str) -> bytes:
-    """A WebSocket close frame's reason: at most 123 bytes of UTF-8, cut on a character boundary."""
-    return reason.encode()[:123].decode(errors="ignore").encode()
 
 
 class Gateway:
@@ -95,6 +110,7 @@ class Gateway:
         self.egress = Egress(self.rooms)
         self.results = ResultsReader(bus, self.on_result)
         self.transcripts = Transcripts(bus, options.transcript, self.rooms, options.tokens_required)
+        self.removals = Removals(bus)
         self.tasks = TaskSupervisor()  # the gateway's own, long-lived: restarted when they fail
         self.loop_lag = LoopLag(self.metrics.observe_loop_lag)
         self.metrics.watch_recent_loop_lag(self.loop_lag.recent_worst_s)
@@ -109,6 +125,7 @@ class Gateway:
         self._events_sockets: dict[str, Any] = {}
         self._rooms_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()  # per participant: their audio, their camera
+        self._goodbyes: set[asyncio.Task[Any]] = set()  # events sockets closing
 
     # -- lifecycle --------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -129,6 +146,8 @@ class Gateway:
     async def stop(self) -> None:
         for participant_id in list(self.sessions):
             await self.leave(participant_id, "the gateway is stopping")
+        if self._goodbyes:
+            await asyncio.wait(self._goodbyes, timeout=GOODBYE_S)
         await self.tasks.stop()
         await cancel_and_wait(list(self._tasks))
         if self.janus is not None:
@@ -136,14 +155,17 @@ class Gateway:
         if self.rtp is not None:
             self.rtp.close()
 
-    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+    def _spawn(self, coro: Any, group: set[asyncio.Task[Any]] | None = None) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
+        if group is not None:
+            group.add(task)
         task.add_done_callback(self._task_done)
         return task
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
+        self._goodbyes.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("gateway task failed", exc_info=task.exception())
 
@@ -211,9 +233,11 @@ class Gateway:
             self._announce_roster(room)
 
     # -- joining and leaving ----------------------------------------------------------------------
-    async def join(self, room_name: str, profile: Profile) -> Participant:
+    async def join(self, room_name: str, profile: Profile, admission: Admission | None = None) -> Participant:
+        admission = admission or Admission()
         if not self.janus_ready.is_set():
             raise JoinError(503, "the media server is not available right now; try again in a moment")
+        await self._check_not_barred(room_name, admission)
         async with self._rooms_lock:
             room = self.rooms.get(room_name)
             if room is None:
@@ -224,9 +248,11 @@ class Gateway:
                     await self._close_in_janus(room)
                     raise JoinError(503, f"the media server could not open the room: {exc}") from exc
                 self.rooms[room_name] = room
+            if room.ending:
+                raise JoinError(409, f"the host is ending the meeting in room {room_name!r}; join again in a moment")
             if len(room.participants) >= self.options.max_participants:
                 raise JoinError(409, f"room {room_name!r} is full ({self.options.max_participants} participants)")
-            participant = Participant(secrets.token_hex(6), room_name, profile)
+            participant = Participant(secrets.token_hex(6), room_name, profile, admission)
             participant.interim = InterimTracker(self.options.interim)
             room.add(participant)
             self.sessions[participant.id] = participant
@@ -238,14 +264,31 @@ class Gateway:
         self._announce_roster(room)
         return participant
 
-    async def leave(self, participant_id: str, reason: str = "left") -> bool:
+    async def _check_not_barred(self, room_name: str, admission: Admission) -> None:
+        try:
+            barred = await self.removals.barred(room_name, admission)
+        except (RedisError, OSError) as exc:
+            raise JoinError(503, f"cannot check the join token right now ({exc}); try again in a moment") from exc
+        if barred:
+            raise JoinError(403, "the host removed you from this meeting; ask them for a new link to join again")
+
+    async def leave(self, participant_id: str, reason: str = "left", code: int = CLOSE_REJOIN) -> bool:
+        """End a participation, and with it every access: the page is told why (`code` says whether it may
+        join again by itself), its media sockets close and their Janus sessions go, its feed is kicked. It runs
+        to the end even when its caller is cancelled (aiohttp cancels a handler whose client went away)."""
+        return bool(await asyncio.shield(self._spawn(self._leave(participant_id, reason, code))))
+
+    async def _leave(self, participant_id: str, reason: str, code: int) -> bool:
         participant = self.sessions.pop(participant_id, None)
         if participant is None:
             return False
-        await self._stop_listening(participant)
         socket = self._events_sockets.pop(participant.id, None)
+        if socket is not None and code != CLOSE_REJOIN:
+            await self._notify_exit(socket, reason, code)
+        participant.access.end(reason, code)
         if socket is not None:  # the reason goes in the close frame: the page (or an operator) sees why
-            await socket.close(message=close_reason(reason))
+            self._spawn(self._close_events(socket, reason, code), self._goodbyes)
+        await self._stop_listening(participant)
         room = self.rooms.get(participant.room)
         if room is not None:
             _, events = room.remove(participant_id)
@@ -259,6 +302,49 @@ class Gateway:
                 self._announce_roster(room)
         log.info("%s left room %s (%s)", participant.profile.name, participant.room, reason)
         return True
+
+    @staticmethod
+    async def _notify_exit(socket: Any, reason: str, code: int) -> None:
+        """Say it on the events socket before any socket closes: the page then knows not to join again."""
+        notice = json.dumps({"type": "exit", "reason": EXIT_REASONS[code], "message": reason}, ensure_ascii=False)
+        with contextlib.suppress(ConnectionError, RuntimeError, TimeoutError):
+            await asyncio.wait_for(socket.send_str(notice), EXIT_NOTICE_S)
+
+    @staticmethod
+    async def _close_events(socket: Any, reason: str, code: int) -> None:
+        with contextlib.suppress(ConnectionError, RuntimeError):  # a socket that goes first is closed as well
+            await socket.close(code=code, message=close_reason(reason))
+
+    async def remove(self, host: Participant, participant_id: str) -> None:
+        """A host removes someone from their meeting: their token is barred from the room first (so that no
+        rejoin slips in), then their participation ends."""
+        target = self.sessions.get(participant_id)
+        if target is None or target.room != host.room:
+            raise BadCommand("no such participant in this meeting", "participant", 404)
+        if target is host:
+            raise BadCommand("to leave the meeting yourself, use leave", "participant")
+        try:
+            barred = await self.removals.bar(target.room, target.admission)
+        except (RedisError, OSError) as exc:
+            log.warning("could not bar %s's token from room %s: %s", target.id, target.room, exc)
+            barred = False
+        await self.leave(target.id, f"{host.profile.name} removed you from the meeting", CLOSE_REMOVED)
+        log.info("%s removed %s from room %s", host.profile.name, target.profile.name, host.room)
+        if not barred and target.admission.token_digest:
+            raise BadCommand("removed, but their link could not be barred: it may admit them again", status=503)
+
+    async def end_meeting(self, host: Participant) -> None:
+        """A host ends the meeting for everyone: all leave, and the room goes from Janus with the last."""
+        room = self.rooms.get(host.room)
+        if room is None or room.ending:
+            return
+        room.ending = True
+        try:
+            for participant_id in list(room.participants):
+                await self.leave(participant_id, f"{host.profile.name} ended the meeting", CLOSE_ENDED)
+        finally:
+            room.ending = False
+        log.info("%s ended the meeting in room %s", host.profile.name, room.name)
 
     async def _close_room(self, room: Room) -> None:
         self.rooms.pop(room.name, None)
@@ -284,7 +370,8 @@ class Gateway:
             await old.close(message=close_reason("replaced by a newer connection"))
         room = self.rooms.get(participant.room)
         if room is not None:
-            participant.send({"type": "welcome", "id": participant.id, "room": room.name})
+            welcome = {"type": "welcome", "id": participant.id, "room": room.name, "role": participant.profile.role}
+            participant.send(welcome)
             participant.send(self._roster(room))
             participant.send(room.floor_state())
             if self.overload.last.level > Level.FULL:  # a page (re)joining while degraded says so too
@@ -400,30 +487,47 @@ class Gateway:
 
     # -- what the page asks over its events socket ------------------------------------------------
     async def on_client_message(self, participant: Participant, text: str) -> None:
+        """One frame of the page's events socket: checked field by field (gateway/rooms/commands.py), then obeyed
+        to the end, even if the socket closes meanwhile (a host ending the meeting closes their own first). A
+        refusal goes back as an error event naming the field; nothing a client sends is an unexpected error."""
+        await asyncio.shield(self._spawn(self._on_client_message(participant, text)))
+
+    async def _on_client_message(self, participant: Participant, text: str) -> None:
         try:
-            message = validation.json_object(text.encode())  # strict: depth-bounded, an object
-            kind = message.get("type")
-            room = self.rooms.get(participant.room)
-            if kind == "mute":
-                participant.muted = bool(message.get("muted"))
-            elif kind == "camera":
-                participant.camera = bool(message.get("on"))
-            elif kind == "floor":
-                await self.floor_request(participant, str(message.get("action")))
-                return
-            elif kind == "leave":
-                await self.leave(participant.id)
-                return
-            elif kind == "transcript":  # turn the meeting's transcript on or off (gateway/rooms/transcript.py)
-                await self.transcripts.turn(participant, bool(message.get("on")))
-                return
-            else:
-                raise ValueError(f"unknown message type {kind!r}")
-            if room is not None:
-                self._announce_roster(room)
-        except Exception as exc:  # one client's bad message must not disturb the room
-            log.warning("bad message from %s: %s", participant.id, exc)
-            participant.send({"type": "error", "error": f"could not handle message: {exc}"})
+            await self._obey(participant, commands.parse(text))
+        except BadCommand as exc:
+            log.warning("refused a message from %s: %s", participant.id, exc)
+            participant.send(exc.event())
+        except Exception:  # a bug of ours: logged as one, and still the room goes on
+            log.exception("unexpected error handling a message from %s", participant.id)
+            participant.send({"type": "error", "status": 500, "field": None, "error": "internal error (logged)"})
+
+    async def _obey(self, participant: Participant, command: Command) -> None:
+        kind, fields = command.kind, command.fields
+        if kind in commands.HOST_COMMANDS and participant.profile.role != "host":
+            raise BadCommand(f"only the meeting's host may ask {kind!r}", status=403)
+        if participant.id not in self.sessions:
+            return  # gone already: a frame that was on its way
+        if kind == "mute":
+            participant.muted = fields["muted"]
+        elif kind == "camera":
+            participant.camera = fields["on"]
+        elif kind == "floor":
+            await self.floor_request(participant, fields["action"])
+        elif kind == "leave":
+            await self.leave(participant.id)
+        elif kind == "remove":
+            await self.remove(participant, fields["participant"])
+        elif kind == "end":
+            await self.end_meeting(participant)
+        elif kind == "transcript":  # turn the meeting's transcript on or off (gateway/rooms/transcript.py)
+            try:
+                await self.transcripts.turn(participant, fields["on"])
+            except TranscriptRefused as exc:
+                raise BadCommand(str(exc), status=403) from exc
+        room = self.rooms.get(participant.room)
+        if kind in ("mute", "camera") and room is not None:
+            self._announce_roster(room)
 
     async def floor_request(self, participant: Participant, action: str) -> None:
         """The page's floor button: ask for the floor (granted, or queued behind the holder) or give it up."""
@@ -459,11 +563,14 @@ class Gateway:
             await asyncio.to_thread(memory.give_back)
 
     async def expire_sessions(self, now: float) -> None:
-        """Remove participants whose media never connected or stopped (their feed gone from Janus, sockets
-        open or not) for longer than the media timeout, or who have been gone past the grace."""
+        """Remove participants whose join token expired (so a session outlives its token by less than
+        EXPIRY_EVERY_S), whose media never connected or stopped (their feed gone from Janus, sockets open or not)
+        for longer than the media timeout, or who have been gone past the grace."""
         timeout = self.options.media_timeout_s
         for participant in list(self.sessions.values()):
-            if not participant.media_up and now - participant.joined_at > timeout:
+            if time.time() >= participant.admission.expires_at:
+                await self.leave(participant.id, "your join token expired; ask the host for a new link", CLOSE_EXPIRED)
+            elif not participant.media_up and now - participant.joined_at > timeout:
                 await self.leave(participant.id, f"media never connected within {timeout:.0f} s")
             elif participant.media_lost_at is not None and now - participant.media_lost_at > timeout:
                 await self.leave(participant.id, f"media stopped for more than {timeout:.0f} s")

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.options import GatewayOptions
+from gateway.options import MAX_JANUS_SESSIONS, MAX_PENDING_TRANSACTIONS, GatewayOptions
 from pipeline.config import BusOptions, env_flag
 from pipeline.turns import OverlapPolicy
 
@@ -37,3 +37,11 @@ def test_gateway_segmenter_from_env() -> None:
     assert GatewayOptions.from_env({}).segmenter.vad == "webrtc"
     with pytest.raises(ValueError, match="choose one of webrtc, silero"):
         GatewayOptions.from_env({"BABELROOM_VAD": "energy"})
+
+
+def test_the_proxy_limits_per_participant_from_env() -> None:
+    options = GatewayOptions.from_env({"BABELROOM_MAX_MEDIA_SOCKETS": "1", "BABELROOM_MAX_JANUS_HANDLES": "32"})
+    assert (options.proxy.sockets, options.proxy.handles) == (1, 32)
+    assert (options.proxy.sessions, options.proxy.pending) == (MAX_JANUS_SESSIONS, MAX_PENDING_TRANSACTIONS)
+    with pytest.raises(ValueError, match="at least 1"):  # 0 would refuse every participant
+        GatewayOptions.from_env({"BABELROOM_MAX_JANUS_SESSIONS": "0"})

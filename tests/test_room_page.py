@@ -1,7 +1,8 @@
 """The room page as a new user meets it, in headless Chromium against the real gateway and Janus: what the
 form offers and remembers, how a bad link is explained, what happens when the connection is lost
-(a banner, then the page rejoins by itself with the same name and languages) or when one leaves, and
-how an overloaded service shows (the `service` pill, for a page that joins while degraded)."""
+(a banner, then the page rejoins by itself with the same name and languages) or when one leaves, how an
+overloaded service shows (the `service` pill, for a page that joins while degraded), and what a host's page
+can do (remove a guest, who stays out until given a new link; end the meeting for everyone)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import asyncio
 import json
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +23,7 @@ from playwright.sync_api import Browser, Page, sync_playwright
 from babelroom import janus
 from babelroom.janus import JanusConfig
 from babelroom.supervisor import free_port
+from gateway.web.tokens import issue_token
 from pipeline.audio import float_to_pcm16
 from pipeline.bus import Bus
 from pipeline.config import BusOptions
@@ -151,3 +154,64 @@ def test_a_page_joining_a_degraded_service_shows_the_service_pill(
         assert "captions continue" in page.inner_text("#service")
         assert page.get_attribute("#service", "data-level") == "captions_only"
         page.screenshot(path=str(tmp_path / "degraded.png"))
+
+
+def test_a_host_removes_a_guest_who_cannot_return_with_the_same_link_then_ends_the_meeting(
+    redis_url: str, janus_config: JanusConfig, stream_prefix: str, browser: Browser, tmp_path: Path
+) -> None:
+    """A host's page (a `--role host` link) removes a guest: the guest's page says so and stays out, the same
+    link is refused, a reissued one joins; then the host ends the meeting and every page says so."""
+    secret, room = "page-secret", "hosted"
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    extra = {**janus.gateway_env(janus_config), "BABELROOM_OPEN_ROOMS": "0", "BABELROOM_TOKEN_SECRET": secret}
+    env = service_env(redis_url, stream_prefix, extra)
+
+    def enter(name: str, token: str) -> Page:
+        page = open_page(browser, f"{base_url}/room/{room}?name={name}&speak=en&hear=en&token={token}&{RAW_AUDIO}")
+        page.on("dialog", lambda dialog: dialog.accept())  # "Remove ...?", "End the meeting for everyone?"
+        page.wait_for_function(CONNECTED)
+        return page
+
+    with processes([gateway_command(port)], env, tmp_path):
+        health_until(base_url, lambda h: h["janus"] == "connected", "Janus")
+        host = enter("Hosta", issue_token(secret, room, "Hosta", role="host"))
+        guest_link = issue_token(secret, room, "Gus")
+        guest = enter("Gus", guest_link)
+        assert host.is_visible("#end-meeting") and not guest.is_visible("#end-meeting"), "only a host may end it"
+        gus = guest.evaluate("window.babelroom.state.me.id")
+        host.click(f'[data-participant="{gus}"] [data-remove]')
+
+        guest.wait_for_selector("#lobby-notice", state="visible")
+        notice = guest.inner_text("#lobby-notice")
+        assert "Hosta removed you" in notice and guest.get_attribute("#lobby-notice", "data-exit") == "removed", notice
+        assert not guest.evaluate("[...document.querySelectorAll('[data-remove]')].some((b) => !b.hidden)")
+        time.sleep(2)  # the page must not rejoin by itself
+        assert guest.evaluate("window.babelroom.metrics.rejoins") == 0 and guest.is_visible("#lobby")
+        guest.click("#join-button")  # the same link, again
+        guest.wait_for_selector("#join-error", state="visible")
+        assert "removed you" in guest.inner_text("#join-error"), guest.inner_text("#join-error")
+        status, body = post_json(
+            f"{base_url}/api/rooms/{room}/join", {"speak": "en", "hear": "en", "token": guest_link}
+        )
+        assert status == 403 and "removed" in body["error"], (status, body)
+        back = enter("Gus", issue_token(secret, room, "Gus"))  # a reissued link works
+        guest.screenshot(path=str(tmp_path / "removed.png"))
+
+        host.click("#end-meeting")
+        for page in (host, back):
+            page.wait_for_selector("#lobby-notice", state="visible")
+            assert "Hosta ended the meeting" in page.inner_text("#lobby-notice")
+            assert page.get_attribute("#lobby-notice", "data-exit") == "ended"
+        health_until(base_url, lambda h: h["participants"] == 0, "everyone gone", timeout_s=10)
+
+
+def post_json(url: str, body: dict[str, Any]) -> tuple[int, Any]:
+    request = urllib.request.Request(
+        url, json.dumps(body).encode(), {"Content-Type": "application/json"}, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=5) as reply:
+            return reply.status, json.loads(reply.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())

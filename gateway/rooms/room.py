@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -23,6 +24,19 @@ log = logging.getLogger(__name__)
 # Room events queued for a participant whose events socket is not open (yet, or for a moment); the
 # oldest give way first: by the time someone reconnects, the newest captions are the ones that matter.
 OUTBOX_LIMIT = 500
+# How a participant's sockets close when their participation ends (the WebSocket close code): the page joins
+# again by itself after CLOSE_REJOIN (a media timeout, a lost connection, the gateway stopping), never after
+# the others.
+CLOSE_REJOIN = 1000
+CLOSE_REMOVED = 4001  # a host removed them
+CLOSE_ENDED = 4002  # a host ended the meeting
+CLOSE_EXPIRED = 4003  # their join token expired
+EXIT_REASONS = {CLOSE_REJOIN: "left", CLOSE_REMOVED: "removed", CLOSE_ENDED: "ended", CLOSE_EXPIRED: "expired"}
+
+
+def close_reason(reason: str) -> bytes:
+    """A WebSocket close frame's reason: at most 123 bytes of UTF-8, cut on a character boundary."""
+    return reason.encode()[:123].decode(errors="ignore").encode()
 
 
 @dataclass(frozen=True)
@@ -40,11 +54,41 @@ class Profile:
     match_voice: bool = False  # their pitch may be analysed so the translated voice sounds closer to theirs
 
 
+@dataclass(frozen=True)
+class Admission:
+    """What let a participant in: their join token's digest (a host's removal bars it) and when it expires
+    (wall clock; the session ends with it). Open rooms take no token: nothing to bar, no end."""
+
+    token_digest: str = ""
+    expires_at: float = math.inf
+
+
+@dataclass
+class Access:
+    """Whether a participant may still reach the room. `end` happens once: every socket of theirs, and the
+    Janus sessions opened through them, close on `ended` (gateway/web/proxy.py)."""
+
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+    reason: str = ""  # for people: the page shows it
+    code: int = CLOSE_REJOIN
+
+    @property
+    def open(self) -> bool:
+        return not self.ended.is_set()
+
+    def end(self, reason: str, code: int) -> None:
+        if self.open:
+            self.reason, self.code = reason, code
+            self.ended.set()
+
+
 @dataclass
 class Participant:
     id: str
     room: str
     profile: Profile
+    admission: Admission = field(default_factory=Admission)
+    access: Access = field(default_factory=Access)
     feed_id: int = field(default_factory=new_id)  # their publisher id in Janus, assigned by the gateway
     ticket: str = field(default_factory=lambda: secrets.token_urlsafe(24))  # proves a socket is theirs
     joined_at: float = field(default_factory=time.monotonic)
@@ -104,6 +148,7 @@ class Room:
         self.video = SegmentVideo()  # consenting speakers' frames of recent segments, for the feeds
         self.pending_feeds: dict[int, str] = {}  # feeds published but not yet announced by Janus -> language
         self.pairs_announced: set[tuple[str, str]] = set()  # language pairs the mt stage was told to warm up
+        self.ending = False  # a host ended it: no one joins while everyone is let go
         self._seq: dict[str, int] = {}
 
     def add(self, participant: Participant) -> None:

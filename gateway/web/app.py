@@ -6,6 +6,7 @@
     POST /api/rooms/{room}/join          {name, speak, hear, token?, options} -> {id, ticket, room_id, feed_id,
                                          ice_servers (TURN with this join's own short-lived credential), ...}
     GET  /api/sessions/{id}/events       WebSocket (?ticket=): captions, roster, floor, playout; mute/floor/leave back
+                                         (and a host's remove/end: gateway/rooms/commands.py)
     GET  /api/sessions/{id}/janus        WebSocket (?ticket=), protocol janus-protocol: janus.js through the proxy
     POST /api/sessions/{id}/leave        (?ticket=)
     GET  /api/rooms/{room}               roster, floor and playout counters (open rooms, or ?token=)
@@ -39,13 +40,13 @@ from redis.exceptions import RedisError
 
 from gateway import validation
 from gateway.options import GatewayOptions
-from gateway.rooms.room import Participant, Profile
+from gateway.rooms.room import Admission, Participant, Profile
 from gateway.rooms.transcript import ALL, FORMATS
 from gateway.service import Gateway, JoinError
 from gateway.web.guard import guard
 from gateway.web.health import BUS_KEY, GATEWAY_KEY, healthz
-from gateway.web.proxy import MAX_FRAME_BYTES, Grant, relay
-from gateway.web.tokens import TokenClaims, TokenError, verify_token
+from gateway.web.proxy import MAX_FRAME_BYTES, PROXIES_KEY, Grant, Proxies, Refused, relay
+from gateway.web.tokens import TokenClaims, TokenError, token_digest, verify_token
 from gateway.web.turn import turn_credential
 from pipeline.bus import Bus
 from pipeline.metrics import CONTENT_TYPE
@@ -104,6 +105,7 @@ def create_app(bus: Bus, options: GatewayOptions | None = None) -> web.Applicati
     gateway = Gateway(bus, options)
     app[BUS_KEY] = bus
     app[GATEWAY_KEY] = gateway
+    app[PROXIES_KEY] = Proxies(options.proxy)
 
     async def start(app: web.Application) -> None:
         await gateway.start()
@@ -162,6 +164,7 @@ ERRORS: dict[int, type[web.HTTPException]] = {
     404: web.HTTPNotFound,
     409: web.HTTPConflict,
     415: web.HTTPUnsupportedMediaType,
+    429: web.HTTPTooManyRequests,
     503: web.HTTPServiceUnavailable,
 }
 
@@ -268,11 +271,13 @@ async def join(request: web.Request) -> web.Response:
     gateway = request.app[GATEWAY_KEY]
     room = validation.room_name(request.match_info["room"])
     body = await json_body(request)
-    token = body.get("token")
-    claims = authorize(gateway.options, room, token if isinstance(token, str) else "")
+    raw_token = body.get("token")
+    token = raw_token if isinstance(raw_token, str) else ""
+    claims = authorize(gateway.options, room, token)
     profile = parse_profile(gateway.options, body, claims)
+    admission = Admission(token_digest(token), claims.expires_at) if claims else Admission()
     try:
-        participant = await gateway.join(room, profile)
+        participant = await gateway.join(room, profile, admission)
     except JoinError as exc:
         raise api_error(exc.status, str(exc)) from exc
     base = f"/api/sessions/{participant.id}"
@@ -349,17 +354,25 @@ async def janus_socket(request: web.Request) -> web.StreamResponse:
         max_msg_size=MAX_FRAME_BYTES,
         compress=SOCKET_COMPRESSION,
     )
-    await socket.prepare(request)
-    grant = Grant(room.keys.room_id, room.keys.pin, participant.feed_id, participant.profile.name, room.feed_ids)
-    participant.socket_opened()
+    keys, name = room.keys, participant.profile.name
+    grant = Grant(keys.room_id, keys.pin, participant.feed_id, name, room.feed_ids, participant.access)
+    proxies = request.app[PROXIES_KEY]
+    try:  # limits count per participant, across all of their media sockets
+        vetting = proxies.connect(participant.id, grant)
+    except Refused as exc:
+        raise api_error(429, str(exc)) from exc
     try:
+        await socket.prepare(request)
+        participant.socket_opened()
         janus = gateway.options.janus
-        await relay(socket, janus.url, janus.api_secret, grant, lambda: gateway.media_up(participant))
+        await relay(socket, janus.url, janus.api_secret, vetting, lambda: gateway.media_up(participant))
     except (OSError, ConnectionError) as exc:
         log.warning("media socket of %s ended: %s", participant.profile.name, exc)
     finally:
-        participant.socket_closed()
-        await socket.close()
+        proxies.disconnect(participant.id, vetting)
+        if socket.prepared:
+            participant.socket_closed()
+            await socket.close()
     return socket
 
 

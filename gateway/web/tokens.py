@@ -80,6 +80,11 @@ def _parse_claims(body: bytes) -> TokenClaims:
     return claims
 
 
+def token_digest(token: str) -> str:
+    """What names a token where it is kept (a host's removal bars it): its SHA-256, never the token itself."""
+    return hashlib.sha256(token.encode(errors="surrogatepass")).hexdigest()
+
+
 def _sign(secret: str, body: bytes) -> bytes:
     return hmac.new(secret.encode(), body, hashlib.sha256).digest()
 

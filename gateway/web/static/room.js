@@ -6,7 +6,9 @@
 //   its camera and microphone as its own feed, and subscribes, straight from Janus, to the others'
 //   video, to their voice when it shares their language (or asked to hear originals quietly), and to
 //   the feed of translated speech in its own language.
-// A lost connection shows a banner and rejoins by itself with the same name and languages.
+// A lost connection shows a banner and rejoins by itself with the same name and languages; a participation the
+// gateway ended for good (a host removed this person or ended the meeting, or the join link expired) does not.
+// A host (a link with a host token) also sees "Remove" on each participant and "End meeting for everyone".
 "use strict";
 
 const SPEECH_RMS = 0.02;           // above this a level meter counts as sound
@@ -16,6 +18,9 @@ const REJOIN_DELAYS_MS = [500, 1000, 2000, 4000, 8000];
 const ICE_DISCONNECTED_GRACE_MS = 5000;
 const PLUGIN = "janus.plugin.videoroom";
 const STORED = "babelroom.profile";
+// Close codes of the events socket after which this page does not join again by itself (gateway/rooms/room.py).
+const FINAL_EXITS = { 4001: "removed", 4002: "ended", 4003: "expired" };
+const EXIT_WAIT_MS = 1000;          // when the media socket drops, the events socket may be about to say why
 
 const $ = (id) => document.getElementById(id);
 const state = {
@@ -26,6 +31,8 @@ const state = {
   lostReasons: [],            // why the connection was lost, each time (for the curious, and tests)
   roster: [], feeds: {}, tiles: new Map(), media: null,
   muted: false, cameraOn: true, connected: false, janusReady: false, iceTimer: 0, left: false, rejoining: false, attempts: 0,
+  role: "participant",       // "host" may remove participants and end the meeting
+  exit: null,                // {reason, message} once the gateway ended this participation for good
 };
 // Measurements for tests and for the curious (window.babelroom in the console).
 const metrics = { connectedAt: 0, speechStarts: [], speechEnds: [], translatedSoundAt: [], captionsShownAt: {}, interimShownAt: {}, translatedRms: 0, micRms: 0, rejoins: 0 };
@@ -138,6 +145,8 @@ async function start(profile) {
   $("join-error").hidden = true;
   $("lobby-notice").hidden = true;
   state.left = false;
+  state.exit = null;
+  delete $("lobby-notice").dataset.exit;
   state.profile = profile;
   remember(profile);
   if (roomFromPath() !== profile.room) history.replaceState(null, "", `/room/${encodeURIComponent(profile.room)}${location.search}`);
@@ -288,6 +297,21 @@ async function leave() {
   state.left = true;
   teardown(false);
   if (me) await fetch(`/api/sessions/${me.id}/leave?ticket=${encodeURIComponent(me.ticket)}`, { method: "POST" }).catch(() => {});
+  backToLobby("You left the meeting. Join again whenever you like.");
+}
+
+// The gateway ended this participation for good: say why, and do not join again by ourselves.
+function onExit(message) {
+  if (state.exit) return;
+  const advice = { removed: " To join again, ask the host for a new link.", expired: " Ask the host for a new link." };
+  state.exit = message;
+  state.left = true;
+  teardown(false);
+  backToLobby(`${message.message || "The meeting ended for you"}.${advice[message.reason] || ""}`);
+  $("lobby-notice").dataset.exit = message.reason;
+}
+
+function backToLobby(notice) {
   state.media?.getTracks().forEach((t) => t.stop());
   state.media = null;
   state.tiles.get("me")?.root.remove();
@@ -299,7 +323,7 @@ async function leave() {
   $("meeting").hidden = true;
   $("lobby").hidden = false;
   $("join-button").disabled = false;
-  $("lobby-notice").textContent = "You left the meeting. Join again whenever you like.";
+  $("lobby-notice").textContent = notice;
   $("lobby-notice").hidden = false;
 }
 
@@ -331,7 +355,18 @@ function openEvents() {
   const socket = new WebSocket(socketUrl(state.me.events));
   state.events = socket;
   socket.onmessage = (e) => onMessage(JSON.parse(e.data));
-  socket.onclose = (e) => { if (state.events === socket) lost("events socket closed", e.reason); };
+  socket.onclose = (e) => {
+    if (state.events !== socket) return;
+    if (FINAL_EXITS[e.code]) onExit({ reason: FINAL_EXITS[e.code], message: e.reason });
+    else lost("events socket closed", e.reason);
+  };
+}
+
+// The media socket dropped: if the events socket is still open, give it a moment to say whether the
+// participation ended for good (it closes with a final code) before rejoining.
+function afterEvents(then) {
+  if (state.events?.readyState === WebSocket.OPEN) setTimeout(then, EXIT_WAIT_MS);
+  else then();
 }
 
 function send(message) {
@@ -340,8 +375,20 @@ function send(message) {
 
 function onMessage(message) {
   const handlers = { roster: onRoster, floor: onFloor, caption: onCaption, playout: onPlayout, late: onLate, service: onService,
-    transcript: onTranscript, error: (m) => console.warn("gateway:", m.error), welcome: () => {} };
+    transcript: onTranscript, error: onGatewayError, welcome: onWelcome, exit: onExit };
   (handlers[message.type] || (() => {}))(message);
+}
+
+function onWelcome(message) {
+  state.role = message.role || "participant";
+  $("end-meeting").hidden = state.role !== "host";
+  for (const [id, tile] of state.tiles) if (id !== "me") tile.remove.hidden = state.role !== "host";
+}
+
+// A refusal of something this page asked. A host's refused removal is worth saying; a 400 is this page's own bug.
+function onGatewayError(message) {
+  console.warn("gateway:", message.error);
+  if (message.status && message.status !== 400) banner(message.error);
 }
 
 // -- Janus: publish my feed, subscribe to what I should see and hear ---------------------------------------
@@ -352,7 +399,7 @@ function startJanus() {
     iceServers: me.ice_servers || [],
     destroyOnUnload: true,
     success: () => { state.janusReady = true; publish(me); syncSubscriptions(); },
-    error: (error) => { if (state.me === me) lost(`janus: ${error}`); },
+    error: (error) => { if (state.me === me) afterEvents(() => { if (state.me === me) lost(`janus: ${error}`); }); },
   });
 }
 
@@ -634,9 +681,12 @@ function ensureTile(id, label) {
     root.className = "tile";
     root.dataset.participant = id;
     root.innerHTML = '<div class="avatar"></div><video autoplay playsinline muted></video><audio autoplay></audio>' +
-      '<div class="label"></div><div class="badge" data-muted hidden>muted</div>';
+      '<div class="label"></div><div class="badge" data-muted hidden>muted</div>' +
+      '<button class="remove" data-remove hidden>Remove</button>';
     $("grid").append(root);
-    tile = { root, video: root.querySelector("video"), audio: root.querySelector("audio") };
+    tile = { root, video: root.querySelector("video"), audio: root.querySelector("audio"), remove: root.querySelector("[data-remove]") };
+    tile.remove.hidden = id === "me" || state.role !== "host";
+    tile.remove.addEventListener("click", () => removeParticipant(id, tile.root.querySelector(".label").textContent));
     tile.video.addEventListener("resize", () => refreshAvatar(tile));
     state.tiles.set(id, tile);
   }
@@ -700,6 +750,15 @@ function floorButton() {
   send({ type: "floor", action: $("floor-button").dataset.action });
 }
 
+// A host's controls: the gateway checks the role again, and ends the person's access (or everyone's).
+function removeParticipant(id, label) {
+  if (confirm(`Remove ${label.split(" · ")[0]} from the meeting? Their link will not let them back in.`)) send({ type: "remove", participant: id });
+}
+
+function endMeeting() {
+  if (confirm("End the meeting for everyone?")) send({ type: "end" });
+}
+
 async function main() {
   await loadConfig();
   Janus.init({ debug: false, dependencies: Janus.useDefaultDependencies() });
@@ -709,6 +768,7 @@ async function main() {
   $("floor-button").addEventListener("click", floorButton);
   $("leave").addEventListener("click", leave);
   setUpTranscript();
+  $("end-meeting").addEventListener("click", endMeeting);
   $("show-original").addEventListener("change", (e) => $("captions").classList.toggle("hide-original", !e.target.checked));
   if (showInsecurePage()) return;  // say so at once, before anyone fills in the form
   const link = prefill();
