@@ -285,9 +285,11 @@ class Gateway:
         socket = self._events_sockets.pop(participant.id, None)
         if socket is not None and code != CLOSE_REJOIN:
             await self._notify_exit(socket, reason, code)
-        participant.access.end(reason, code)
         if socket is not None:  # the reason goes in the close frame: the page (or an operator) sees why
             self._spawn(self._close_events(socket, reason, code), self._goodbyes)
+        # after the events socket's close is on its way: a page that saw its media socket close first rejoined
+        # without the reason when the close frame came more than its second of waiting later (a loaded machine)
+        participant.access.end(reason, code)
         await self._stop_listening(participant)
         room = self.rooms.get(participant.room)
         if room is not None:
