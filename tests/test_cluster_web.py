@@ -22,6 +22,7 @@ from babelroom.janus import JanusConfig
 from babelroom.supervisor import free_port
 from gateway.options import NodeOptions, TurnOptions
 from gateway.web.app import create_app
+from gateway.web.cluster import refuses_connections
 from gateway.web.tokens import issue_token
 from pipeline.bus import Bus
 from pipeline.config import BusOptions
@@ -127,3 +128,12 @@ async def test_a_full_cluster_says_so_at_once(redis_url: str, stream_prefix: str
         assert time.monotonic() - started < 2.0, "a clear answer, not a hang"
         async with http.get("/room/second", allow_redirects=False) as response:
             assert response.status == 200, "the page is served; its join explains"
+
+
+async def test_a_node_whose_port_refuses_connections_is_gone(
+    redis_url: str, stream_prefix: str, janus_config: JanusConfig
+) -> None:
+    assert await refuses_connections(f"http://127.0.0.1:{free_port()}"), "nothing listens there"
+    async with media_node(redis_url, stream_prefix, janus_config, "alive") as (url, _):
+        assert not await refuses_connections(url)
+    assert not await refuses_connections("http://198.18.0.99:8080"), "no answer at all (a timeout) proves nothing"

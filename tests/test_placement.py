@@ -191,3 +191,18 @@ async def test_the_sweep_forgets_what_the_closed_and_the_dead_left(
     await a.sweep()
     assert [n.id for n in await a.registry.nodes()] == ["a"], "then the node itself"
     assert list(await a.bus.client.hgetall(a.registry.rooms_key)) == [b"fresh"], "and the rooms placed on it"
+
+
+async def test_an_overdue_node_found_unreachable_is_counted_dead_at_once(cluster: Cluster) -> None:
+    a, _ = await two_nodes(cluster, "a", "busy")
+    assert (await a.place("r1")).node == "b"
+    assert not a.overdue(await a.place("r1")), "b reported just now"
+    await asyncio.sleep(2.5 * REPORT_S)  # b misses two reports, well within LIVE_S
+    await a.report()
+    overdue = await a.place("r1")
+    assert overdue.node == "b" and a.overdue(overdue)
+    assert not await a.bury("b", overdue.silent_s + 5), "not silent that long: it may have reported since"
+    assert await a.bury("b", overdue.silent_s)
+    again = await a.place("r1")
+    assert (again.node, again.new) == ("a", True)
+    assert {n.id: n.state for n in await a.registry.nodes()}["b"] is NodeState.DEAD

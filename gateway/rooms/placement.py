@@ -20,6 +20,9 @@ scripts), so hosts whose clocks disagree still agree on who is live. Every step 
   here but never opened (the person never came) after PLACED_HOLD_S. A node dead for the retention is forgotten
   once its results stream has emptied and gone (each sweep trims every known node's `results:NODE`).
 
+A node that has missed two reports and whose address refuses connections (its gateway is gone; the web part checks,
+gateway/web/cluster.py) is counted dead at once: a failover need not wait out live_s.
+
 A draining node (SIGTERM, or `babelroom drain`) takes no new room; once its grace has passed it releases its rooms
 and sends their participants to rejoin elsewhere.
 """
@@ -50,6 +53,9 @@ PLACED_HOLD_S = 30.0
 # (a process that has just started has spent its first moments importing, not serving).
 LOAD_WINDOW_S = 5.0
 LOAD_MIN_SPAN_S = 1.0
+# A room's node that has missed this many reports is checked on when a join for the room arrives: a node whose port
+# refuses connections is dead at once, rather than once it has been silent for live_s.
+OVERDUE_REPORTS = 2
 
 
 class NodeState(StrEnum):
@@ -61,8 +67,8 @@ class NodeState(StrEnum):
 
 _NOW = "local t = redis.call('TIME'); local now = t[1] * 1000 + math.floor(t[2] / 1000)\n"
 
-# KEYS: nodes, rooms. ARGV: room, live_ms, the asking node. Returns {node, url, placed (1: new)}; node '' when no node
-# can take it.
+# KEYS: nodes, rooms. ARGV: room, live_ms, the asking node. Returns {node, url, placed (1: new), ms since the node's
+# report}; node '' when no node can take it.
 _PLACE = (
     _NOW
     + """
@@ -72,7 +78,7 @@ if current then
   local raw = redis.call('HGET', KEYS[1], node)
   if raw then
     local info = cjson.decode(raw)
-    if now - info.at <= tonumber(ARGV[2]) and info.state ~= 'stopped' then return {node, info.url, 0} end
+    if now - info.at <= tonumber(ARGV[2]) and info.state ~= 'stopped' then return {node, info.url, 0, now - info.at} end
   end
 end
 local assigned = {}
@@ -98,9 +104,9 @@ for i = 1, #nodes, 2 do
     end
   end
 end
-if best == nil then return {'', '', 0} end
+if best == nil then return {'', '', 0, 0} end
 redis.call('HSET', KEYS[2], ARGV[1], best .. ' ' .. now)
-return {best, best_url, 1}
+return {best, best_url, 1, 0}
 """
 )
 
@@ -174,6 +180,21 @@ if entry and string.match(entry, '^(%S+)') == ARGV[2] then return redis.call('HD
 return 0
 """
 
+# KEYS: nodes. ARGV: node id, ms. Counts the node dead if it has not reported for that long (it could have since it
+# was found unreachable); returns 1 if it did.
+_BURY = (
+    _NOW
+    + """
+local raw = redis.call('HGET', KEYS[1], ARGV[1])
+if not raw then return 0 end
+local info = cjson.decode(raw)
+if now - info.at < tonumber(ARGV[2]) then return 0 end
+info.at = 0
+redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(info))
+return 1
+"""
+)
+
 # KEYS: nodes. ARGV: node id. Marks it draining; 0 when no such node is known.
 _DRAIN = """
 local raw = redis.call('HGET', KEYS[1], ARGV[1])
@@ -194,6 +215,7 @@ class Placement:
     node: str
     url: str
     new: bool  # placed by this call
+    silent_s: float = 0.0  # since the node's last report
 
 
 @dataclass(frozen=True)
@@ -304,6 +326,7 @@ class Node:
         client = bus.client
         self._place, self._report_script = client.register_script(_PLACE), client.register_script(_REPORT)
         self._sweep, self._release = client.register_script(_SWEEP), client.register_script(_RELEASE)
+        self._bury = client.register_script(_BURY)
 
     @property
     def id(self) -> str:
@@ -316,13 +339,26 @@ class Node:
     # -- placement ----------------------------------------------------------------------------------
     async def place(self, room: str) -> Placement:
         """Where `room` lives, placing it first if it lives nowhere (or its node is dead). Raises NoNodeFree."""
-        node, url, new = await self._place(keys=self.keys, args=[room, int(self.options.live_s * 1000), self.id])
+        node, url, new, silent_ms = await self._place(
+            keys=self.keys, args=[room, int(self.options.live_s * 1000), self.id]
+        )
         if not node:
             raise NoNodeFree("every media node is draining or at its limit; no new room can open now")
-        placement = Placement(_text(node), _text(url), bool(new))
+        placement = Placement(_text(node), _text(url), bool(new), int(silent_ms) / 1000)
         if placement.new:
             log.info("room %s placed on node %s", room, placement.node)
         return placement
+
+    def overdue(self, placement: Placement) -> bool:
+        """Whether the room's node has missed reports (two or more): worth checking that it is still there."""
+        return placement.node != self.id and placement.silent_s >= OVERDUE_REPORTS * self.options.report_s
+
+    async def bury(self, node: str, silent_s: float) -> bool:
+        """Count `node` dead now, found unreachable while silent for `silent_s` (unless it has reported since)."""
+        buried = bool(await self._bury(keys=[self.registry.nodes_key], args=[node, int(silent_s * 1000)]))
+        if buried:
+            log.warning("node %s is unreachable and missed its reports: counted dead, its rooms move", node)
+        return buried
 
     async def release(self, room: str) -> None:
         await self._release(keys=[self.registry.rooms_key], args=[room, self.id])

@@ -2,9 +2,10 @@
 
 - A page request for a room that lives on another node is redirected there (307), keeping its query (the token
   with it) and adding `entry`, the address the person opened, through which the page rejoins if that node dies.
-- A join that reaches the wrong node is answered 421 with the room's node and its URL; the page joins there and
-  then talks to that node only. A join no node can take (every one draining or at its limit) is answered 503 at
-  once, with why.
+- A join that reaches the wrong node is answered 421 with the room's node and its URL; the page joins there and then
+  talks to that node only. (When that node has missed its reports and its address refuses connections, it is counted
+  dead and the room placed again at once.) A join no node can take (every one draining or at its limit) is answered
+  503 at once, with why.
 - The join API answers pages served by the other nodes (CORS, for their origins and BABELROOM_CLUSTER_URL's only):
   a page whose node died rejoins through another node without reloading, keeping its camera and microphone.
 - SIGTERM drains the node (gateway/web/serve.py); a clean stop releases its rooms first.
@@ -20,11 +21,12 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
+import aiohttp
 from aiohttp import hdrs, web
 from redis.exceptions import RedisError
 
 from gateway.options import GatewayOptions
-from gateway.rooms.placement import Node, NodeCounts, NoNodeFree
+from gateway.rooms.placement import Node, NodeCounts, NoNodeFree, Placement
 from gateway.service import Gateway
 from gateway.web.serve import DRAIN_KEY
 from pipeline.bus import Bus
@@ -35,6 +37,7 @@ log = logging.getLogger(__name__)
 NODE_KEY = web.AppKey("node", Node)
 JOIN_PATH = "/api/rooms/{room}/join"
 PREFLIGHT_MAX_AGE_S = 600
+PROBE_TIMEOUT_S = 1.0  # checking on a room's node that missed its reports
 
 
 def install(app: web.Application, gateway: Gateway, bus: Bus, options: GatewayOptions) -> None:
@@ -60,9 +63,7 @@ def install(app: web.Application, gateway: Gateway, bus: Bus, options: GatewayOp
         try:
             await node.stop()
         except RedisError as exc:
-            log.warning(
-                "could not release node %s's rooms (%s): they are placed again once it counts as dead", node.id, exc
-            )
+            log.warning("could not release the rooms of node %s (%s): they move once it counts as dead", node.id, exc)
 
     app.on_startup.append(start)
     app.on_shutdown.insert(0, stop)  # before the gateway ends the sessions: the pages' rejoins find other nodes
@@ -77,7 +78,7 @@ async def admit_join(request: web.Request, room: str) -> dict[str, Any]:
     if node is None:
         return {}
     try:
-        placement = await node.place(room)
+        placement = await place(node, room)
     except NoNodeFree as exc:
         raise json_error(web.HTTPServiceUnavailable, f"{exc}. Try again in a few minutes.") from exc
     except RedisError as exc:
@@ -100,7 +101,7 @@ async def page_elsewhere(request: web.Request, room: str) -> None:
     if node is None:
         return
     try:
-        placement = await node.place(room)
+        placement = await place(node, room)
     except (NoNodeFree, RedisError):
         return  # the page is served here; its join says what is wrong
     if placement.node == node.id or not placement.url:
@@ -108,6 +109,29 @@ async def page_elsewhere(request: web.Request, room: str) -> None:
     query = dict(request.query)
     query.setdefault("entry", entry_address(request))
     raise web.HTTPTemporaryRedirect(f"{placement.url}/room/{quote(room)}?{urlencode(query)}")
+
+
+async def place(node: Node, room: str) -> Placement:
+    """Where the room lives; when its node has missed reports and its address refuses connections (the gateway is
+    gone, as when its host's process was killed), that node is counted dead and the room placed again at once."""
+    placement = await node.place(room)
+    if node.overdue(placement) and await refuses_connections(placement.url):
+        await node.bury(placement.node, placement.silent_s)
+        placement = await node.place(room)
+    return placement
+
+
+async def refuses_connections(url: str) -> bool:
+    """Whether nothing listens at `url` any more. Anything else (an answer, a timeout: a slow network or host) is no
+    proof that the node is gone."""
+    try:
+        timeout = aiohttp.ClientTimeout(total=PROBE_TIMEOUT_S)
+        async with aiohttp.ClientSession(timeout=timeout) as http, http.get(f"{url}/healthz"):
+            return False
+    except aiohttp.ClientConnectorError as exc:
+        return isinstance(exc.os_error, ConnectionRefusedError)
+    except (aiohttp.ClientError, TimeoutError):
+        return False
 
 
 def entry_address(request: web.Request) -> str:
