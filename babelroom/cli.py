@@ -168,13 +168,16 @@ def parser() -> argparse.ArgumentParser:
         "--participants", default="2,4", help="media: room sizes to measure, comma-separated (default 2,4)"
     )
     bench.add_argument("--minutes", type=float, default=60.0, help="soak: how long the meeting talks (default 60)")
+    bench.add_argument(
+        "--nodes", type=rooms_list, default=(1, 2), help="capacity: media nodes to measure, e.g. 1,2 (default)"
+    )
     bench.set_defaults(run=run_bench)
     return top
 
 
 BENCHMARKS = (
     "stages", "scaling", "hops", "latency", "soak", "asr-context", "real-speech", "media", "lipsync",
-    "mt-quality", "pipeline", "gpu", "report",
+    "mt-quality", "pipeline", "gpu", "capacity", "report",
 )  # fmt: skip
 
 
@@ -520,6 +523,10 @@ def run_bench(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         from workers.engines.common import DEFAULT_CACHE_DIR
 
         run_mt_quality(args.out, env.get("BABELROOM_MODEL_CACHE", DEFAULT_CACHE_DIR))
+    elif args.name == "capacity":
+        from benchmarks.capacity import run as run_capacity
+
+        run_capacity(args.out, args.nodes)
     elif args.name == "media":
         from benchmarks.media import run as run_media
 

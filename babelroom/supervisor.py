@@ -184,6 +184,13 @@ class Supervisor:
         log.info("stopped")
 
 
+def stop_processes(processes: Sequence[subprocess.Popen[bytes]], grace_s: float) -> None:
+    """SIGTERM to each, then wait for all of them together; any still running after `grace_s` is killed."""
+    for proc in processes:
+        proc.terminate()
+    _wait_all(list(processes), grace_s)
+
+
 def _wait_all(processes: list[subprocess.Popen[bytes]], grace_s: float) -> None:
     deadline = time.monotonic() + grace_s
     for proc in processes:

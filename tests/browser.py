@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from babelroom.supervisor import stop_processes
 from pipeline.audio import resample, write_wav
 from pipeline.routes import WORKER_KINDS
 from tests.speech import espeak, silence
@@ -80,13 +81,7 @@ def processes(
             running.append(subprocess.Popen(argv, env=dict(env), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT))
         yield running
     finally:
-        for proc in running:
-            proc.terminate()
-        for proc in running:
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_processes(running, 15.0)
 
 
 def gateway_command(port: int, host: str = "127.0.0.1") -> list[str]:
