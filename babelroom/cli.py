@@ -269,7 +269,7 @@ def run_nodes(args: argparse.Namespace, env: Mapping[str, str]) -> int:
             print(json.dumps(entry))
         return 0
     columns = ("id", "state", "rooms", "participants", "load", "age_s", "url")
-    rows = [("NODE", "STATE", "ROOMS", "PARTICIPANTS", "LOAD", "SEEN", "URL")]
+    rows: list[tuple[str, ...]] = [("NODE", "STATE", "ROOMS", "PARTICIPANTS", "LOAD", "SEEN", "URL")]
     rows += [(*(str(n[c]) for c in columns[:5]), f"{n['age_s']} s ago", str(n["url"])) for n in nodes]
     widths = [max(len(row[i]) for row in rows) for i in range(len(columns))]
     for row in rows:

@@ -64,6 +64,7 @@ class ScriptedParticipant:
             self.base_url = self.session["url"]
         if response.status != 200:
             raise AssertionError(f"join refused: {response.status} {self.session}")
+        assert self._http is not None
         self._events = await self._http.ws_connect(self._path("events"))
         self._tasks.append(asyncio.create_task(self._read_events()))
         self._janus = JanusClient(self._ws_url("janus"), api_secret="")

@@ -31,7 +31,7 @@ import signal
 import socket
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from typing import Any
+from typing import Any, cast
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
@@ -358,7 +358,7 @@ class Worker:
         async def poll() -> None:
             if position[0] == "$":
                 newest = await self.bus.client.xrevrange(self.bus.stream(stream), count=1)
-                position[0] = newest[0][0] if newest else "0-0"
+                position[0] = cast(bytes, newest[0][0]) if newest else "0-0"
             for delivery in await self.bus.tail(stream, position[0], INTERIM_BATCH, self.bus.options.block_ms):
                 position[0] = delivery.entry_id
                 await self._take_hint(delivery)

@@ -265,10 +265,6 @@ class Registry:
         """Mark `node` draining (it takes no new room); False when no such node is known."""
         return bool(await self._drain(keys=[self.nodes_key], args=[node]))
 
-    async def room_node(self, room: str) -> str | None:
-        entry = await self.bus.client.hget(self.rooms_key, room)
-        return entry.decode().split()[0] if entry else None
-
     def _report(self, info: dict[str, Any], now_ms: int) -> NodeReport:
         age_s = max(0.0, (now_ms - int(info["at"])) / 1000)
         state = NodeState(info["state"])
@@ -403,7 +399,7 @@ class Node:
     async def sweep(self) -> None:
         """Forget what the dead and the closed left behind, and trim every node's results stream."""
         forget_ms = int(max(self.bus.options.retention_s, self.options.live_s) * 1000)
-        args = [self.id, forget_ms, int(PLACED_HOLD_S * 1000), self.bus.stream(RESULTS) + ":"]
+        args: list[str | int] = [self.id, forget_ms, int(PLACED_HOLD_S * 1000), self.bus.stream(RESULTS) + ":"]
         known = await self._sweep(keys=self.keys, args=[*args, *self.counts().rooms])
         self.peers = {_text(known[i]): _text(known[i + 1]) for i in range(0, len(known), 2)}
         for node in self.peers:

@@ -10,8 +10,9 @@ import asyncio
 import contextlib
 import signal
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 from aiohttp.web_runner import GracefulExit
@@ -23,7 +24,8 @@ from pipeline.bus import cancel_and_wait
 Builder = Callable[[], Awaitable[web.Application]]
 # What SIGTERM or SIGINT runs before the application stops, when the application has it: a media node drains
 # (gateway/web/cluster.py). A second signal stops at once.
-DRAIN_KEY = web.AppKey("drain", Callable[[], Awaitable[None]])
+Drain = Callable[[], Coroutine[Any, Any, None]]
+DRAIN_KEY: web.AppKey[Drain] = web.AppKey("drain")
 
 
 def server_context(tls: TlsOptions) -> ssl.SSLContext:
