@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from babelroom.supervisor import stop_processes
 from pipeline.audio import Samples, float_to_pcm16
 from pipeline.bus import Bus
 from pipeline.messages import SAMPLE_RATE, SpeechSegment, SynthesizedSpeech
@@ -187,14 +188,7 @@ async def running_workers(
         await wait_loaded(bus, procs, log_dir)
         yield procs
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=40)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_processes(procs, 40.0)
 
 
 async def wait_loaded(bus: Bus, procs: list[subprocess.Popen[bytes]], log_dir: Path) -> None:

@@ -552,23 +552,25 @@ def with_stamps(h: Heard, stamps: ResultsStamps) -> Heard:
     return dataclasses.replace(h, final_stamps=stamps.speech.get((h.room, h.final_seq), ()), interim_stamps=interim)
 
 
-async def results_stamps(redis_url: str) -> ResultsStamps:
-    """The stamps of every translated speech and interim caption on `results`: where their time went."""
+async def results_stamps(redis_url: str, streams: Sequence[str] = ("results",)) -> ResultsStamps:
+    """The stamps of every translated speech and interim caption on the results `streams` (one per media node):
+    where their time went."""
     from pipeline.bus import Bus
     from pipeline.config import BusOptions
 
     bus = Bus.connect(BusOptions(redis_url=redis_url))
     stamps = ResultsStamps()
-    last_id: bytes | str = "0-0"
     try:
-        while deliveries := await bus.tail("results", last_id, count=500):
-            last_id = deliveries[-1].entry_id
-            for message in (d.message for d in deliveries):
-                if isinstance(message, SynthesizedSpeech):
-                    stamps.speech[(message.room, message.seq)] = message.stamps
-                elif isinstance(message, InterimTranscript | InterimTranslation):
-                    key = (message.room, message.seq, message.revision, message.language)
-                    stamps.interims[key] = message.stamps
+        for stream in streams:
+            last_id: bytes | str = "0-0"
+            while deliveries := await bus.tail(stream, last_id, count=500):
+                last_id = deliveries[-1].entry_id
+                for message in (d.message for d in deliveries):
+                    if isinstance(message, SynthesizedSpeech):
+                        stamps.speech[(message.room, message.seq)] = message.stamps
+                    elif isinstance(message, InterimTranscript | InterimTranslation):
+                        key = (message.room, message.seq, message.revision, message.language)
+                        stamps.interims[key] = message.stamps
     finally:
         await bus.close()
     return stamps

@@ -24,6 +24,7 @@ from gateway.media.janus import JanusClient
 from gateway.media.videoroom import Publisher, RoomKeys, Subscriber
 
 RTC = RTCConfiguration(iceServers=[])
+MAX_NODE_HOPS = 3
 
 
 @dataclass
@@ -56,13 +57,19 @@ class ScriptedParticipant:
         options: dict[str, bool] | None = None,
         camera: MediaStreamTrack | None = None,
     ) -> None:
-        self._http = aiohttp.ClientSession(base_url=self.base_url)
         self.token = token
         body = {"name": self.name, "speak": self.speak, "hear": self.hear, "token": token, "options": options or {}}
-        async with self._http.post(f"/api/rooms/{self.room}/join", json=body) as response:
-            self.session = await response.json()
-            if response.status != 200:
-                raise AssertionError(f"join refused: {response.status} {self.session}")
+        for _ in range(MAX_NODE_HOPS + 1):  # a room that lives on another media node: join there, as a page does
+            self._http = aiohttp.ClientSession(base_url=self.base_url)
+            async with self._http.post(f"/api/rooms/{self.room}/join", json=body) as response:
+                self.session = await response.json()
+            if response.status != 421:
+                break
+            await self._http.close()
+            self.base_url = self.session["url"]
+        if response.status != 200:
+            raise AssertionError(f"join refused: {response.status} {self.session}")
+        assert self._http is not None
         self._events = await self._http.ws_connect(self._path("events"))
         self._tasks.append(asyncio.create_task(self._read_events()))
         self._janus = JanusClient(self._ws_url("janus"), api_secret="")

@@ -14,9 +14,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks import gpu, mt_quality, pipeline, scaling
+from benchmarks import capacity, gpu, mt_quality, pipeline, scaling
 
-KNOWN_ORDER = ("stages", "mt", "scaling", "pipeline", "media", "latency", "attack", "soak", "lipsync", "gpu")
+KNOWN_ORDER = (
+    "stages",
+    "mt",
+    "scaling",
+    "pipeline",
+    "media",
+    "latency",
+    "attack",
+    "soak",
+    "capacity",
+    "lipsync",
+    "gpu",
+)
 NOT_RECORDED = "not recorded"
 GPU_COMMAND = "babelroom bench gpu --device cuda --out results && babelroom bench pipeline --device cuda --out results"
 
@@ -349,6 +361,41 @@ def soak_section(stem: str, result: dict[str, Any], folder: Path, link: str) -> 
     ]
 
 
+def capacity_section(stem: str, result: dict[str, Any], folder: Path, link: str) -> list[str]:
+    capacity.plot(result, folder / f"{stem}.png")
+    lines = [
+        "## Capacity: talking rooms per media node",
+        "",
+        provenance_line(result)
+        + f" {result.get('participants', '').capitalize()}; each step {result['step_utterances']} "
+        f"utterances per room of the `bench latency` corpus; a step holds while final captions' p95 <= "
+        f"{result['target_final_p95_s']} s and none is missed.",
+        "Measure again (as root): `babelroom bench capacity --out results` (`--nodes 1` or `--nodes 2` for one "
+        "configuration).",
+    ]
+    for config in result["configs"]:
+        steps = config["steps"]
+        rows = [[s["rooms"], "yes" if s["holds"] else "**no**", s["final_p50_s"], s["final_p95_s"], s["missed"],
+                 f"{s['machine_busy']:.0%}", s["load_average"]] for s in steps]  # fmt: skip
+        held = [s for s in steps if s["holds"]] or steps
+        per_room = held[-1]["cores_per_room"]
+        lines += [
+            "",
+            f"**{config['nodes']} media node(s)**: {config['rooms_held']} talking rooms held; first limit: "
+            f"{config['first_limit']}. ({config.get('date', NOT_RECORDED)}.)",
+            "",
+            *table(
+                ["talking rooms", "holds", "final p50 s", "final p95 s", "missed", "machine busy", "load avg"], rows
+            ),
+            "",
+            f"CPU per talking room at {held[-1]['rooms']} rooms, idle subtracted (cores): "
+            + ", ".join(f"{name} {cores}" for name, cores in per_room.items())
+            + f". Redis per talking room: {held[-1]['redis_bytes_per_s_per_room']:,} bytes/s in, "
+            f"{held[-1]['redis_entries_per_s_per_room']} stream entries/s.",
+        ]
+    return [*lines, *image(stem, link)]
+
+
 def _target(bounds: dict[str, Any]) -> str:
     parts = [f"{key} <= {value}" for key, value in bounds.items() if value is not None]
     return ", ".join(parts) or "-"
@@ -384,4 +431,5 @@ SECTIONS: dict[str, Section] = {
     "latency": latency_section,
     "attack": attack_section,
     "soak": soak_section,
+    "capacity": capacity_section,
 }

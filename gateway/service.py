@@ -108,7 +108,7 @@ class Gateway:
         self.frames = FramePath(bus)
         self.ingest = Ingest(bus, options, self.overload, self.frames)
         self.egress = Egress(self.rooms)
-        self.results = ResultsReader(bus, self.on_result)
+        self.results = ResultsReader(bus, self.on_result, options.node.id)
         self.transcripts = Transcripts(bus, options.transcript, self.rooms, options.tokens_required)
         self.removals = Removals(bus)
         self.tasks = TaskSupervisor()  # the gateway's own, long-lived: restarted when they fail

@@ -9,7 +9,8 @@ its queue plus processing) and the end-to-end delay (from the end of the speech 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -74,6 +75,15 @@ class Metrics:
         self.loop_lag_recent = Gauge(
             "babelroom_event_loop_lag_recent_max_seconds", "The worst event loop lag of the last 10 s", registry=r
         )
+        # The cluster's media nodes as the registry shows them (gateway/rooms/placement.py): one series per node.
+        self.node_rooms = Gauge("babelroom_node_rooms", "Rooms open on a media node", ["node", "state"], registry=r)
+        self.node_participants = Gauge(
+            "babelroom_node_participants", "Participants on a media node", ["node"], registry=r
+        )
+        self.node_load = Gauge(
+            "babelroom_node_load", "A media node's gateway CPU, as a share of one core", ["node"], registry=r
+        )
+        self.node_live = Gauge("babelroom_node_live", "1 while a media node reports, else 0", ["node"], registry=r)
         self.http_errors = Counter(
             "babelroom_http_unexpected_errors", "Requests answered 500 because something unexpected failed", registry=r
         )
@@ -126,6 +136,16 @@ class Metrics:
 
     def watch_recent_loop_lag(self, recent_worst_s: Callable[[], float]) -> None:
         self.loop_lag_recent.set_function(recent_worst_s)
+
+    def set_nodes(self, nodes: Sequence[Mapping[str, Any]]) -> None:
+        """Each node's report (id, state, rooms, participants, load); series of nodes no longer known go."""
+        for gauge in (self.node_rooms, self.node_participants, self.node_load, self.node_live):
+            gauge.clear()
+        for node in nodes:
+            self.node_rooms.labels(node["id"], node["state"]).set(node["rooms"])
+            self.node_participants.labels(node["id"]).set(node["participants"])
+            self.node_load.labels(node["id"]).set(node["load"])
+            self.node_live.labels(node["id"]).set(0 if node["state"] in ("dead", "stopped") else 1)
 
     def count_http_error(self) -> None:
         self.http_errors.inc()

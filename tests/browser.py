@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from babelroom.supervisor import stop_processes
 from pipeline.audio import resample, write_wav
 from pipeline.routes import WORKER_KINDS
 from tests.speech import espeak, silence
@@ -50,12 +51,14 @@ ROOT = Path(__file__).resolve().parent.parent
 RAW_AUDIO = "raw_audio=1"
 
 
-def fake_mic_wav(path: Path, text: str | None, voice: str = "en", lead_in_s: float = LEAD_IN_S) -> Path:
+def fake_mic_wav(
+    path: Path, text: str | None, voice: str = "en", lead_in_s: float = LEAD_IN_S, tail_s: float = TAIL_S
+) -> Path:
     """48 kHz mono WAV: silence, the sentence, a long silence (or only silence when text is None). Chromium
-    starts the file when the page opens the microphone: the lead-in is the time the page has to get its audio
-    into the room before the sentence starts."""
+    starts the file when the page opens the microphone, and loops it: the lead-in is the time the page has to get
+    its audio into the room before the sentence starts, lead-in and tail together the time between repetitions."""
     speech = espeak(text, voice) if text else np.zeros(0, dtype=np.float32)
-    samples = np.concatenate([silence(lead_in_s), speech, silence(TAIL_S)])
+    samples = np.concatenate([silence(lead_in_s), speech, silence(tail_s)])
     write_wav(path, resample(samples, 16_000, MIC_RATE), MIC_RATE)
     return path
 
@@ -78,13 +81,7 @@ def processes(
             running.append(subprocess.Popen(argv, env=dict(env), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT))
         yield running
     finally:
-        for proc in running:
-            proc.terminate()
-        for proc in running:
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_processes(running, 15.0)
 
 
 def gateway_command(port: int, host: str = "127.0.0.1") -> list[str]:

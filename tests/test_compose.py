@@ -55,9 +55,13 @@ def strict_load(text: str) -> Any:
     return yaml.load(text, Loader=StrictLoader)  # a SafeLoader underneath
 
 
-def compose_config(**env: str) -> subprocess.CompletedProcess[str]:
+NODES = ROOT / "deploy" / "compose.nodes.yaml"  # the documented override: a second media node on the host
+
+
+def compose_config(*overrides: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    files = [arg for path in (ROOT / "compose.yaml", *overrides) for arg in ("-f", str(path))]
     return subprocess.run(
-        ["docker-compose", "-f", str(ROOT / "compose.yaml"), "config"],
+        ["docker-compose", *files, "config"],
         capture_output=True,
         text=True,
         env={**os.environ, **env},
@@ -66,23 +70,27 @@ def compose_config(**env: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.fixture(scope="module")
-def config() -> dict[str, Any]:
-    result = compose_config(BABELROOM_TOKEN_SECRET="test-secret", **JANUS_SECRETS)
+@pytest.fixture(scope="module", params=["compose.yaml", "with deploy/compose.nodes.yaml"])
+def config(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """`docker-compose config` of compose.yaml, alone and with the two-node override: every check holds for both."""
+    overrides = (NODES,) if "nodes" in request.param else ()
+    result = compose_config(*overrides, BABELROOM_TOKEN_SECRET="test-secret", **JANUS_SECRETS)
     assert result.returncode == 0, result.stderr
     parsed: dict[str, Any] = yaml.safe_load(result.stdout)
     return parsed
 
 
 def settings_read_by_the_code() -> set[str]:
-    """What the code reads, and what the Caddyfile does ({$NAME})."""
+    """What the code reads, and what the Caddyfiles do ({$NAME})."""
     text = "\n".join(p.read_text() for d in SOURCES for p in (ROOT / d).rglob("*.py"))
-    caddy = set(re.findall(r"\{\$([A-Z0-9_]+)", (ROOT / "deploy" / "Caddyfile").read_text()))
+    caddyfiles = "\n".join(p.read_text() for p in (ROOT / "deploy").glob("Caddyfile*"))
+    caddy = set(re.findall(r"\{\$([A-Z0-9_]+)", caddyfiles))
     return set(re.findall(r'"((?:BABELROOM_|REDIS_URL)[A-Z0-9_]*)"', text)) | caddy
 
 
-def test_compose_yaml_loads_as_strict_yaml_and_matches_the_compose_specification() -> None:
-    document = strict_load((ROOT / "compose.yaml").read_text())
+@pytest.mark.parametrize("path", [ROOT / "compose.yaml", NODES], ids=["compose.yaml", "compose.nodes.yaml"])
+def test_compose_yaml_loads_as_strict_yaml_and_matches_the_compose_specification(path: Path) -> None:
+    document = strict_load(path.read_text())
     validator = jsonschema.Draft7Validator(json.loads(COMPOSE_SPEC.read_text()))
     errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(document)]
     assert errors == []
@@ -163,6 +171,38 @@ def test_the_gateway_drives_the_janus_service_with_the_secrets_it_shares(config:
     for name, value in JANUS_SECRETS.items():
         assert janus["environment"][name] == gateway["environment"][name] == value
     assert gateway["environment"]["BABELROOM_JANUS_URL"] == "ws://janus:8188"
+
+
+def test_compose_yaml_alone_runs_one_gateway_that_is_no_cluster_node() -> None:
+    result = compose_config(BABELROOM_TOKEN_SECRET="test-secret", **JANUS_SECRETS)
+    services = yaml.safe_load(result.stdout)["services"]
+    assert "gateway-2" not in services and "BABELROOM_NODE_ID" not in services["gateway"]["environment"]
+
+
+def test_the_nodes_override_adds_a_second_media_node_with_its_own_janus() -> None:
+    result = compose_config(NODES, BABELROOM_TOKEN_SECRET="test-secret", BABELROOM_DOMAIN="meet.example.org",
+                            **JANUS_SECRETS)  # fmt: skip
+    services = yaml.safe_load(result.stdout)["services"]
+    nodes = {name: services[name]["environment"] for name in ("gateway", "gateway-2")}
+    assert {env["BABELROOM_NODE_ID"]: env["BABELROOM_PUBLIC_URL"] for env in nodes.values()} == {
+        "node-1": "https://meet.example.org", "node-2": "https://meet.example.org:8444",
+    }  # fmt: skip
+    assert [env["BABELROOM_JANUS_URL"] for env in nodes.values()] == ["ws://janus:8188", "ws://janus-2:8188"]
+    assert [env["REDIS_URL"] for env in nodes.values()] == ["redis://redis:6379/0"] * 2, "one shared Redis"
+    for name, value in JANUS_SECRETS.items():
+        assert services["janus-2"]["environment"][name] == nodes["gateway-2"][name] == value
+    media = [services[name]["ports"][0]["target"] for name in ("janus", "janus-2")]
+    assert media[0] != media[1], f"each Janus publishes media ports of its own: {media}"
+    proxy = services["proxy"]
+    assert {port["published"] for port in proxy["ports"]} == {80, 443, 8444}
+    assert any(v.endswith("deploy/Caddyfile.nodes:/etc/caddy/Caddyfile:ro") for v in proxy["volumes"])
+    adapted = subprocess.run(
+        ["caddy", "adapt", "--config", str(ROOT / "deploy" / "Caddyfile.nodes"), "--adapter", "caddyfile"],
+        capture_output=True, text=True, check=True, env={**os.environ, **proxy["environment"]},
+    )  # fmt: skip
+    servers = json.loads(adapted.stdout)["apps"]["http"]["servers"].values()
+    routes = {tuple(s["listen"]): s["routes"][0]["handle"][0]["routes"][0]["handle"][0]["upstreams"] for s in servers}
+    assert routes == {(":443",): [{"dial": "gateway:8080"}], (":8444",): [{"dial": "gateway-2:8080"}]}
 
 
 def test_every_setting_it_passes_is_one_the_code_reads(config: dict[str, Any]) -> None:

@@ -13,6 +13,7 @@ from aiohttp import web
 
 from gateway.rooms.overload import Level
 from gateway.service import Gateway
+from gateway.web.cluster import node_health
 from pipeline.bus import Bus
 from pipeline.routes import WORKER_KINDS
 
@@ -54,5 +55,6 @@ async def healthz(request: web.Request) -> web.Response:
             "recent_max": round(gateway.loop_lag.recent_worst_s(), 4),
             "max": round(gateway.loop_lag.worst_s, 4),
         },
+        **node_health(request.app),
     }
     return web.json_response(body)

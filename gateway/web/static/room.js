@@ -9,12 +9,18 @@
 // A lost connection shows a banner and rejoins by itself with the same name and languages; a participation the
 // gateway ended for good (a host removed this person or ended the meeting, or the join link expired) does not.
 // A host (a link with a host token) also sees "Remove" on each participant and "End meeting for everyone".
+// Many media nodes: the join answer names the node that holds the room (a 421 names it when this node does not),
+// and the page talks to that node only. When it loses its node, it rejoins through the cluster's address
+// (BABELROOM_CLUSTER_URL), the address it was first opened at, or any other node it was told of, and follows
+// their answer to the room's new node, keeping its camera and microphone.
 "use strict";
 
 const SPEECH_RMS = 0.02;           // above this a level meter counts as sound
 const SPEECH_END_HOLD_MS = 400;    // this much quiet after sound = the end of an utterance
 const ORIGINAL_UNDER_GAIN = 0.2;   // "hear the original quietly": the others' voices under the translation
-const REJOIN_DELAYS_MS = [500, 1000, 2000, 4000, 8000];
+// A node counts as dead 5 s after its last report: tries each second until then, so a room is placed again soon.
+const REJOIN_DELAYS_MS = [500, 1000, 1000, 1000, 1000, 2000, 2000, 4000, 8000];
+const MAX_NODE_HOPS = 3;           // 421 answers followed in one join
 const ICE_DISCONNECTED_GRACE_MS = 5000;
 const PLUGIN = "janus.plugin.videoroom";
 const STORED = "babelroom.profile";
@@ -33,9 +39,11 @@ const state = {
   muted: false, cameraOn: true, connected: false, janusReady: false, iceTimer: 0, left: false, rejoining: false, attempts: 0,
   role: "participant",       // "host" may remove participants and end the meeting
   exit: null,                // {reason, message} once the gateway ended this participation for good
+  node: "",                   // the node this session talks to ("": this page's own address)
+  entry: "", clusterUrl: "", peers: [],  // where to rejoin through when that node is lost
 };
 // Measurements for tests and for the curious (window.babelroom in the console).
-const metrics = { connectedAt: 0, speechStarts: [], speechEnds: [], translatedSoundAt: [], captionsShownAt: {}, interimShownAt: {}, translatedRms: 0, micRms: 0, rejoins: 0 };
+const metrics = { connectedAt: 0, mediaUpAt: [], speechStarts: [], speechEnds: [], translatedSoundAt: [], captionsShownAt: {}, interimShownAt: {}, translatedRms: 0, micRms: 0, rejoins: 0 };
 window.babelroom = { state, metrics };
 
 // -- the join form -----------------------------------------------------------------------------------
@@ -221,26 +229,58 @@ function explainMediaError(error, device) {
 }
 
 async function connect() {
+  // A first join asks this page's own address; a rejoin asks the addresses that may know where the room went.
+  const through = state.rejoining ? rejoinAddresses() : [""];
+  let failure = null;
+  for (const address of through) {
+    try {
+      return await joinThrough(address, 0);
+    } catch (error) {
+      failure = error;  // that address is down too: the next one
+    }
+  }
+  throw failure;
+}
+
+async function joinThrough(address, hops) {
   const p = state.profile;
-  const response = await fetch(`/api/rooms/${encodeURIComponent(p.room)}/join`, {
+  const response = await fetch(`${address}/api/rooms/${encodeURIComponent(p.room)}/join`, {
     method: "POST",
     headers: { "Content-Type": "application/json" },
     body: JSON.stringify({ name: p.name, speak: p.speak, hear: p.hear, token: p.token, options: p.options }),
   });
   const reply = await response.json().catch(() => ({ error: `HTTP ${response.status}` }));
+  if (response.status === 421 && reply.url && hops < MAX_NODE_HOPS) return joinThrough(reply.url, hops + 1);
   if (!response.ok) {
-    if (response.status >= 500 && state.rejoining) throw new Error(reply.error);
+    if ((response.status >= 500 || response.status === 421) && state.rejoining) throw new Error(reply.error);
     return showError(reply.error || `Could not join (HTTP ${response.status})`);
   }
   state.me = reply;
+  state.node = reply.node && reply.node.url !== location.origin ? reply.node.url : "";
+  state.peers = reply.peers || state.peers;
+  state.clusterUrl = reply.cluster_url || state.clusterUrl;
   openEvents();
   startJanus();
   enterMeeting();
 }
 
+// Where a page that lost its node asks to rejoin: the cluster's address, the address the person opened (only when
+// it is one of the nodes: a link cannot send the page's media elsewhere), the other nodes, and its own node last.
+function rejoinAddresses() {
+  const entry = [location.origin, ...state.peers].includes(state.entry) ? state.entry : null;
+  const all = [state.clusterUrl, entry, ...state.peers, state.node || location.origin].filter(Boolean);
+  return [...new Set(all)].map((address) => (address === location.origin ? "" : address));
+}
+
+// A path of the node this session talks to.
+function nodeUrl(path) {
+  return state.node ? `${state.node}${path}` : path;
+}
+
 function socketUrl(path) {
-  const scheme = location.protocol === "https:" ? "wss" : "ws";
-  return `${scheme}://${location.host}${path}?ticket=${encodeURIComponent(state.me.ticket)}`;
+  const base = new URL(state.node || location.origin);
+  const scheme = base.protocol === "https:" ? "wss" : "ws";
+  return `${scheme}://${base.host}${path}?ticket=${encodeURIComponent(state.me.ticket)}`;
 }
 
 // Something broke: tear down what is left of this session and join again, keeping name and languages.
@@ -279,7 +319,7 @@ async function rejoin() {
 function teardown(sayGoodbye) {
   const { me, janus, events } = state;
   clearTimeout(state.iceTimer);
-  if (sayGoodbye && me) navigator.sendBeacon?.(`/api/sessions/${me.id}/leave?ticket=${encodeURIComponent(me.ticket)}`);
+  if (sayGoodbye && me) navigator.sendBeacon?.(nodeUrl(`/api/sessions/${me.id}/leave?ticket=${encodeURIComponent(me.ticket)}`));
   state.me = null;
   state.publisher = null;
   state.subs.clear();
@@ -296,7 +336,7 @@ async function leave() {
   const me = state.me;
   state.left = true;
   teardown(false);
-  if (me) await fetch(`/api/sessions/${me.id}/leave?ticket=${encodeURIComponent(me.ticket)}`, { method: "POST" }).catch(() => {});
+  if (me) await fetch(nodeUrl(`/api/sessions/${me.id}/leave?ticket=${encodeURIComponent(me.ticket)}`), { method: "POST" }).catch(() => {});
   backToLobby("You left the meeting. Join again whenever you like.");
 }
 
@@ -419,6 +459,7 @@ function publish(me) {
     webrtcState: (up) => {
       state.connected = up;
       if (up && !metrics.connectedAt) metrics.connectedAt = Date.now();  // my audio reaches Janus from now on
+      if (up) metrics.mediaUpAt.push(Date.now());  // each time: after a rejoin too
       setConnection(up ? "connected" : "reconnecting");
       if (up) { state.attempts = 0; banner(""); }
     },
@@ -434,8 +475,10 @@ function publish(me) {
 function sendOwnMedia() {
   const mic = state.media.getAudioTracks()[0];
   const camera = state.media.getVideoTracks()[0];
-  const tracks = [{ type: "audio", capture: mic, recv: false }];
-  if (camera) tracks.push({ type: "video", capture: camera, recv: false });
+  // dontStop: janus.js stops the tracks it was given when its session goes, and a rejoin needs them still live
+  // (without it, a page that rejoined published a microphone that had been stopped: silence).
+  const tracks = [{ type: "audio", capture: mic, recv: false, dontStop: true }];
+  if (camera) tracks.push({ type: "video", capture: camera, recv: false, dontStop: true });
   state.publisher.createOffer({
     tracks,
     success: (jsep) => state.publisher.send({ message: { request: "publish", audio: true, video: Boolean(camera) }, jsep }),
@@ -654,7 +697,7 @@ function transcriptUrl() {
     lang: $("transcript-lang").value || state.profile.hear, format: $("transcript-format").value,
     session: state.me?.id || "", ticket: state.me?.ticket || "",
   });
-  return `/api/rooms/${encodeURIComponent(state.profile.room)}/transcript?${query}`;
+  return nodeUrl(`/api/rooms/${encodeURIComponent(state.profile.room)}/transcript?${query}`);
 }
 
 function onTranscript(message) {
@@ -761,6 +804,8 @@ function endMeeting() {
 
 async function main() {
   await loadConfig();
+  state.clusterUrl = state.config.cluster_url || "";
+  state.entry = new URLSearchParams(location.search).get("entry") || location.origin;
   Janus.init({ debug: false, dependencies: Janus.useDefaultDependencies() });
   $("join-form").addEventListener("submit", onSubmit);
   $("mute").addEventListener("click", toggleMute);
