@@ -298,7 +298,7 @@ def node(env: Mapping[str, str], options: NodeRun) -> None:
         janus_folder = cleanup.enter_context(tempfile.TemporaryDirectory(prefix="babelroom-janus-"))
         cleanup.callback(supervisor.stop_all)
         if not child_env.get("BABELROOM_JANUS_URL"):
-            child_env.update(start_private_janus(supervisor, child_env, Path(janus_folder)))
+            child_env.update(start_janus_with_turn(cleanup, supervisor, child_env, Path(janus_folder)))
         argv = babelroom_argv("gateway", "--host", options.host, "--port", str(options.port))
         supervisor.children.append(Child("gateway", argv, child_env))
         _stop_on_signals(supervisor)
@@ -336,8 +336,7 @@ def up(env: Mapping[str, str], options: UpOptions) -> None:
             turn_folder = cleanup.enter_context(tempfile.TemporaryDirectory(prefix="babelroom-coturn-"))
             child_env.update(start_coturn(supervisor, child_env, Path(turn_folder), options.public_host))
         if not child_env.get("BABELROOM_JANUS_URL"):
-            turn = cleanup.enter_context(janus.TurnApi.serving(TurnOptions.from_env(child_env)))
-            child_env.update(start_private_janus(supervisor, child_env, Path(janus_folder), turn))
+            child_env.update(start_janus_with_turn(cleanup, supervisor, child_env, Path(janus_folder)))
         child_env.setdefault("BABELROOM_OPEN_ROOMS", "1")  # local use: anyone on this machine may join
         # One media node: Ctrl-C stops it at once (no drain), and its own CPU never turns a room away.
         child_env.update(node_env(child_env, options.node_id, public_url(child_env, options.public_host, port)))
@@ -386,6 +385,14 @@ def start_coturn(supervisor: Supervisor, env: Mapping[str, str], folder: Path, p
     child.start()
     log.info("started coturn on port %d, relaying to %s", config.port, ", ".join(relay_to))
     return {"BABELROOM_TURN_URLS": ",".join(config.urls(public_host)), "BABELROOM_TURN_SECRET": config.secret}
+
+
+def start_janus_with_turn(
+    cleanup: contextlib.ExitStack, supervisor: Supervisor, env: dict[str, str], folder: Path
+) -> dict[str, str]:
+    """A private Janus and, beside it for as long as `cleanup` lasts, the endpoint its TURN credentials come from."""
+    turn = cleanup.enter_context(janus.TurnApi.serving(TurnOptions.from_env(env)))
+    return start_private_janus(supervisor, env, folder, turn)
 
 
 def start_private_janus(
