@@ -15,11 +15,13 @@ and names on stderr what it leaves out or changes:
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterable
+import tempfile
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,13 +45,23 @@ def kubectl() -> str:
     return found
 
 
-def render(overlay: str) -> list[Object]:
-    """`kubectl kustomize deploy/k8s/overlays/OVERLAY`, parsed."""
-    result = subprocess.run(
-        [kubectl(), "kustomize", str(K8S / "overlays" / overlay)], capture_output=True, text=True, check=False
-    )
+def render(overlay: str, components: Sequence[str] = ()) -> list[Object]:
+    """`kubectl kustomize deploy/k8s/overlays/OVERLAY`, parsed; with `components` (deploy/k8s/components/NAME),
+    as an overlay that adds them renders it."""
+    if not components:
+        return kustomize(K8S / "overlays" / overlay)
+    with tempfile.TemporaryDirectory() as folder:
+        up = Path(os.path.relpath(K8S, folder))  # Kustomize takes no absolute paths
+        kustomization = {"resources": [str(up / "overlays" / overlay)],
+                         "components": [str(up / "components" / name) for name in components]}  # fmt: skip
+        (Path(folder) / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+        return kustomize(Path(folder))
+
+
+def kustomize(folder: Path) -> list[Object]:
+    result = subprocess.run([kubectl(), "kustomize", str(folder)], capture_output=True, text=True, check=False)
     if result.returncode != 0:
-        raise RuntimeError(f"kubectl kustomize {overlay}: {result.stderr.strip()}")
+        raise RuntimeError(f"kubectl kustomize {folder}: {result.stderr.strip()}")
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
 
@@ -121,40 +133,46 @@ def play_pod(deployment: Object, settings: dict[str, dict[str, str]]) -> list[st
         notes.append(f"Deployment/{name}: host networking off (a podman network of its own)")
     spec.pop("dnsPolicy", None)
     spec["volumes"] = [v for v in spec.get("volumes", []) if "secret" not in v]
+    mounts = {v["name"] for v in spec["volumes"]}
     for container in spec["containers"]:
         container["image"] = PLAY_IMAGES.get(container["image"], container["image"])
-        for field in NOT_RUN_FIELDS:
-            if container.pop(field, None):
-                notes.append(f"Deployment/{name}: {field} not run")
-        mounts = {v["name"] for v in spec["volumes"]}
+        notes += [f"Deployment/{name}: {field} not run" for field in NOT_RUN_FIELDS if container.pop(field, None)]
         container["volumeMounts"] = [m for m in container.get("volumeMounts", []) if m["name"] in mounts]
         environment = {
             k: v for ref in container.get("envFrom", []) for k, v in settings[ref["configMapRef"]["name"]].items()
         }
-        env = []
-        for variable in container.get("env", []):
-            source = variable.get("valueFrom", {})
-            if (
-                variable["name"].startswith("BABELROOM_TLS_")
-                or source.get("fieldRef", {}).get("fieldPath") == "status.hostIP"
-            ):
-                continue
-            if source.get("fieldRef", {}).get("fieldPath") == "metadata.name":
-                variable = {"name": variable["name"], "value": play_pod_name(name)}
-            elif "configMapKeyRef" in source:
-                ref = source["configMapKeyRef"]
-                variable = {"name": variable["name"], "value": settings[ref["name"]][ref["key"]]}
-            if variable["name"] == "BABELROOM_JANUS_ICE_INTERFACES":
-                variable = {"name": variable["name"], "value": PLAY_INTERFACE}
-            if "value" in variable:
-                variable = {**variable, "value": expand(variable["value"], environment)}
-                environment[variable["name"]] = variable["value"]
-            env.append(variable)
-        container["env"] = env
+        container["env"] = [play_variable(v, name, settings, environment) for v in container.get("env", [])
+                            if not dropped_in_play(v)]  # fmt: skip
         for field in ("command", "args"):
             if field in container:
                 container[field] = [expand(word, environment) for word in container[field]]
     return notes
+
+
+def dropped_in_play(variable: Object) -> bool:
+    """TLS (no certificate in the play) and the Kubernetes node's address (no such node)."""
+    field = variable.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
+    return bool(variable["name"].startswith("BABELROOM_TLS_") or field == "status.hostIP")
+
+
+def play_variable(
+    variable: Object, workload: str, settings: dict[str, dict[str, str]], environment: dict[str, str]
+) -> Object:
+    """One `env` entry as Kubernetes would give it, a plain value where podman 4.3 would not; adds it to
+    `environment`, for the $(VAR)s after it."""
+    name, source = variable["name"], variable.get("valueFrom", {})
+    if name == "BABELROOM_JANUS_ICE_INTERFACES":
+        value = PLAY_INTERFACE
+    elif source.get("fieldRef", {}).get("fieldPath") == "metadata.name":
+        value = play_pod_name(workload)
+    elif "configMapKeyRef" in source:
+        value = settings[source["configMapKeyRef"]["name"]][source["configMapKeyRef"]["key"]]
+    elif "value" in variable:
+        value = expand(variable["value"], environment)
+    else:
+        return variable  # a secret: podman reads it from its own secret
+    environment[name] = value
+    return {"name": name, "value": value}
 
 
 def expand(text: str, environment: dict[str, str]) -> str:

@@ -43,7 +43,7 @@ KEDA_CRD = ROOT / "tests" / "data" / "keda" / "keda.sh_scaledobjects.yaml"
 # The redis-streams scaler's metadata in lag mode, as KEDA v2.20.2 names it (pkg/scalers/redis_streams_scaler.go).
 REDIS_STREAMS_METADATA = {"addressFromEnv", "stream", "consumerGroup", "lagCount", "activationLagCount"}
 # Settings the manifests set for Kubernetes or KEDA, not for the code: $(...) in a command, KEDA's address.
-MANIFEST_ONLY = {"BABELROOM_NODES_DOMAIN", "REDIS_ADDRESS", "POD_NAME", "HOST_IP"}
+MANIFEST_ONLY = {"BABELROOM_NODES_DOMAIN", "REDIS_ADDRESS", "POD_NAME", "HOST_IP", "BABELROOM_TURN_RELAY_TO"}
 QUEUE_BUDGET_S = 0.5  # lagCount: what one worker clears in this long (deploy/k8s/base/autoscaling.yaml)
 GPU_BATCH = 8  # BABELROOM_BATCH_SIZE of the GPU overlay, the batch whose bench gpu figure sets its lagCount
 GPU_KINDS = ("asr", "mt", "tts")  # lip-sync keeps its CPU engine in the GPU overlay
@@ -363,3 +363,18 @@ def test_the_podman_play_runs_the_cpu_overlay_and_names_what_it_leaves_out() -> 
     needs_the_node_commands()
     assert parser().parse_args(node["command"][1:]).public_host == f"{play_pod_name('media')}.{PLAY_DOMAIN}"
     assert config_map_data(played, "babelroom-settings")["REDIS_URL"].startswith(f"redis://{play_pod_name('redis')}.")
+
+
+def test_the_coturn_component_relays_to_the_media_nodes_only_with_the_shared_secret() -> None:
+    objects = render("gpu", components=("coturn",))
+    coturn = one(objects, "DaemonSet", "coturn")
+    kubernetes_validate.validate(coturn, KUBERNETES_VERSION, strict=True)
+    spec = coturn["spec"]["template"]["spec"]
+    assert spec["hostNetwork"] is True and spec["nodeSelector"] == {"babelroom.io/turn": "true"}
+    (container,) = containers(coturn)
+    assert parser().parse_args(container["command"][1:]).relay_to == "$(BABELROOM_TURN_RELAY_TO)"
+    env = {e["name"]: e["valueFrom"] for e in container["env"]}
+    assert env["BABELROOM_TURN_SECRET"]["secretKeyRef"] == {"name": "babelroom-secrets", "key": "turn-secret"}
+    settings = config_map_data(objects, "babelroom-settings")
+    assert settings["BABELROOM_TURN_URLS"].startswith("turn:") and settings["BABELROOM_TURN_RELAY_TO"]
+    assert "DaemonSet" not in {o["kind"] for o in render("gpu")}, "optional: only where an overlay adds it"
