@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pipeline.config import env_flag, env_float, env_int
 from pipeline.interim import FINAL_REUSES_COMMITTED, InterimOptions
 from pipeline.interim import INTERVAL_S as INTERIM_INTERVAL_S
+from pipeline.routes import NODE_ID_CHARS as NODE_ID
 from pipeline.segmenter import (
     DEFAULT_END_OF_TURN,
     END_OF_TURN_MODES,
@@ -121,6 +122,54 @@ class JanusOptions:
         )
 
 
+# A media node (gateway/rooms/placement.py) reports itself this often, and is dead once it has not for NODE_LIVE_S
+# (LiveKit's bound): its rooms are placed again at their next join.
+NODE_REPORT_S = 1.0
+NODE_LIVE_S = 5.0
+# A node takes no new room past this share of one core for its gateway process (one event loop: its limit).
+NODE_MAX_LOAD = 0.85
+# A draining node's rooms go on this long at most; then their pages are sent to rejoin on another node.
+DRAIN_GRACE_S = 600.0
+
+
+@dataclass(frozen=True)
+class NodeOptions:
+    """This gateway as a media node of a cluster sharing one Redis. `id` empty: not a node (the gateway reads the
+    one `results` stream and places nothing: tests that build a gateway in-process)."""
+
+    id: str = ""
+    url: str = ""  # what browsers reach this node by, e.g. https://node-a.example.org:8443
+    max_rooms: int = 0  # 0: no limit
+    max_load: float = NODE_MAX_LOAD  # 0: no limit
+    report_s: float = NODE_REPORT_S
+    live_s: float = NODE_LIVE_S
+    drain_grace_s: float = DRAIN_GRACE_S
+    cluster_url: str = ""  # where pages rejoin after losing their node; empty: the address they were opened at
+
+    def __post_init__(self) -> None:
+        if self.id and not NODE_ID.fullmatch(self.id):
+            raise ValueError(f"node id {self.id[:80]!r}: use 1-64 letters, digits, '.', '_' or '-'")
+        if self.max_rooms < 0 or self.max_load < 0 or self.drain_grace_s < 0:
+            raise ValueError("a node's room and load limits and its drain grace cannot be negative")
+        if self.report_s <= 0 or self.live_s <= self.report_s:
+            raise ValueError("a node reports more often than the time after which it counts as dead")
+        for name, url in (("node URL", self.url), ("BABELROOM_CLUSTER_URL", self.cluster_url)):
+            if url and not url.startswith(("http://", "https://")):
+                raise ValueError(f"{name} {url!r}: expected an http:// or https:// URL")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], node_id: str = "", url: str = "") -> NodeOptions:
+        return cls(
+            id=node_id or env.get("BABELROOM_NODE_ID", ""),
+            url=(url or env.get("BABELROOM_PUBLIC_URL", "")).rstrip("/"),
+            max_rooms=env_int(env, "BABELROOM_NODE_MAX_ROOMS", 0),
+            max_load=env_float(env, "BABELROOM_NODE_MAX_LOAD", NODE_MAX_LOAD),
+            live_s=env_float(env, "BABELROOM_NODE_LIVE_S", NODE_LIVE_S),
+            drain_grace_s=env_float(env, "BABELROOM_DRAIN_GRACE_S", DRAIN_GRACE_S),
+            cluster_url=env.get("BABELROOM_CLUSTER_URL", "").rstrip("/"),
+        )
+
+
 @dataclass(frozen=True)
 class EchoOptions:
     enabled: bool = True
@@ -153,6 +202,7 @@ class GatewayOptions:
     segmenter: SegmenterOptions = field(default_factory=SegmenterOptions)
     interim: InterimOptions = field(default_factory=InterimOptions)
     echo: EchoOptions = field(default_factory=EchoOptions)
+    node: NodeOptions = field(default_factory=NodeOptions)
 
     @property
     def tokens_required(self) -> bool:
@@ -188,6 +238,7 @@ class GatewayOptions:
                 final_reuses_committed=env_flag(env, "BABELROOM_FINAL_REUSES_COMMITTED", FINAL_REUSES_COMMITTED),
             ),
             echo=EchoOptions(enabled=env_flag(env, "BABELROOM_ECHO_GUARD", True)),
+            node=NodeOptions.from_env(env),
         )
 
 

@@ -91,7 +91,7 @@ class Gateway:
         self.frames = FramePath(bus)
         self.ingest = Ingest(bus, options, self.overload, self.frames)
         self.egress = Egress(self.rooms)
-        self.results = ResultsReader(bus, self.on_result)
+        self.results = ResultsReader(bus, self.on_result, options.node.id)
         self.tasks = TaskSupervisor()  # the gateway's own, long-lived: restarted when they fail
         self.joined = 0
         self.janus: JanusClient | None = None

@@ -65,8 +65,8 @@ return new
 # the first it has not read (after last-delivered-id); and at most up to ARGV[1], the retention's bound.
 # One script, so no entry can be delivered between reading the groups and trimming.
 # A stage's stream whose group does not exist yet (its workers are still loading) is left whole.
-# KEYS: the stream. ARGV: the retention's bound as an id, '1' if a stage's group reads the stream.
-# Returns how many entries were removed.
+# KEYS: the stream. ARGV: the retention's bound as an id, '1' if a stage's group reads the stream, '1' to delete the
+# stream once nothing is left in it (a dead node's results). Returns how many entries were removed.
 _TRIM = """
 local function parse(id)
   local ms, seq = string.match(id, '^(%d+)-(%d+)$')
@@ -87,11 +87,32 @@ for _, group in ipairs(groups) do
     if less(oldest, keep) then keep = oldest end
   end
 end
-return redis.call('XTRIM', KEYS[1], 'MINID', string.format('%d-%d', keep[1], keep[2]))
+local removed = redis.call('XTRIM', KEYS[1], 'MINID', string.format('%d-%d', keep[1], keep[2]))
+if ARGV[3] == '1' and redis.call('XLEN', KEYS[1]) == 0 then redis.call('DEL', KEYS[1]) end
+return removed
 """
 
 # How long a cancelled task gets to end before it is cancelled again (see cancel_and_wait).
 RECANCEL_S = 0.5
+
+# Redis's refusals, by a phrase of its reply, and what to do about each: a process that meets one says why and
+# retries (the operator may be fixing it), never crashes with a traceback.
+REFUSALS = (
+    ("DENIED", "Redis runs in protected mode (no password set) and refuses connections from other hosts: set a "
+     "password (requirepass) and put it in REDIS_URL (redis://:PASSWORD@HOST:6379/0)"),
+    ("invalid username-password", "Redis refused the password (or user) in REDIS_URL"),
+    ("WRONGPASS", "Redis refused the password (or user) in REDIS_URL"),
+    ("NOAUTH", "Redis requires a password: put it in REDIS_URL (redis://:PASSWORD@HOST:6379/0)"),
+    ("HELLO must be called with the client already authenticated",
+     "Redis requires a password: put it in REDIS_URL (redis://:PASSWORD@HOST:6379/0)"),
+    ("NOPERM", "the Redis user in REDIS_URL lacks a permission BabelRoom needs (streams, keys, scripts)"),
+)  # fmt: skip
+
+
+def refusal(exc: BaseException) -> str | None:
+    """Why Redis refused us, in words an operator can act on; None for any other error."""
+    text = str(exc)
+    return next((why for phrase, why in REFUSALS if phrase in text), None)
 
 
 async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any]]) -> None:
@@ -134,7 +155,9 @@ class Bus:
         # Retrying on a dropped connection makes a Redis restart cost a reconnect, not an error.
         client = aioredis.Redis.from_url(
             options.redis_url,
-            retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=5),
+            # A refusal (protected mode, a wrong password) is not retried inside a command: it would only hide it
+            # for 20 s. The caller says why and tries again.
+            retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=5, is_retryable=lambda e: not refusal(e)),
             retry_on_error=[RedisConnectionError, RedisTimeoutError],
             health_check_interval=30,
         )
@@ -172,6 +195,7 @@ class Bus:
             speaker=original.speaker if original else "",
             seq=original.seq if original else -1,
             stamps=original.stamps if original else (),
+            node=original.node if original else "",
             stage=stage,
             error=error,
             attempts=attempts,
@@ -259,14 +283,16 @@ class Bus:
 
     # --- retention ---------------------------------------------------------------------------------
 
-    async def trim(self, name: str, now: float | None = None) -> int:
+    async def trim(self, name: str, now: float | None = None, drop_empty: bool = False) -> int:
         """Remove a stream's entries that every group has acknowledged (or, on `results` and `dead`, which no
-        group reads, any entry) once older than the retention, then hold it to its byte cap. Returns how many
+        group reads, any entry) once older than the retention, then hold it to its byte cap. `drop_empty`: delete
+        the stream once it is empty (a node's results stream: a dead node's goes entirely). Returns how many
         entries left it."""
         retention_s = self.options.dead_retention_s if name == DEAD else self.options.retention_s
         bound_ms = max(0, int(((time.time() if now is None else now) - retention_s) * 1000))
         staged = "1" if name in STAGE_STREAMS else "0"
-        removed = int(await self._trim(keys=[self.stream(name)], args=[f"{bound_ms}-0", staged]))
+        args = [f"{bound_ms}-0", staged, "1" if drop_empty else "0"]
+        removed = int(await self._trim(keys=[self.stream(name)], args=args))
         return removed + await self._hold_to_cap(name)
 
     async def _hold_to_cap(self, name: str) -> int:
@@ -290,7 +316,7 @@ class Bus:
                 try:
                     await self.trim(name)
                 except (RedisError, OSError) as exc:
-                    log.warning("could not trim %s: %s", self.stream(name), exc)
+                    log.warning("could not trim %s: %s", self.stream(name), refusal(exc) or exc)
             await asyncio.sleep(self.options.trim_interval_s)
 
     # --- workers' heartbeats -----------------------------------------------------------------------

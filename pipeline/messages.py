@@ -81,6 +81,9 @@ class Message:
     speaker: str
     seq: int
     stamps: Stamps = ()
+    # The media node whose room this is (gateway/rooms/placement.py): its results go to that node's own stream
+    # (pipeline.routes.results_stream). Empty: the one `results` stream of a gateway that is not a cluster node.
+    node: str = ""
 
     def stamped(self, stage: str, at: float | None = None) -> Any:
         """A copy with one more (stage, time) stamp."""

@@ -22,7 +22,7 @@ from gateway.rooms.room import Participant, Profile, Room
 from pipeline.bus import Bus
 from pipeline.messages import InterimTranscript, InterimTranslation, WarmUp
 from pipeline.metrics import Metrics
-from pipeline.routes import MT_INTERIM
+from pipeline.routes import WARM_UP
 from workers.engines.mt.apertium import ApertiumTranslator
 from workers.mt import MtStage
 from workers.stage import PermanentError
@@ -58,7 +58,7 @@ async def test_a_join_announces_the_language_pairs_the_room_newly_needs(bus: Bus
     await join("cai", "ca", "ca")
     await join("eve", "en", "es")  # a learner: needs no pair the room did not have
     await join("gil", "gl", "en", consent=False)  # never translated: only what others need for gil to hear
-    hints = [d.message for d in await bus.tail(MT_INTERIM, "0-0", count=10)]
+    hints = [d.message for d in await bus.tail(WARM_UP, "0-0", count=10)]
     assert all(isinstance(h, WarmUp) for h in hints)
     assert [(h.speaker, h.pairs) for h in hints if isinstance(h, WarmUp)] == [
         ("ana", (("en", "es"), ("es", "en"))),

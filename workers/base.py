@@ -11,7 +11,10 @@ would finish only after its service deadline is dropped with an explicit `Droppe
 reading and drains what is in flight. A lost Redis connection is retried with backoff.
 
 A kind with an interim stream (pipeline.routes.INTERIM_STREAMS) serves it in a second loop, one job at a
-time and never while a final is in flight, so interim work takes at most one slot and only idle ones.
+time and never while a final is in flight, so interim work takes at most one slot and only idle ones. A kind with
+a hints stream (BROADCAST_STREAMS: the mt stage's WarmUp) follows it whole in a third loop: every worker acts on
+every hint. A Redis that refuses the worker (protected mode, a wrong or missing password) is named in the log
+and tried again, like one that is down.
 Interim jobs are disposable: of several queued for one segment only the newest runs, one older than
 `max_interim_age_s` is dropped, and one that fails is dropped (the segment's final carries the same audio).
 """
@@ -31,14 +34,14 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from pipeline import memory
-from pipeline.bus import Bus, Delivery, cancel_and_wait
+from pipeline.bus import Bus, Delivery, cancel_and_wait, refusal
 from pipeline.config import WorkerOptions
 from pipeline.messages import FULL_SERVICE, INTERIM_TYPES, Dropped, Message
-from pipeline.routes import INTERIM_STREAMS
+from pipeline.routes import BROADCAST_STREAMS, INTERIM_STREAMS
 from pipeline.stamps import format_spans, start_stamp
 from workers.stage import BatchStage, Outcome, PermanentError, Stage
 
@@ -55,7 +58,10 @@ REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError)
 
 
 def carry_service(output: Message, source: Message) -> Message:
-    """The service the gateway asked for travels with the segment, from each input to its outputs."""
+    """What the gateway asked for travels with the segment, from each input to its outputs: the media node whose
+    room it is (its results go to that node's stream), and the service (speech, lip-sync, deadline)."""
+    if output.node != source.node:
+        output = dataclasses.replace(output, node=source.node)
     service = getattr(source, "service", None)
     if service is None or not hasattr(output, "service"):
         return output
@@ -95,6 +101,9 @@ class Worker:
         loops = [self._serve(self.stage.kind, self._poll_once)]
         if interim:
             loops.append(self._serve(interim, lambda: self._poll_interim(interim)))
+        broadcast = BROADCAST_STREAMS.get(self.stage.kind)
+        if broadcast:
+            loops.append(self._serve(broadcast, self._hints_poller(broadcast), grouped=False))
         try:
             await asyncio.gather(*loops)
         finally:
@@ -102,23 +111,29 @@ class Worker:
             await cancel_and_wait(background)
             await self._forget_heartbeat()
 
-    async def _serve(self, stream: str, poll: Callable[[], Awaitable[None]]) -> None:
+    async def _serve(self, stream: str, poll: Callable[[], Awaitable[None]], grouped: bool = True) -> None:
         failures = 0
         while not self._stopping.is_set():
             try:
-                await self.bus.ensure_group(stream, self.group)
+                if grouped:
+                    await self.bus.ensure_group(stream, self.group)
                 while not self._stopping.is_set():
                     await poll()
                     failures = 0
-            except REDIS_DOWN as exc:
+            except (*REDIS_DOWN, ResponseError) as exc:
+                if isinstance(exc, ResponseError) and "NOGROUP" in str(exc):  # a restarted Redis lost the group
+                    log.warning("consumer group vanished (Redis restarted?); recreating it")
+                    continue
+                why = refusal(exc)
+                if isinstance(exc, ResponseError) and why is None:
+                    raise
                 delay = RECONNECT_BACKOFF_S[min(failures, len(RECONNECT_BACKOFF_S) - 1)]
                 failures += 1
-                log.warning("redis unavailable (%s); retrying in %.1f s", exc, delay)
+                if why is not None:  # Redis answers, but will not serve us: say why, and try again
+                    log.error("%s; retrying in %.1f s", why, delay)
+                else:
+                    log.warning("redis unavailable (%s); retrying in %.1f s", exc, delay)
                 await self._sleep_unless_stopping(delay)
-            except ResponseError as exc:
-                if "NOGROUP" not in str(exc):  # a restarted Redis lost the group: create it again
-                    raise
-                log.warning("consumer group vanished (Redis restarted?); recreating it")
 
     async def _poll_once(self) -> None:
         if len(self._in_flight) >= self.options.concurrency:  # bounded concurrency: wait for a free slot
@@ -219,6 +234,7 @@ class Worker:
             speaker=message.speaker,
             seq=message.seq,
             stamps=message.stamps,
+            node=message.node,
             stage=self.stage.kind,
             reason=reason,
             languages=languages,
@@ -334,6 +350,31 @@ class Worker:
         context = delivery.message.log_context if delivery.message else ""
         log.debug("%s %s: interim job dropped, %s", self.stage.kind, context, reason)
 
+    def _hints_poller(self, stream: str) -> Callable[[], Awaitable[None]]:
+        """Follow a stream every worker of this kind reads whole (no group): hints such as WarmUp, which each worker
+        acts on for itself. It starts after the newest entry: a hint is about the rooms of now."""
+        position: list[bytes | str] = ["$"]
+
+        async def poll() -> None:
+            if position[0] == "$":
+                newest = await self.bus.client.xrevrange(self.bus.stream(stream), count=1)
+                position[0] = newest[0][0] if newest else "0-0"
+            for delivery in await self.bus.tail(stream, position[0], INTERIM_BATCH, self.bus.options.block_ms):
+                position[0] = delivery.entry_id
+                await self._take_hint(delivery)
+
+        return poll
+
+    async def _take_hint(self, delivery: Delivery) -> None:
+        """A hint emits nothing and is never retried: one that fails is logged and forgotten."""
+        if delivery.message is None:
+            log.warning("%s: skipped an undecodable hint: %s", self.stage.kind, delivery.error)
+            return
+        try:
+            await asyncio.to_thread(self.stage.process, delivery.message)
+        except Exception as exc:
+            log.warning("%s %s: hint not taken: %r", self.stage.kind, delivery.message.log_context, exc)
+
     async def _keep_claimed(self, delivery: Delivery) -> None:
         """While a message is processed, reset its idle time so no other worker claims it: only a
         worker that stopped (crashed, hung without its event loop) lets its messages go idle."""
@@ -372,7 +413,7 @@ class Worker:
         ttl_ms = int(self.options.heartbeat_ttl_s * 1000)
         processed = self.processed
         while True:
-            with contextlib.suppress(*REDIS_DOWN):  # the serve loop reports and retries the connection
+            with contextlib.suppress(RedisError):  # the serve loop reports why, and retries the connection
                 await self.bus.client.set(key, json.dumps(self._status()), px=ttl_ms)
             if self.processed != processed:
                 processed = self.processed
@@ -389,7 +430,7 @@ class Worker:
         }
 
     async def _forget_heartbeat(self) -> None:
-        with contextlib.suppress(*REDIS_DOWN):
+        with contextlib.suppress(RedisError):
             await self.bus.client.delete(self.bus.heartbeat_key(self.stage.kind, self.consumer))
 
     async def _sleep_unless_stopping(self, seconds: float) -> None:

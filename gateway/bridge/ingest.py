@@ -136,6 +136,7 @@ class Ingest:
         )
         if request is None or self._outbox:
             return
+        request = dataclasses.replace(request, node=self.options.node.id)  # its drafts come back to this node
         try:
             await self.bus.publish(request.stamped("captured", now).stamped("published"))
             self.stats.interim_requests += 1
@@ -208,7 +209,7 @@ class Ingest:
         message = segment.to_message(
             room.name, participant.id, seq, profile.speak, targets, profile.match_voice, committed
         )
-        message = dataclasses.replace(message, service=self.overload.service(captured_at))
+        message = dataclasses.replace(message, service=self.overload.service(captured_at), node=self.options.node.id)
         for language in targets if message.service.speech else ():
             room.timeline(language).expect(participant.id, seq)
         if participant.video_window is not None:  # the speaker consented: their face can follow the translation
