@@ -10,6 +10,7 @@ and names on stderr what it leaves out or changes:
   addresses, and Janus gathers on the pod's interface (eth0) in place of the Kubernetes node's address;
 - `$(VAR)` in commands and settings is expanded here, as Kubernetes does and podman 4.3 does not;
 - TLS is left out (podman 4.3 crashes on a secret volume): the participants speak plain HTTP on that network;
+- a pod that mounts a ConfigMap runs as root: podman 4.3 mounts it as a folder only root can read;
 - the Secret is made by the caller as a podman secret; hooks and probes are Kubernetes' own, not run.
 """
 
@@ -133,6 +134,9 @@ def play_pod(deployment: Object, settings: dict[str, dict[str, str]]) -> list[st
         notes.append(f"Deployment/{name}: host networking off (a podman network of its own)")
     spec.pop("dnsPolicy", None)
     spec["volumes"] = [v for v in spec.get("volumes", []) if "secret" not in v]
+    if any("configMap" in v for v in spec["volumes"]):
+        spec["securityContext"] = {"runAsUser": 0, "runAsGroup": 0}
+        notes.append(f"Deployment/{name}: runs as root (podman 4.3 mounts a ConfigMap as a folder only root reads)")
     mounts = {v["name"] for v in spec["volumes"]}
     for container in spec["containers"]:
         container["image"] = PLAY_IMAGES.get(container["image"], container["image"])
