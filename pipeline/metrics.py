@@ -9,7 +9,8 @@ its queue plus processing) and the end-to-end delay (from the end of the speech 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -65,6 +66,15 @@ class Metrics:
         )  # fmt: skip
         self.sessions = Gauge("babelroom_sessions", "Participants connected to this gateway", registry=r)
         self.rooms = Gauge("babelroom_rooms", "Rooms with at least one participant", registry=r)
+        # The cluster's media nodes as the registry shows them (gateway/rooms/placement.py): one series per node.
+        self.node_rooms = Gauge("babelroom_node_rooms", "Rooms open on a media node", ["node", "state"], registry=r)
+        self.node_participants = Gauge(
+            "babelroom_node_participants", "Participants on a media node", ["node"], registry=r
+        )
+        self.node_load = Gauge(
+            "babelroom_node_load", "A media node's gateway CPU, as a share of one core", ["node"], registry=r
+        )
+        self.node_live = Gauge("babelroom_node_live", "1 while a media node reports, else 0", ["node"], registry=r)
         self.http_errors = Counter(
             "babelroom_http_unexpected_errors", "Requests answered 500 because something unexpected failed", registry=r
         )
@@ -111,6 +121,16 @@ class Metrics:
     def set_echo(self, counts: Mapping[str, int]) -> None:
         for what, count in counts.items():
             self.echo.labels(what).set(count)
+
+    def set_nodes(self, nodes: Sequence[Mapping[str, Any]]) -> None:
+        """Each node's report (id, state, rooms, participants, load); series of nodes no longer known go."""
+        for gauge in (self.node_rooms, self.node_participants, self.node_load, self.node_live):
+            gauge.clear()
+        for node in nodes:
+            self.node_rooms.labels(node["id"], node["state"]).set(node["rooms"])
+            self.node_participants.labels(node["id"]).set(node["participants"])
+            self.node_load.labels(node["id"]).set(node["load"])
+            self.node_live.labels(node["id"]).set(0 if node["state"] in ("dead", "stopped") else 1)
 
     def count_http_error(self) -> None:
         self.http_errors.inc()

@@ -37,6 +37,7 @@ from gateway import validation
 from gateway.options import GatewayOptions
 from gateway.rooms.room import Participant, Profile
 from gateway.service import Gateway, JoinError
+from gateway.web import cluster
 from gateway.web.health import BUS_KEY, GATEWAY_KEY, healthz
 from gateway.web.proxy import MAX_FRAME_BYTES, Grant, relay
 from gateway.web.tokens import TokenClaims, TokenError, verify_token
@@ -108,6 +109,7 @@ def create_app(bus: Bus, options: GatewayOptions | None = None) -> web.Applicati
     app.on_startup.append(start)
     app.on_shutdown.append(stop)
     app.on_cleanup.append(close_bus)
+    cluster.install(app, gateway, bus, options)  # a media node: placement, redirects, draining
     app.router.add_get("/", index)
     app.router.add_get("/room/{room}", room_page)
     app.router.add_get("/api/config", config)
@@ -176,6 +178,7 @@ async def room_page(request: web.Request) -> web.StreamResponse:
             verify_token(options.token_secret, token, room)
         except TokenError as exc:
             return error_page(401, f"You cannot join {room}", f"{exc}.")
+    await cluster.page_elsewhere(request, room)  # a room that lives on another node: redirected there
     return web.FileResponse(STATIC / "room.html")
 
 
@@ -191,6 +194,7 @@ async def metrics(request: web.Request) -> web.Response:
     gateway.metrics.set_sessions(len(gateway.sessions), len(gateway.rooms))
     gateway.metrics.set_video(gateway.video_counts())
     gateway.metrics.set_echo(vars(gateway.ingest.echo.stats))
+    await cluster.report_nodes(request.app, gateway.metrics)
     return web.Response(body=gateway.metrics.render(), headers={hdrs.CONTENT_TYPE: CONTENT_TYPE})
 
 
@@ -226,6 +230,7 @@ async def config(request: web.Request) -> web.Response:
             "ice_servers": stun_servers(options),
             "https_port": options.tls.port if options.tls.enabled else None,
             "features": {"lipsync": await lipsync_available(request.app[BUS_KEY])},
+            "cluster_url": options.node.cluster_url or None,
         }
     )
 
@@ -259,6 +264,7 @@ async def join(request: web.Request) -> web.Response:
     body = await json_body(request)
     claims = authorize(gateway.options, room, str(body.get("token") or ""))
     profile = parse_profile(gateway.options, body, claims)
+    cluster_info = await cluster.admit_join(request, room)  # 421 with the room's node when it lives elsewhere
     try:
         participant = await gateway.join(room, profile)
     except JoinError as exc:
@@ -275,6 +281,7 @@ async def join(request: web.Request) -> web.Response:
             "events": f"{base}/events",
             "janus": f"{base}/janus",
             "ice_servers": ice_servers(gateway.options, participant, claims),
+            **cluster_info,
         }
     )
 

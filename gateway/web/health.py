@@ -12,6 +12,7 @@ from aiohttp import web
 
 from gateway.rooms.overload import Level
 from gateway.service import Gateway
+from gateway.web.cluster import node_health
 from pipeline.bus import Bus
 from pipeline.routes import WORKER_KINDS
 
@@ -49,5 +50,6 @@ async def healthz(request: web.Request) -> web.Response:
         "echo": vars(gateway.ingest.echo.stats),
         "rooms": len(gateway.rooms),
         "participants": len(gateway.sessions),
+        **node_health(request.app),
     }
     return web.json_response(body)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import ssl
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -17,8 +18,12 @@ from aiohttp.web_runner import GracefulExit
 
 from gateway.options import TlsOptions
 from pipeline import memory
+from pipeline.bus import cancel_and_wait
 
 Builder = Callable[[], Awaitable[web.Application]]
+# What SIGTERM or SIGINT runs before the application stops, when the application has it: a media node drains
+# (gateway/web/cluster.py). A second signal stops at once.
+DRAIN_KEY = web.AppKey("drain", Callable[[], Awaitable[None]])
 
 
 def server_context(tls: TlsOptions) -> ssl.SSLContext:
@@ -46,12 +51,23 @@ def serve(build: Builder, host: str, port: int, tls: TlsOptions) -> None:
 
 
 async def _serve(build: Builder, host: str, port: int, https_port: int, context: ssl.SSLContext | None) -> None:
-    runner = web.AppRunner(await build(), handle_signals=True)
+    app = await build()
+    runner = web.AppRunner(app, handle_signals=False)
     await runner.setup()
+    signalled = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, signalled.set)
     try:
         await web.TCPSite(runner, host, port).start()
         if context is not None:
             await web.TCPSite(runner, host, https_port, ssl_context=context).start()
-        await asyncio.Event().wait()
+        await signalled.wait()
+        drain = app.get(DRAIN_KEY)
+        if drain is not None:
+            signalled.clear()
+            waits = [asyncio.create_task(drain()), asyncio.create_task(signalled.wait())]
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            await cancel_and_wait(waits)
     finally:
         await runner.cleanup()
