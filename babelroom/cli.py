@@ -66,6 +66,35 @@ def parser() -> argparse.ArgumentParser:
     )
     up.set_defaults(run=run_up)
 
+    node = commands.add_parser(
+        "node", help="run a media node (the gateway and its own Janus) of the cluster on a shared Redis"
+    )
+    add_listen_options(node)
+    add_redis_option(node)
+    node.add_argument(
+        "--public-host",
+        help="what browsers reach this node by: a name or address (default: this host's first address), or a URL",
+    )
+    node.add_argument("--node-id", help="this node's name in Redis (default: the host name)")
+    node.set_defaults(run=run_node)
+
+    workers = commands.add_parser("workers", help="run one worker of each kind against a shared Redis")
+    add_redis_option(workers)
+    workers.add_argument(
+        "--kinds", type=kinds_list, default=WORKER_KINDS, help=f"comma-separated (default: {','.join(WORKER_KINDS)})"
+    )
+    workers.set_defaults(run=run_workers)
+
+    nodes = commands.add_parser("nodes", help="list the media nodes: state, rooms, participants, load")
+    add_redis_option(nodes)
+    nodes.add_argument("--json", action="store_true", help="one JSON object per node, one per line")
+    nodes.set_defaults(run=run_nodes)
+
+    drain = commands.add_parser("drain", help="mark a media node draining: it takes no new rooms, its rooms go on")
+    add_redis_option(drain)
+    drain.add_argument("node", help="the node's id, as `babelroom nodes` lists it")
+    drain.set_defaults(run=run_drain)
+
     gateway = commands.add_parser("gateway", help="run the gateway (room page, WebRTC, playout)")
     add_listen_options(gateway)
     gateway.set_defaults(run=run_gateway)
@@ -163,6 +192,26 @@ def rooms_list(text: str) -> tuple[int, ...]:
     return rooms
 
 
+def kinds_list(text: str) -> tuple[str, ...]:
+    kinds = tuple(part.strip() for part in text.split(",") if part.strip())
+    unknown = [kind for kind in kinds if kind not in WORKER_KINDS]
+    if not kinds or unknown:
+        raise argparse.ArgumentTypeError(f"{text!r}: choose from {', '.join(WORKER_KINDS)}, comma-separated")
+    return kinds
+
+
+def add_redis_option(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--redis", metavar="URL", help="the shared Redis (default: REDIS_URL)")
+
+
+def shared_redis(args: argparse.Namespace, env: Mapping[str, str]) -> dict[str, str]:
+    """The environment with REDIS_URL from --redis (or as it was); ValueError when neither names one."""
+    url = args.redis or env.get("REDIS_URL", "")
+    if not url:
+        raise ValueError("name the shared Redis: --redis redis://HOST:6379/0, or REDIS_URL")
+    return {**env, "REDIS_URL": url}
+
+
 def add_listen_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--host", default=os.environ.get("HOST", "0.0.0.0"))
     command.add_argument("--port", type=int, default=int(os.environ.get("PORT", DEFAULT_PORT)))
@@ -177,6 +226,70 @@ def run_up(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         env.update(lan_certificate(env, public_host))
     check_settings(env)  # a bad setting stops `up` here, not in a crash loop of every child
     up(env, UpOptions(args.host, args.port, public_host, args.turn))
+    return 0
+
+
+def run_node(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    from babelroom.supervisor import NodeRun, default_node_id, node, public_url
+
+    env = shared_redis(args, env)
+    check_settings(env, kinds=())  # the gateway's settings: a node runs no worker
+    url = public_url(env, args.public_host or default_public_host(), args.port)
+    node(env, NodeRun(args.host, args.port, url, args.node_id or default_node_id()))
+    return 0
+
+
+def run_workers(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    from babelroom.supervisor import workers
+
+    env = shared_redis(args, env)
+    check_settings(env, args.kinds)
+    workers(env, args.kinds)
+    return 0
+
+
+def run_nodes(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    from gateway.options import NodeOptions
+    from gateway.rooms.placement import Registry
+    from pipeline.bus import Bus
+
+    async def listed() -> list[dict[str, object]]:
+        bus = Bus.connect(BusOptions.from_env(shared_redis(args, env)))
+        try:
+            return [n.public() for n in await Registry(bus, NodeOptions.from_env(env).live_s).nodes()]
+        finally:
+            await bus.close()
+
+    nodes = asyncio.run(listed())
+    if args.json:
+        for entry in nodes:
+            print(json.dumps(entry))
+        return 0
+    columns = ("id", "state", "rooms", "participants", "load", "age_s", "url")
+    rows = [("NODE", "STATE", "ROOMS", "PARTICIPANTS", "LOAD", "SEEN", "URL")]
+    rows += [(*(str(n[c]) for c in columns[:5]), f"{n['age_s']} s ago", str(n["url"])) for n in nodes]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(columns))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def run_drain(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    from gateway.options import NodeOptions
+    from gateway.rooms.placement import Registry
+    from pipeline.bus import Bus
+
+    async def drain() -> bool:
+        bus = Bus.connect(BusOptions.from_env(shared_redis(args, env)))
+        try:
+            return await Registry(bus, NodeOptions.from_env(env).live_s).drain(args.node)
+        finally:
+            await bus.close()
+
+    if not asyncio.run(drain()):
+        print(f"babelroom drain: no node {args.node!r} is known (see `babelroom nodes`)", file=sys.stderr)
+        return 1
+    print(f"node {args.node} is draining: it takes no new rooms; its rooms go on until they end or its grace passes")
     return 0
 
 
@@ -234,8 +347,9 @@ def run_turn(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     return run_coturn(CoturnConfig(secret=secret, allowed_peers=peers, cert=cert, key=key))
 
 
-def check_settings(env: Mapping[str, str]) -> None:
-    """Read every setting the service's processes will read; raises ValueError naming a bad one."""
+def check_settings(env: Mapping[str, str], kinds: Sequence[str] = WORKER_KINDS) -> None:
+    """Read every setting the service's processes will read (the workers': of `kinds`); raises ValueError naming a
+    bad one."""
     from gateway.options import GatewayOptions
     from gateway.web.serve import server_context
     from workers.registry import build_stage
@@ -245,7 +359,7 @@ def check_settings(env: Mapping[str, str]) -> None:
     tls = GatewayOptions.from_env(env).tls
     if tls.enabled:
         server_context(tls)  # a missing or unreadable certificate, or a key that does not match it
-    for kind in WORKER_KINDS:
+    for kind in kinds:
         build_stage(kind, env)
 
 

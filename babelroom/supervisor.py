@@ -1,4 +1,4 @@
-"""`babelroom up`: the whole service on one machine.
+"""`babelroom up`: the whole service on one machine; `babelroom node` and `babelroom workers`: its parts on many.
 
 Starts a private redis-server on a free port when REDIS_URL is unset (durable: an append-only file in
 its own data dir, so a Redis that crashes and is restarted keeps its queues), then the gateway and one
@@ -6,6 +6,10 @@ worker of each kind as child processes. A child that dies is restarted after a s
 with the same port and data dir); Ctrl-C or SIGTERM stops every child (SIGTERM, then SIGKILL after a
 grace period), removes the data dir and leaves no process behind. Children also get SIGTERM from the
 kernel should this supervisor itself be killed (PR_SET_PDEATHSIG).
+
+`up`'s gateway is a media node of its own Redis (id: the host name), stopped at once. `babelroom node` runs one
+media node (its Janus and its gateway) against a shared Redis; on SIGTERM its gateway drains first while Janus still
+serves the rooms. `babelroom workers` runs one worker per kind against it.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import contextlib
 import ctypes
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -21,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -30,7 +35,7 @@ import redis
 
 from babelroom import coturn, janus
 from babelroom.certificate import host_addresses
-from gateway.options import GatewayOptions
+from gateway.options import GatewayOptions, NodeOptions
 from pipeline.routes import WORKER_KINDS
 
 log = logging.getLogger("babelroom.up")
@@ -124,8 +129,12 @@ def wait_for_redis(url: str, timeout_s: float = 15.0) -> None:
 
 
 class Supervisor:
-    def __init__(self, children: list[Child]) -> None:
+    def __init__(self, children: list[Child], first: str = "", first_grace_s: float = STOP_GRACE_S) -> None:
+        """`first`: the child stopped before the others, given `first_grace_s` (a media node's gateway drains
+        while its Janus still serves the rooms)."""
         self.children = children
+        self.first = first
+        self.first_grace_s = first_grace_s
         self.stopping = False
 
     def request_stop(self, signum: int, frame: FrameType | None) -> None:
@@ -159,6 +168,10 @@ class Supervisor:
             log.warning("%s exited with code %s; restarting in %.1f s", child.name, code, delay)
 
     def stop_all(self) -> None:
+        first = [c.process for c in self.children if c.name == self.first and c.process and c.process.poll() is None]
+        for proc in first:
+            proc.send_signal(signal.SIGTERM)
+        _wait_all(first, self.first_grace_s)
         running = [c.process for c in reversed(self.children) if c.process and c.process.poll() is None]
         redis_proc = next((c.process for c in self.children if c.name == "redis"), None)
         others = [p for p in running if p is not redis_proc]
@@ -231,6 +244,70 @@ class UpOptions:
     port: int = 8080
     public_host: str = "localhost"  # the name or address other machines reach this one by (links, TURN URLs)
     turn: bool = False  # start coturn, and give each join a TURN credential for it
+    node_id: str = field(default_factory=lambda: default_node_id())
+
+
+def default_node_id() -> str:
+    """This host's name, as a node id (at most 64 of letters, digits, '.', '_' and '-')."""
+    return re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())[:64] or "node"
+
+
+def public_url(env: Mapping[str, str], public_host: str, port: int) -> str:
+    """What browsers reach a node by: `public_host` when it is a URL, else http://HOST:PORT (https and the HTTPS port
+    when the node has a certificate)."""
+    if "://" in public_host:
+        return public_host.rstrip("/")
+    tls = GatewayOptions.from_env(env).tls
+    return f"https://{public_host}:{tls.port}" if tls.enabled else f"http://{public_host}:{port}"
+
+
+def node_env(env: Mapping[str, str], node_id: str, url: str) -> dict[str, str]:
+    """The settings that make a gateway media node `node_id` at `url`; raises ValueError for a bad id or URL."""
+    NodeOptions.from_env(env, node_id, url)  # checked here, not in a crash loop of the child
+    return {"BABELROOM_NODE_ID": node_id, "BABELROOM_PUBLIC_URL": url}
+
+
+@dataclass(frozen=True)
+class NodeRun:
+    """`babelroom node`: where its gateway listens, what browsers reach it by, its id in the shared Redis."""
+
+    host: str
+    port: int
+    url: str
+    node_id: str
+
+
+def node(env: Mapping[str, str], options: NodeRun) -> None:
+    """A media node: its own Janus (unless BABELROOM_JANUS_URL names one) and a gateway that is node `node_id` of
+    the cluster on REDIS_URL. SIGTERM drains the gateway (no new rooms; the rooms go on until they end or the grace
+    passes) while Janus still serves them, then stops Janus."""
+    child_env = {**env, **node_env(env, options.node_id, options.url)}
+    grace_s = NodeOptions.from_env(child_env).drain_grace_s + STOP_GRACE_S
+    supervisor = Supervisor([], first="gateway", first_grace_s=grace_s)
+    with contextlib.ExitStack() as cleanup:
+        janus_folder = cleanup.enter_context(tempfile.TemporaryDirectory(prefix="babelroom-janus-"))
+        cleanup.callback(supervisor.stop_all)
+        if not child_env.get("BABELROOM_JANUS_URL"):
+            child_env.update(start_private_janus(supervisor, child_env, Path(janus_folder)))
+        argv = babelroom_argv("gateway", "--host", options.host, "--port", str(options.port))
+        supervisor.children.append(Child("gateway", argv, child_env))
+        _stop_on_signals(supervisor)
+        print(f"Media node {options.node_id} is starting: {options.url}", flush=True)
+        supervisor.run()
+
+
+def workers(env: Mapping[str, str], kinds: Sequence[str]) -> None:
+    """One worker of each kind in `kinds`, restarted when one crashes, all drained on SIGTERM."""
+    supervisor = Supervisor([Child(f"worker-{kind}", babelroom_argv("worker", kind), dict(env)) for kind in kinds])
+    with contextlib.ExitStack() as cleanup:
+        cleanup.callback(supervisor.stop_all)
+        _stop_on_signals(supervisor)
+        supervisor.run()
+
+
+def _stop_on_signals(supervisor: Supervisor) -> None:
+    signal.signal(signal.SIGTERM, supervisor.request_stop)
+    signal.signal(signal.SIGINT, supervisor.request_stop)
 
 
 def up(env: Mapping[str, str], options: UpOptions) -> None:
@@ -251,14 +328,17 @@ def up(env: Mapping[str, str], options: UpOptions) -> None:
         if not child_env.get("BABELROOM_JANUS_URL"):
             child_env.update(start_private_janus(supervisor, child_env, Path(janus_folder)))
         child_env.setdefault("BABELROOM_OPEN_ROOMS", "1")  # local use: anyone on this machine may join
+        # One media node: Ctrl-C stops it at once (no drain), and its own CPU never turns a room away.
+        child_env.update(node_env(child_env, options.node_id, public_url(child_env, options.public_host, port)))
+        child_env.setdefault("BABELROOM_DRAIN_GRACE_S", "0")
+        child_env.setdefault("BABELROOM_NODE_MAX_LOAD", "0")
         supervisor.children.append(
             Child("gateway", babelroom_argv("gateway", "--host", host, "--port", str(port)), child_env)
         )
         supervisor.children += [
             Child(f"worker-{kind}", babelroom_argv("worker", kind), child_env) for kind in WORKER_KINDS
         ]
-        signal.signal(signal.SIGTERM, supervisor.request_stop)
-        signal.signal(signal.SIGINT, supervisor.request_stop)
+        _stop_on_signals(supervisor)
         shown_host = "localhost" if host in ("0.0.0.0", "127.0.0.1", "::") else host
         print(
             f"BabelRoom is starting: open http://{shown_host}:{port}/room/demo"

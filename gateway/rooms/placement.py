@@ -27,6 +27,7 @@ and sends their participants to rejoin elsewhere.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -336,9 +337,9 @@ class Node:
                 if time.monotonic() - last_sweep >= self.bus.options.trim_interval_s:
                     last_sweep = time.monotonic()
                     await self.sweep()
-                await self._drain_step()
             except RedisError as exc:
                 log.warning("could not report node %s (%s); retrying", self.id, exc)
+            await self._drain_step()  # with Redis or without: a draining node ends when its grace does
             await asyncio.sleep(self.options.report_s)
 
     async def report(self, counts: NodeCounts | None = None) -> None:
@@ -401,8 +402,9 @@ class Node:
         rooms = self.counts().rooms
         if rooms and time.monotonic() - self._draining_since >= self.options.drain_grace_s:
             log.info("node %s: the drain grace has passed; moving %d room(s)", self.id, len(rooms))
-            for room in rooms:
-                await self.release(room)
+            with contextlib.suppress(RedisError):  # unreleased, they are placed again once this node is gone
+                for room in rooms:
+                    await self.release(room)
             await self.send_away(rooms, "this media server is going down; rejoining on another")
             rooms = self.counts().rooms
         if not rooms:
