@@ -55,13 +55,6 @@ def overlay(request: pytest.FixtureRequest) -> tuple[str, list[Object]]:
     return request.param, render(request.param)
 
 
-def needs_the_node_commands() -> None:
-    """`babelroom node` and `babelroom drain` come with issue 30 (branch multinode); until it is merged here."""
-    commands = parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
-    if "node" not in commands or "drain" not in commands:
-        pytest.skip("babelroom node/drain are not on this branch yet (issue 30)")
-
-
 def scaled_objects(objects: list[Object]) -> dict[str, Object]:
     return {o["metadata"]["name"]: o for o in named(objects, "ScaledObject")}
 
@@ -247,7 +240,6 @@ def test_each_media_node_is_one_pod_per_kubernetes_node_on_host_networking(overl
 
 
 def test_the_media_node_runs_babelroom_node_named_after_its_pod(overlay: tuple[str, list[Object]]) -> None:
-    needs_the_node_commands()
     _, objects = overlay
     (node,) = containers(one(objects, "StatefulSet", "media"))
     args = parser().parse_args(node["command"][1:])
@@ -264,7 +256,6 @@ def test_the_media_node_runs_babelroom_node_named_after_its_pod(overlay: tuple[s
 
 
 def test_a_stopping_media_node_drains_for_as_long_as_a_meeting(overlay: tuple[str, list[Object]]) -> None:
-    needs_the_node_commands()
     _, objects = overlay
     media = one(objects, "StatefulSet", "media")
     (node,) = containers(media)
@@ -291,7 +282,6 @@ def test_janus_media_ports_are_a_narrow_documented_range(overlay: tuple[str, lis
 
 
 def test_every_setting_the_manifests_pass_is_one_the_code_reads(overlay: tuple[str, list[Object]]) -> None:
-    needs_the_node_commands()
     _, objects = overlay
     passed = {key for o in named(objects, "ConfigMap") if not o["metadata"]["name"].startswith("redis-config")
               for key in o.get("data", {})}  # fmt: skip
@@ -360,7 +350,6 @@ def test_the_podman_play_runs_the_cpu_overlay_and_names_what_it_leaves_out() -> 
     assert "$(" not in text and "hostNetwork" not in text, "podman 4.3 expands no $(VAR); no host networking"
     (node,) = containers(one(played, "Deployment", "media"))
     assert f"--public-host={play_pod_name('media')}.{PLAY_DOMAIN}" in node["command"]
-    needs_the_node_commands()
     assert parser().parse_args(node["command"][1:]).public_host == f"{play_pod_name('media')}.{PLAY_DOMAIN}"
     assert config_map_data(played, "babelroom-settings")["REDIS_URL"].startswith(f"redis://{play_pod_name('redis')}.")
 
