@@ -89,10 +89,10 @@ async def keda_lag(bus: Bus, trigger: Trigger) -> int:
 
 def message_for(stream: str, seq: int) -> Message:
     """A message the code routes to `stream` (a bus stream name without its prefix)."""
-    candidates = [*ROUTES, SynthesizedSpeech]
+    candidates: list[type[Message]] = [*ROUTES, SynthesizedSpeech]
     for cls in candidates:
         extra: dict[str, Any] = {"has_frames": True, "pcm": b"\x00\x00"} if cls is SynthesizedSpeech else {}
-        message = cls(room="busy", speaker="ana", seq=seq, **extra)
+        message: Message = cls(room="busy", speaker="ana", seq=seq, **extra)
         if stream in destinations(message):
             return message
     raise AssertionError(f"no message of the code goes to the stream {stream!r}")
@@ -146,7 +146,7 @@ async def drain(bus: Bus, scaling: Scaling, burst: int) -> tuple[list[int], floa
     """Run a real worker of the kind until every trigger's lag is 0 and it has processed the burst's finals;
     returns the lags then and the time taken."""
     stage = Answers(scaling.kind)
-    worker = Worker(stage, bus, FAST)  # type: ignore[arg-type]  # a Stage by shape
+    worker = Worker(stage, bus, FAST)  # Answers is a Stage by shape
     started = time.monotonic()
     task = asyncio.create_task(worker.run())
     try:
