@@ -170,13 +170,14 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--nodes", type=rooms_list, default=(1, 2), help="capacity: media nodes to measure, e.g. 1,2 (default)"
     )
+    bench.add_argument("--runs", type=int, default=10, help="join: greetings, each in a fresh room (default 10)")
     bench.set_defaults(run=run_bench)
     return top
 
 
 BENCHMARKS = (
-    "stages", "scaling", "hops", "latency", "attack", "soak", "asr-context", "real-speech", "media", "lipsync",
-    "mt-quality", "pipeline", "gpu", "capacity", "report",
+    "stages", "scaling", "hops", "latency", "attack", "join", "soak", "asr-context", "real-speech", "media",
+    "lipsync", "mt-quality", "pipeline", "gpu", "capacity", "report",
 )  # fmt: skip
 
 
@@ -511,6 +512,10 @@ def run_bench(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         from benchmarks.attack import run as run_attack
 
         run_attack(args.out)
+    elif args.name == "join":
+        from benchmarks.join import run as run_join
+
+        run_join(args.out, args.runs)
     elif args.name == "soak":
         from benchmarks.soak import run as run_soak
 

@@ -17,18 +17,8 @@ from typing import Any
 from benchmarks import capacity, gpu, mt_quality, pipeline, scaling
 
 KNOWN_ORDER = (
-    "stages",
-    "mt",
-    "scaling",
-    "pipeline",
-    "media",
-    "latency",
-    "attack",
-    "soak",
-    "capacity",
-    "lipsync",
-    "gpu",
-)
+    "stages", "mt", "scaling", "pipeline", "media", "latency", "join", "attack", "soak", "capacity", "lipsync", "gpu",
+)  # fmt: skip
 NOT_RECORDED = "not recorded"
 GPU_COMMAND = "babelroom bench gpu --device cuda --out results && babelroom bench pipeline --device cuda --out results"
 
@@ -300,6 +290,32 @@ def by_targets_lines(result: dict[str, Any]) -> list[str]:
     ]
 
 
+def join_section(stem: str, result: dict[str, Any], folder: Path, link: str) -> list[str]:
+    names = {
+        "page_to_live_s": "page load -> the page says the room hears you",
+        "mic_to_audio_s": "getUserMedia -> the gateway's first audio frame",
+        "final_after_end_s": "the first sentence's final caption after its end",
+    }
+    rows = [[label, result[key]["p50"], result[key]["p95"], result[key]["max"]] for key, label in names.items()]
+    per_run = ", ".join(
+        "/".join(f"{v:.2f}" if v is not None else "none" for v in run["final_after_end_s"].values())
+        for run in result["runs"]
+    )
+    return [
+        "## Speaking as one joins: the first sentence's caption, and how soon the room hears a page",
+        "",
+        provenance_line(result) + f" {len(result['runs'])} runs, each a fresh room: {result['scenario']}; seconds.",
+        f"Measure again (as root): `babelroom bench join --out {link}`.",
+        "",
+        *table(["measure", "p50", "p95", "max"], rows),
+        "",
+        f"First sentences' finals within {result['target_final_after_end_s']} s of the end of speech: "
+        f"{result['finals_within_target']} of {result['finals_expected']} (missed: {result['finals_missed']}). "
+        f"Per run (each listener): {per_run}.",
+        *image(stem, link),
+    ]
+
+
 def attack_section(stem: str, result: dict[str, Any], folder: Path, link: str) -> list[str]:
     quiet, attacked = result["quiet"], result["attacked"]
     attack = attacked["attack"]
@@ -429,6 +445,7 @@ SECTIONS: dict[str, Section] = {
     "media": media_section,
     "lipsync": lipsync_section,
     "latency": latency_section,
+    "join": join_section,
     "attack": attack_section,
     "soak": soak_section,
     "capacity": capacity_section,

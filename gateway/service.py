@@ -364,6 +364,15 @@ class Gateway:
     def media_up(self, participant: Participant) -> None:
         participant.media_up = True
 
+    def published(self, participant: Participant, streams: list[Any]) -> None:
+        """Janus accepted the participant's publish: forward their audio now, before their peer connection is up,
+        so that their first packet to reach Janus reaches us too. (The monitor hears of the feed only once the
+        connection is up, and a forward set up then missed what they said meanwhile.)"""
+        room = self.rooms.get(participant.room)
+        if room is not None and participant.id in room.participants:
+            feed = Feed.from_janus({"id": participant.feed_id, "display": participant.profile.name, "streams": streams})
+            self._start_listening(room, participant, feed)
+
     async def attach_events(self, participant: Participant, socket: Any) -> None:
         """A participant's (new) events socket: it replaces any older one, and starts with the room's state."""
         old = self._events_sockets.get(participant.id)
@@ -376,6 +385,7 @@ class Gateway:
             participant.send(welcome)
             participant.send(self._roster(room))
             participant.send(room.floor_state())
+            participant.send(participant.live_state())
             if self.overload.last.level > Level.FULL:  # a page (re)joining while degraded says so too
                 participant.send(self.overload.last.notice())
             await self.transcripts.greet(participant)
@@ -395,8 +405,7 @@ class Gateway:
         if participant is None:
             return  # someone already removed
         participant.feed, participant.media_lost_at = feed, None
-        if participant.id not in self._listeners and feed.mids("audio"):
-            self._spawn(self._listen(room, participant, feed))
+        self._start_listening(room, participant, feed)
         if participant.profile.face_consent and participant.id not in self._faces and feed.mids("video"):
             self._spawn(self._watch_face(room, participant, feed))
         self._announce_roster(room)
@@ -409,16 +418,21 @@ class Gateway:
         self._spawn(self._stop_listening(participant))
         self._announce_roster(room)
 
-    async def _listen(self, room: Room, participant: Participant, feed: Feed) -> None:
-        """Have Janus forward the participant's audio to us (gateway/media/rtp.py), and segment it."""
-        if self.rtp is None or self._control is None:
+    def _start_listening(self, room: Room, participant: Participant, feed: Feed) -> None:
+        """Forward and segment the participant's audio, once: the proxy (their publish accepted) and the monitor
+        (their feed up) may both ask."""
+        if participant.id in self._listeners or not feed.mids("audio") or self.rtp is None:
             return
         track = self.rtp.open_track()
-        task = asyncio.current_task()
-        assert task is not None
-        self._listeners[participant.id] = (track, task)
+        self._listeners[participant.id] = (track, self._spawn(self._listen(room, participant, feed, track)))
+
+    async def _listen(self, room: Room, participant: Participant, feed: Feed, track: RtpAudioTrack) -> None:
+        """Have Janus forward the participant's audio to us (gateway/media/rtp.py), and segment it."""
+        assert self.rtp is not None
         host = self.options.rtp_host or self.options.rtp_bind
         try:
+            if self._control is None:
+                return
             mid = feed.mids("audio")[0]
             await forward_audio(
                 self._control, self.options.janus.admin_key, room.keys, feed.id, mid, host, self.rtp.port, track.ssrc

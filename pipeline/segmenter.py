@@ -9,6 +9,10 @@ Algorithm, per frame of FRAME_MS (20 ms; 32 ms with Silero):
    the frame's energy is at least NOISE_GATE_DB above the noise floor. The noise floor is the
    NOISE_PERCENTILE-th percentile of frame energies over the last NOISE_WINDOW_S: it follows steady
    noise up and down, so a fan or hiss that fools the VAD is never speech.
+   A stream that starts in mid-speech (a person who greets the room as their microphone opens) first teaches
+   the floor the speech itself, and the gate then hides it. So until a segment first opens, the stream's start
+   is kept; at each pause of REVIEW_PAUSE_S (frames a gate below the highest floor frames were judged against),
+   that start is judged again against the floor the pause shows, and a phrase found there is a segment.
 2. Onset: ONSET_FRAMES voiced frames within the last ONSET_WINDOW_FRAMES. Speech starts at the first
    of them, extended back over frames EXTEND_GATE_DB above the floor; the segment starts PRE_ROLL_S
    earlier still (never before the previous segment's end), so first syllables are never clipped.
@@ -82,6 +86,9 @@ MIN_COUNTED_PAUSE_S = 0.1  # shorter gaps are stop closures inside words, not pa
 # before the adaptive pause (DEFAULT_END_PAUSE_S, and at least MIN_END_PAUSE_S).
 TURN_CHECK_PAUSE_S = 0.25
 WINDOW_SAMPLES = WINDOW_S * SAMPLE_RATE
+
+# A stream's start is judged again (see above) once it has been this quiet: longer than the dips inside a word.
+REVIEW_PAUSE_S = 0.2
 
 MIN_INPUT_RATE = 8_000
 MAX_INPUT_RATE = 48_000
@@ -326,6 +333,9 @@ class Segmenter:
         self._silence = 0  # samples of silence since the last voiced frame, inside a segment
         self._previous_end = 0
         self._flushed = False
+        self._start_under_review = True  # no segment opened yet: the stream's start is kept, to be judged again
+        self._highest_floor: float | None = None  # the highest floor a frame of that start was judged against
+        self._quiet_since: int | None = None  # where the quiet before the current frame began (under review)
 
     # -- what the gateway reads ------------------------------------------------------------------
     @property
@@ -420,8 +430,8 @@ class Segmenter:
         if not self._in_segment:
             self._onset.append((start, voiced))
             if sum(v for _, v in self._onset) >= self.options.onset_frames:
-                self._open(next(s for s, v in self._onset if v), end)
-            return []
+                return self._first_onset(next(s for s, v in self._onset if v), end)
+            return self._review_start(start, rms_dbfs(frame)) if self._start_under_review else []
         if voiced:
             self._on_voiced(end)
             if end - self._segment_start >= self._seconds(self.options.max_segment_s):
@@ -447,13 +457,66 @@ class Segmenter:
             return False
         return self._turn.complete(self._slice(max(self._segment_start, end - WINDOW_SAMPLES), end))
 
+    def _review_start(self, frame_start: int, energy: float) -> list[Segment]:
+        """Before any segment, at each pause: the stream's start again, against the floor the pause shows; a
+        phrase among its frames is the stream's first segment."""
+        if frame_start >= self._seconds(self.options.max_segment_s):
+            self._start_under_review = False  # long enough: the start is kept no longer
+            return []
+        floor, highest = self._noise.dbfs, self._highest_floor
+        if floor is None or highest is None or energy >= highest - self.options.noise_gate_db:
+            self._quiet_since = None
+            return []
+        if self._quiet_since is None:
+            self._quiet_since = frame_start
+        if frame_start + self._frame - self._quiet_since != self._seconds(REVIEW_PAUSE_S) // self._frame * self._frame:
+            return []  # judged once per pause, when it is long enough
+        pause = max(rms_dbfs(self._slice(self._quiet_since, frame_start + self._frame)), NOISE_FLOOR_MIN_DBFS)
+        return self._phrase_before(self._quiet_since, min(floor, pause), frame_start + self._frame)
+
+    def _phrase_before(self, limit: int, floor: float, frame_end: int) -> list[Segment]:
+        """The phrase among the kept start's frames before `limit` that are voice against `floor`, as a segment
+        (the review ends there), or nothing."""
+        voiced = self._voiced_again(range(self._audio_start, limit - self._frame + 1, self._frame), floor)
+        onset = first_onset(voiced, self._frame, self.options.onset_window_frames, self.options.onset_frames)
+        if onset is None:
+            return []
+        speech_start = self._extend(onset, -self._frame, self._audio_start)
+        speech_end = self._extend(voiced[-1] + self._frame, self._frame, limit)
+        if speech_end - speech_start < self._seconds(self.options.min_speech_s):
+            return []
+        self._start_under_review = False
+        start = max(speech_start - self._seconds(self.options.pre_roll_s), self._audio_start)
+        end = min(speech_end + self._seconds(self.options.post_roll_s), frame_end)
+        self._previous_end = end
+        return [self._segment(start, end, speech_start, speech_end, "pause")]
+
+    def _voiced_again(self, starts: range, floor: float) -> list[int]:
+        """The frames (by start) that are voice against `floor`; a fresh classifier, as Silero keeps state."""
+        classifier = self._make_classifier()
+        gate = floor + self.options.noise_gate_db
+        frames = ((s, self._slice(s, s + self._frame)) for s in starts)
+        return [s for s, frame in frames if rms_dbfs(frame) >= gate and classifier.is_speech(frame)]
+
     def _is_voiced(self, frame: Samples) -> bool:
         energy = rms_dbfs(frame)
         floor = self._noise.dbfs
         self._noise.add(energy)
+        if self._start_under_review and floor is not None:
+            self._highest_floor = max(floor, self._highest_floor if self._highest_floor is not None else floor)
         if floor is None or energy < floor + self.options.noise_gate_db:
             return False
         return self._classifier.is_speech(frame)
+
+    def _first_onset(self, voice_start: int, frame_end: int) -> list[Segment]:
+        """Speech starts: while the stream's start is under review, a phrase before it that a pause too short to
+        review hid is its own segment first (against the floor now, which has seen that pause)."""
+        floor = self._noise.dbfs
+        earlier = []
+        if self._start_under_review and floor is not None:
+            earlier = self._phrase_before(voice_start - self._seconds(self.options.pre_roll_s), floor, voice_start)
+        self._open(voice_start, frame_end)
+        return earlier
 
     def _open(self, voice_start: int, frame_end: int) -> None:
         earliest = max(self._previous_end, self._audio_start)
@@ -461,6 +524,7 @@ class Segmenter:
         self._segment_start = max(speech_start - self._seconds(self.options.pre_roll_s), earliest)
         self._speech_start = speech_start
         self._in_segment = True
+        self._start_under_review = False
         self._onset.clear()
         self._last_voiced_end = frame_end  # the onset fires on a voiced frame
         self._silence = 0
@@ -522,11 +586,22 @@ class Segmenter:
         """Keep only what a segment may still need: the open segment, or the pre-roll before an onset."""
         if self._in_segment:
             keep_from = self._segment_start
+        elif self._start_under_review:
+            keep_from = self._audio_start
         else:
             lookback = self._seconds(self.options.pre_roll_s) + self.options.onset_window_frames * self._frame
             keep_from = max(self._framed - lookback, self._audio_start)
         self._audio = self._audio[keep_from - self._audio_start :]
         self._audio_start = keep_from
+
+
+def first_onset(voiced_starts: list[int], frame: int, window: int, needed: int) -> int | None:
+    """The first voiced frame of the first `window` frames holding `needed` voiced ones, as the live onset rule
+    finds it (`voiced_starts`: the start samples of voiced frames, in order)."""
+    for i, start in enumerate(voiced_starts):
+        if i + needed <= len(voiced_starts) and voiced_starts[i + needed - 1] - start < window * frame:
+            return start
+    return None
 
 
 def quietest_point(samples: Samples, window: int) -> int:

@@ -87,12 +87,14 @@ def first_shown(page: Page, metric: str, language: str) -> float | None:
 
 
 def speech_onset(speaker: Page) -> float:
-    """When the speaker's page heard its sentence start (ms), checked to come after its audio reached Janus."""
+    """When the speaker's page heard its sentence start (ms). The page learns from the gateway when its audio is
+    received ("live"), and its microphone control says so."""
     metrics = "window.babelroom.metrics"
-    speaker.wait_for_function(f"{metrics}.speechStarts.length > 0", timeout=RESULT_TIMEOUT_MS)
-    onset, connected = speaker.evaluate(f"[{metrics}.speechStarts[0], {metrics}.connectedAt]")
-    print(f"Alice: speech started {(onset - connected) / 1000:.2f} s after her audio reached Janus")
-    assert onset > connected, "the sentence started before the speaker's audio reached the room: lead-in too short"
+    speaker.wait_for_function(f"{metrics}.speechStarts.length > 0 && {metrics}.liveAt > 0", timeout=RESULT_TIMEOUT_MS)
+    onset, live, opened = speaker.evaluate(f"[{metrics}.speechStarts[0], {metrics}.liveAt, {metrics}.micOpenedAt]")
+    live_s, onset_s = (live - opened) / 1000, (onset - opened) / 1000
+    print(f"Alice: live {live_s:.2f} s after her microphone opened, her speech started at {onset_s:.2f} s")
+    assert speaker.get_attribute("#mic-status", "data-mic-status") == "live"
     return float(onset)
 
 

@@ -40,7 +40,8 @@ def test_no_speech_sends_no_caption_and_playout_stops_waiting(room: Room) -> Non
     timeline.expect("ana", 0)
     timeline.expect("ana", 1)
     captions.dispatch({"r": room}, Transcript(room="r", speaker="ana", seq=0, language="en", targets=("es",)))
-    assert sent(room, "ana") == [] and sent(room, "bea") == []
+    retract = {"type": "retract", "id": "ana:0"}  # the interim captions shown while it was spoken go: no caption
+    assert sent(room, "ana") == [retract] and sent(room, "bea") == [retract]
     outcome, placements = timeline.offer(clip(1), now=100.0)
     assert outcome == "scheduled" and placements, "segment 1 must not wait for the silent segment 0"
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import sys
 import time
 import urllib.error
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page, WebSocketRoute, sync_playwright
 
 from babelroom import janus
 from babelroom.janus import JanusConfig
@@ -215,3 +216,57 @@ def post_json(url: str, body: dict[str, Any]) -> tuple[int, Any]:
             return reply.status, json.loads(reply.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read())
+
+
+def test_the_microphone_says_connecting_until_the_room_hears_it_then_live_with_its_level(
+    service: str, tmp_path: Path
+) -> None:
+    """Issue 27: until the gateway receives the page's audio the microphone control says so; the gateway's "live"
+    event (held back here, to see the state before it) turns it live, and its level meter follows the voice."""
+    speech = fake_mic_wav(tmp_path / "speech.wav", "the house is big and the cat is black")
+    held: list[str] = []
+    sockets: list[WebSocketRoute] = []
+    holding = [True]
+
+    def hold_live(route: WebSocketRoute, message: str | bytes) -> None:
+        if holding[0] and isinstance(message, str) and json.loads(message).get("type") == "live":
+            held.append(message)
+        else:
+            route.send(message)
+
+    def events(route: WebSocketRoute) -> None:
+        sockets.append(route)
+        route.connect_to_server().on_message(lambda message: hold_live(route, message))
+
+    with sync_playwright() as playwright:
+        args = [*CHROMIUM_FLAGS, f"--use-file-for-fake-audio-capture={speech}"]
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=args)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 640})
+            page.set_default_timeout(TIMEOUT_MS)
+            page.route_web_socket(re.compile(r".*/api/sessions/[^/]+/events.*"), events)
+            page.goto(f"{service}/room/greeting?name=Sofia&speak=es&hear=es&{RAW_AUDIO}")
+            page.wait_for_function(CONNECTED)  # its media is up in Janus; the gateway's word is held back
+            page.wait_for_function("window.babelroom.metrics.micRms > 0.02")  # it is talking already
+            assert page.get_attribute("#mic-status", "data-mic-status") == "connecting"
+            assert page.inner_text("#mic-label") == "Connecting your microphone…"
+            assert not page.is_visible("#mic-level"), "no level meter until the room hears it"
+            page.screenshot(path=str(tmp_path / "mic-connecting.png"), full_page=True)
+            heard = [m for m in map(json.loads, held) if m["live"]]
+            for _ in range(100):  # the page's own calls dispatch what the socket received meanwhile
+                if heard:
+                    break
+                page.wait_for_timeout(100)
+                heard = [m for m in map(json.loads, held) if m["live"]]
+            assert heard and heard[0]["heard_at"] > 0, f"the gateway never said it hears the page: {held}"
+            holding[0] = False
+            for message in held:
+                sockets[-1].send(message)
+            page.wait_for_function("document.getElementById('mic-status').dataset.micStatus === 'live'")
+            assert page.inner_text("#mic-label") == "Live: the room hears you"
+            page.wait_for_function("parseFloat(document.getElementById('mic-level').style.width) > 30")
+            page.screenshot(path=str(tmp_path / "mic-live.png"), full_page=True)
+            page.click("#mute")
+            assert page.get_attribute("#mic-status", "data-mic-status") == "muted"
+        finally:
+            browser.close()

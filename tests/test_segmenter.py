@@ -221,3 +221,25 @@ def test_segment_becomes_a_message(meeting: Recording) -> None:
 def test_rejects_rates_outside_8_to_48_khz() -> None:
     with pytest.raises(ValueError):
         Segmenter(SegmenterOptions(), 96_000)
+
+
+@pytest.mark.parametrize("vad", ["webrtc", "silero"])
+def test_a_stream_that_starts_in_mid_speech_keeps_its_first_phrase(vad: VadEngine) -> None:
+    """Issue 27: audio that reaches the gateway while the person is already talking ("hola" from the first
+    sample) taught the noise floor the speech itself, and "hola" was never voiced. The floor falls at the first
+    pause; the stream's start is judged again against it, and "hola" is the first segment."""
+    hello, question = espeak("hola", "es"), espeak("me oís bien", "es")
+    audio = np.concatenate([hello, silence(0.6), question, silence(1.5)])
+    segments = feed_all(Segmenter(SegmenterOptions(vad=vad, end_of_turn="pause")), audio)
+    assert len(segments) == 2, [(s.start_s, s.end_s) for s in segments]
+    first, second = segments
+    assert first.speech_start_sample <= 0.06 * SAMPLE_RATE, "from the stream's first words"
+    assert first.end_sample <= hello.size + 0.2 * SAMPLE_RATE, "closed at the pause after them"
+    assert abs(second.speech_start_sample - (hello.size + 0.6 * SAMPLE_RATE)) <= 0.1 * SAMPLE_RATE
+
+
+def test_a_noisy_start_is_not_judged_again_into_speech() -> None:
+    """The second look is only for a floor that fell a gate at a pause: steady noise from the first sample keeps
+    its floor, and stays silence."""
+    noise = with_noise(np.zeros(3 * SAMPLE_RATE, dtype=np.float32) + 0.05, snr_db=0)  # loud, steady hiss
+    assert feed_all(Segmenter(SegmenterOptions(end_of_turn="pause")), noise) == []

@@ -83,6 +83,8 @@ class Ingest:
             await self._segment(room, participant, track)
         finally:
             self.echo.forget(participant.id)
+            if participant.heard_at is not None:
+                participant.set_heard(None)
 
     async def _segment(self, room: Room, participant: Participant, track: AudioSource) -> None:
         segmenter = Segmenter(self.options.segmenter, input_rate=OUTPUT_RATE)
@@ -91,6 +93,13 @@ class Ingest:
                 frame = await track.recv()
             except MediaStreamError:
                 return
+            if participant.heard_at is None:  # their first audio: their page says they can be heard
+                participant.set_heard(time.time())
+                log.info(
+                    "first audio of %s: %.2f s after joining",
+                    participant.profile.name,
+                    time.monotonic() - participant.joined_at,
+                )
             if not isinstance(frame, AudioFrame):
                 continue
             try:

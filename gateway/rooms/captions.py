@@ -54,6 +54,8 @@ def on_transcript(room: Room, message: Transcript) -> None:
     if not message.text.strip():  # nothing was said: no caption, and no speech will follow
         for language in message.targets:
             room.timeline(language).forget(message.speaker, message.seq)
+        # its interim captions, if any were shown, go: no final will replace them
+        room.broadcast({"type": "retract", "id": caption_id(message)})
         return
     for listener in list(room.participants.values()):
         hear = listener.profile.hear

@@ -104,11 +104,21 @@ class Participant:
     waiting: list[Any] = field(default_factory=list)  # segments held until this speaker gets the floor
     interim: InterimTracker = field(default_factory=InterimTracker)  # their interim captions (pipeline/interim.py)
     open_seq: int | None = None  # the seq of the segment they are speaking now, allocated at its speech start
+    heard_at: float | None = None  # wall time the gateway first received their audio (None: not heard yet)
 
     def send(self, message: dict[str, Any]) -> None:
         if self.outbox.full():
             self.outbox.get_nowait()
         self.outbox.put_nowait(json.dumps(message, ensure_ascii=False))
+
+    def set_heard(self, at: float | None) -> None:
+        """The gateway started (`at`, wall time) or stopped (None) receiving their audio: their page says whether
+        they can be heard."""
+        self.heard_at = at
+        self.send(self.live_state())
+
+    def live_state(self) -> dict[str, Any]:
+        return {"type": "live", "live": self.heard_at is not None, "heard_at": self.heard_at}
 
     def socket_opened(self) -> None:
         self.sockets += 1

@@ -46,7 +46,7 @@ from gateway.service import Gateway, JoinError
 from gateway.web import cluster
 from gateway.web.guard import guard
 from gateway.web.health import BUS_KEY, GATEWAY_KEY, healthz
-from gateway.web.proxy import MAX_FRAME_BYTES, PROXIES_KEY, Grant, Proxies, Refused, relay
+from gateway.web.proxy import MAX_FRAME_BYTES, PROXIES_KEY, Grant, MediaEvents, Proxies, Refused, relay
 from gateway.web.tokens import TokenClaims, TokenError, token_digest, verify_token
 from gateway.web.turn import turn_credential
 from pipeline.bus import Bus
@@ -372,7 +372,10 @@ async def janus_socket(request: web.Request) -> web.StreamResponse:
         await socket.prepare(request)
         participant.socket_opened()
         janus = gateway.options.janus
-        await relay(socket, janus.url, janus.api_secret, vetting, lambda: gateway.media_up(participant))
+        events = MediaEvents(
+            lambda streams: gateway.published(participant, streams), lambda: gateway.media_up(participant)
+        )
+        await relay(socket, janus.url, janus.api_secret, vetting, events)
     except (OSError, ConnectionError) as exc:
         log.warning("media socket of %s ended: %s", participant.profile.name, exc)
     finally:

@@ -188,6 +188,7 @@ class Vetting:
     sessions: set[int] = field(default_factory=set)
     handles: dict[int, int] = field(default_factory=dict)  # handle -> its session
     published: bool = False  # joined as the publisher already (one per connection)
+    publisher_handle: int | None = None  # the handle that joined as the publisher
     pending: dict[str, Pending] = field(default_factory=dict)  # transaction -> what it asked
 
     def __post_init__(self) -> None:
@@ -226,6 +227,8 @@ class Vetting:
             out.update({k: fields[k] for k in ("candidate", "candidates") if k in fields})
         elif kind == "message":
             out["body"] = self._vet_body(fields.get("body"))
+            if out["body"].get("ptype") == "publisher":
+                self.publisher_handle = out["handle_id"]
             if "jsep" in fields:
                 out["jsep"] = _vet_jsep(fields["jsep"])
         target: int = out.get("handle_id") or out.get("session_id") or 0  # what a detach or destroy ends
@@ -260,6 +263,14 @@ class Vetting:
         self.sessions.discard(session)
         for handle in [h for h, s in self.handles.items() if s == session]:
             del self.handles[handle]
+
+    def published_streams(self, reply: Json) -> list[Json] | None:
+        """The streams Janus accepted from this participant's publish (its answer to their offer), else None."""
+        if reply.get("janus") != "event" or reply.get("sender") != self.publisher_handle:
+            return None
+        data = reply.get("plugindata", {}).get("data", {})
+        streams = data.get("streams") if isinstance(data, dict) and data.get("configured") == "ok" else None
+        return [s for s in streams if isinstance(s, dict)] if isinstance(streams, list) else None
 
     def _within_limits(self, kind: str) -> None:
         limits, peers = self.allowance.limits, self.allowance.connections
@@ -383,12 +394,21 @@ def refusal(request: Any, reason: str) -> Json:
     return {"janus": "error", "transaction": transaction, "error": {"code": 403, "reason": f"BabelRoom: {reason}"}}
 
 
+@dataclass(frozen=True)
+class MediaEvents:
+    """What the gateway learns from a participant's Janus session: Janus accepted their publish (the streams it
+    will receive), and one of their peer connections is up."""
+
+    published: Callable[[list[Json]], None]
+    media_up: Callable[[], None]
+
+
 async def relay(
     browser: web.WebSocketResponse,
     upstream_url: str,
     api_secret: str,
     vetting: Vetting,
-    on_media_up: Callable[[], None],
+    events: MediaEvents,
 ) -> None:
     """Carry one browser's Janus session until either side closes or the participant's access ends; refused
     requests never reach Janus."""
@@ -399,7 +419,7 @@ async def relay(
     ):
         carriers = {
             asyncio.create_task(_browser_to_janus(browser, janus, vetting, api_secret)),
-            asyncio.create_task(_janus_to_browser(janus, browser, vetting, on_media_up)),
+            asyncio.create_task(_janus_to_browser(janus, browser, vetting, events)),
             asyncio.create_task(access.ended.wait()),
         }
         try:
@@ -464,15 +484,18 @@ async def _janus_to_browser(
     janus: aiohttp.ClientWebSocketResponse,
     browser: web.WebSocketResponse,
     vetting: Vetting,
-    on_media_up: Callable[[], None],
+    events: MediaEvents,
 ) -> None:
     async for frame in janus:
         if frame.type is not aiohttp.WSMsgType.TEXT:
             continue
         reply = frame.json()
         vetting.observe(reply)
+        streams = vetting.published_streams(reply)
+        if streams is not None:
+            events.published(streams)
         if reply.get("janus") == "webrtcup":
-            on_media_up()
+            events.media_up()
         if browser.closed:
             return
         await browser.send_str(frame.data)

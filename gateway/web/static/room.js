@@ -36,14 +36,14 @@ const state = {
   translatedPc: null,         // the peer connection that carries my language's translated speech
   lostReasons: [],            // why the connection was lost, each time (for the curious, and tests)
   roster: [], feeds: {}, tiles: new Map(), media: null,
-  muted: false, cameraOn: true, connected: false, janusReady: false, iceTimer: 0, left: false, rejoining: false, attempts: 0,
+  muted: false, cameraOn: true, connected: false, heard: false, janusReady: false, iceTimer: 0, left: false, rejoining: false, attempts: 0,
   role: "participant",       // "host" may remove participants and end the meeting
   exit: null,                // {reason, message} once the gateway ended this participation for good
   node: "",                   // the node this session talks to ("": this page's own address)
   entry: "", clusterUrl: "", peers: [],  // where to rejoin through when that node is lost
 };
 // Measurements for tests and for the curious (window.babelroom in the console).
-const metrics = { connectedAt: 0, mediaUpAt: [], speechStarts: [], speechEnds: [], translatedSoundAt: [], captionsShownAt: {}, interimShownAt: {}, translatedRms: 0, micRms: 0, rejoins: 0 };
+const metrics = { micOpenedAt: 0, liveAt: 0, heardAt: 0, connectedAt: 0, mediaUpAt: [], speechStarts: [], speechEnds: [], translatedSoundAt: [], captionsShownAt: {}, interimShownAt: {}, translatedRms: 0, micRms: 0, rejoins: 0 };
 window.babelroom = { state, metrics };
 
 // -- the join form -----------------------------------------------------------------------------------
@@ -162,6 +162,7 @@ async function start(profile) {
     if (showInsecurePage()) return showError("This page cannot use your microphone here: see above.");
     try {
       state.media = await getMedia();
+      metrics.micOpenedAt = Date.now();
     } catch (error) {
       console.warn("microphone:", error);
       return showError(explainMediaError(error, "microphone"));
@@ -290,6 +291,7 @@ function lost(reason, serverSaid = "") {
   if (state.left || state.rejoining) return;
   state.rejoining = true;
   state.connected = false;
+  onLive({ live: false });
   console.warn("connection lost:", reason, serverSaid);
   state.lostReasons.push(serverSaid ? `${reason}: ${serverSaid}` : String(reason));
   setConnection("reconnecting");
@@ -352,6 +354,7 @@ function onExit(message) {
 }
 
 function backToLobby(notice) {
+  onLive({ live: false });
   state.media?.getTracks().forEach((t) => t.stop());
   state.media = null;
   state.tiles.get("me")?.root.remove();
@@ -377,6 +380,7 @@ function enterMeeting() {
   tile.video.muted = true;
   tile.video.play().catch(() => {});
   updateOwnTile();
+  showMicStatus();
 }
 
 function languageName(code) {
@@ -415,7 +419,8 @@ function send(message) {
 
 function onMessage(message) {
   const handlers = { roster: onRoster, floor: onFloor, caption: onCaption, playout: onPlayout, late: onLate, service: onService,
-    transcript: onTranscript, error: onGatewayError, welcome: onWelcome, exit: onExit };
+    transcript: onTranscript, live: onLive, retract: onRetract, error: onGatewayError, welcome: onWelcome,
+    exit: onExit };
   (handlers[message.type] || (() => {}))(message);
 }
 
@@ -581,6 +586,7 @@ function meterMic(media) {
   let speaking = false;
   meter(new MediaStream(media.getAudioTracks()), (rms, now) => {
     metrics.micRms = rms;
+    showMicLevel(rms);
     if (rms > SPEECH_RMS && !state.muted) {
       if (!speaking) metrics.speechStarts.push(now);
       lastLoud = now; speaking = true;
@@ -604,6 +610,29 @@ function meter(stream, onLevel) {
     for (const v of buffer) sum += v * v;
     onLevel(Math.sqrt(sum / buffer.length), Date.now());
   }, 20));
+}
+
+// Whether the room can hear me: "connecting" until the gateway says it receives my audio (the "live" event),
+// then live, with a level meter fed by my own track, or muted.
+function onLive(message) {
+  state.heard = Boolean(message.live);
+  if (state.heard && !metrics.liveAt) {
+    metrics.liveAt = Date.now();
+    metrics.heardAt = (message.heard_at || 0) * 1000;  // when the gateway first received my audio (its clock)
+  }
+  showMicStatus();
+}
+
+function showMicStatus() {
+  const status = state.muted ? "muted" : state.heard ? "live" : "connecting";
+  const labels = { connecting: "Connecting your microphone…", live: "Live: the room hears you", muted: "Muted" };
+  $("mic-status").dataset.micStatus = status;
+  $("mic-label").textContent = labels[status];
+}
+
+function showMicLevel(rms) {
+  const level = Math.min(1, Math.max(0, (20 * Math.log10(rms + 1e-9) + 60) / 60));  // -60..0 dBFS
+  $("mic-level").style.width = `${Math.round(level * 100)}%`;
 }
 
 // -- room events --------------------------------------------------------------------------------------
@@ -647,6 +676,11 @@ function onService(message) {
   pill.hidden = message.level === "full";
   pill.textContent = message.message;
   pill.dataset.level = message.level;
+}
+
+// A segment whose final pass found no words: the interim captions shown while it was spoken go.
+function onRetract(message) {
+  for (const el of document.querySelectorAll(`[data-caption-id="${CSS.escape(message.id)}"][data-final="false"]`)) el.remove();
 }
 
 function onLate(message) {
@@ -778,6 +812,7 @@ function toggleMute() {
   $("mute").setAttribute("aria-pressed", String(state.muted));
   send({ type: "mute", muted: state.muted });
   updateOwnTile();
+  showMicStatus();
 }
 
 function toggleCamera() {
