@@ -193,3 +193,14 @@ def test_phoneme_symbols_from_engine_events() -> None:
     piper = piper_phonemes([("^", 100), ("b", 100), ("ˈ", 100), ("ɑ", 100), ("ː", 100), (" ", 100), ("m", 100)], 1000)
     assert piper == [Phoneme("b", 0.1, 0.2), Phoneme("ɑː", 0.2, 0.5), Phoneme("m", 0.6, 0.7)]
     assert retime(piper, 0.1, 2.0, 0.2) == (Phoneme("b", 0.0, 0.05), Phoneme("ɑː", 0.05, 0.2))
+
+
+def test_a_repeatable_piper_voice_says_the_same_text_the_same_way() -> None:
+    """Piper draws VITS noise for each synthesis (the voice varies a little, as speech does); measurements that
+    compare runs ask for it without (tests/test_quality.py)."""
+    varied, repeatable = PiperSynthesizer(), PiperSynthesizer(repeatable=True)
+    text = "Please send me the report after lunch."
+    first, second = repeatable.synthesize(text, "en"), repeatable.synthesize(text, "en")
+    assert np.array_equal(first.samples, second.samples) and first.phonemes == second.phonemes
+    one, other = varied.synthesize(text, "en"), varied.synthesize(text, "en")
+    assert one.samples.size != other.samples.size or not np.array_equal(one.samples, other.samples)

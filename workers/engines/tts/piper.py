@@ -23,9 +23,12 @@ def bundled_piper_voice() -> Path:
 
 
 class PiperSynthesizer:
-    def __init__(self, model: str = BUNDLED_VOICE, use_cuda: bool = False) -> None:
+    """A Piper voice. VITS draws noise for each synthesis, so the same text sounds a little different each time;
+    `repeatable` turns the noise off (the same text, the same samples), for measurements that compare runs."""
+
+    def __init__(self, model: str = BUNDLED_VOICE, use_cuda: bool = False, repeatable: bool = False) -> None:
         try:
-            from piper import PiperVoice
+            from piper import PiperVoice, SynthesisConfig
         except ImportError as exc:
             raise EngineUnavailable("Piper is not installed: pip install 'babelroom[tts]'") from exc
         path = bundled_piper_voice() if model in ("", BUNDLED_VOICE) else Path(model).expanduser()
@@ -36,6 +39,7 @@ class PiperSynthesizer:
             self.voice.session = ArenaShrinkingSession(self.voice.session)
         self.language = str(self.voice.config.espeak_voice).split("-")[0]
         self.lock = threading.Lock()  # one ONNX session; keep concurrent calls from interleaving
+        self.config = SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0) if repeatable else None
         self.name = f"piper:{path.stem}"
 
     def supports(self, language: str) -> bool:
@@ -43,7 +47,7 @@ class PiperSynthesizer:
 
     def synthesize(self, text: str, language: str) -> Audio:
         with self.lock:
-            chunks = list(self.voice.synthesize(text, include_alignments=True))
+            chunks = list(self.voice.synthesize(text, self.config, include_alignments=True))
         rate = int(self.voice.config.sample_rate)
         samples = [c.audio_float_array for c in chunks]
         phonemes: list[Phoneme] = []
